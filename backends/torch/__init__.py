@@ -1,0 +1,1 @@
+"""PyTorch executor (CPU, CUDA where present) for Hugging Face models split into two blocks."""

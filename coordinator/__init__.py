@@ -1,0 +1,1 @@
+"""MQTT coordinator and device agent (see issue: real federation over MQTT)."""

@@ -1,0 +1,1 @@
+"""Measured and reference device profiles, shipped as package data."""
