@@ -1,0 +1,36 @@
+"""Build a torch executor for a job: load the model, choose the trainable set, split it."""
+
+from __future__ import annotations
+
+from edgezo.backends.torch.adapters import make_adapter
+from edgezo.backends.torch.executor import TorchExecutor
+from edgezo.backends.torch.loading import ModelInfo, load_model
+from edgezo.backends.torch.trainable import add_lora, parse_trainable, select_trainable
+from edgezo.config import JobConfig
+from edgezo.tasks import Task
+
+
+def default_split(num_layers: int) -> int:
+    """Two thirds of the layers in block 1: block 2 is probed P2 times per block-1 probe, so a
+    cheaper block 2 buys more perturbations for the same compute."""
+    return max(1, min(num_layers - 1, round(num_layers * 2 / 3)))
+
+
+def build_torch_executor(cfg: JobConfig, task: Task, model_bundle=None) -> tuple[TorchExecutor, ModelInfo]:
+    model, tokenizer, info = model_bundle or load_model(cfg.model)
+    spec = parse_trainable(cfg.trainable)
+    if spec.kind == "lora":
+        add_lora(model, spec.rank, spec.alpha, spec.targets, cfg.seed)
+    adapter = make_adapter(model)
+    names = select_trainable(model, spec, frozen_names=adapter.input_embedding_names())
+    split = cfg.split if cfg.split is not None else default_split(adapter.num_layers)
+    executor = TorchExecutor(
+        model,
+        tokenizer,
+        split=split,
+        trainable=names,
+        verbalizers=task.verbalizers(adapter.kind),
+        max_length=cfg.max_length,
+        distribution=cfg.distribution,
+    )
+    return executor, info

@@ -1,0 +1,46 @@
+"""The ``edgezo`` command line: one module per command under ``edgezo.commands``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from edgezo import __version__
+from edgezo.commands.simulate import simulate
+from edgezo.errors import EdgezoError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgezo")
+def cli():
+    """Federated fine-tuning of language models on edge devices with FedSPZO.
+
+    Devices run forward passes only and exchange random seeds and scalar projected gradients.
+    Start with `edgezo simulate` (many virtual devices in one process).
+    """
+
+
+cli.add_command(simulate)
+
+
+def main(argv=None) -> None:
+    """Entry point: user errors print one line and exit 2, with no traceback."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except EdgezoError as e:
+        click.echo(f"edgezo: error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("edgezo: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("edgezo: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

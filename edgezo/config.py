@@ -1,0 +1,101 @@
+"""Job configuration: one dataclass shared by ``simulate`` (and later ``coordinate``), from CLI
+options or a TOML file with the same keys. Defaults are the ones measured to work on
+SmolLM2-135M-Instruct and SST-2 (see the README's table of the grid that chose them)."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from edgezo.errors import EdgezoError
+from edgezo.estimators import DEFAULT_DIFFERENCE, METHODS, VARIANTS
+from edgezo.perturb import DISTRIBUTIONS
+
+PARTITIONS = ("iid", "dirichlet")
+
+
+@dataclass
+class JobConfig:
+    model: str | None = None  # hub id, local folder or .gguf; None: SmolLM2-135M-Instruct
+    task: str = "sst2"
+    data: str | None = None  # task folder (original TSV/JSONL files); None: ../shared/data/<task> or $EDGEZO_DATA
+    method: str = "spzo"
+    clients: int = 4
+    rounds: int = 30
+    local_steps: int = 2
+    p1: int = 1
+    p2: int = 4
+    split: int | None = None  # layer index where block 2 starts; None: two thirds of the layers
+    lr: float = 2e-4
+    eps: float = 1e-3
+    batch_size: int = 8
+    max_length: int = 128
+    trainable: str = "norm"
+    seed: int = 0
+    eval_every: int = 0  # also evaluate every N rounds (0: round 0 and the last round only)
+    eval_samples: int = 0  # 0: the whole validation split
+    out: str = "runs/simulate"
+    partition: str = "iid"
+    alpha: float = 0.5  # Dirichlet concentration for --partition dirichlet
+    variant: str = "joint"
+    difference: str | None = None  # central/forward; None: the method's own default
+    distribution: str = "rademacher"
+
+    def validate(self) -> "JobConfig":
+        if self.method not in METHODS:
+            raise EdgezoError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        for name in ("clients", "rounds", "local_steps", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise EdgezoError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.p1 < 1 or self.p2 < 1:
+            raise EdgezoError(f"--p1 and --p2 must be at least 1 (got P1={self.p1}, P2={self.p2})")
+        for name in ("lr", "eps"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise EdgezoError(f"--{name} must be a positive number (got {v})")
+        if self.eval_every < 0 or self.eval_samples < 0:
+            raise EdgezoError("--eval-every and --eval-samples must be 0 or more")
+        if self.partition not in PARTITIONS:
+            raise EdgezoError(f"unknown partition {self.partition!r}; use iid or dirichlet")
+        if self.variant not in VARIANTS:
+            raise EdgezoError(f"unknown SPZO variant {self.variant!r}; use joint or clean")
+        if self.distribution not in DISTRIBUTIONS:
+            raise EdgezoError(f"unknown distribution {self.distribution!r}; use rademacher or gaussian")
+        if self.difference is None:
+            self.difference = DEFAULT_DIFFERENCE.get(self.method, "central")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def config_keys() -> list[str]:
+    return [f.name for f in fields(JobConfig)]
+
+
+def load_toml(path: str | Path) -> dict:
+    """Read a TOML job file; unknown keys are an error (a typo must not silently use a default)."""
+    p = Path(path)
+    if not p.is_file():
+        raise EdgezoError(f"config file {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise EdgezoError(f"config file {p} is not valid TOML: {e}") from e
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(config_keys()))
+    if unknown:
+        raise EdgezoError(f"config file {p} has unknown keys {unknown}; known keys: {', '.join(config_keys())}")
+    return data
+
+
+def build_config(file_values: dict, cli_values: dict) -> JobConfig:
+    """TOML values first, then the options given on the command line (None means not given)."""
+    merged = dict(file_values)
+    merged.update({k: v for k, v in cli_values.items() if v is not None})
+    try:
+        return JobConfig(**merged).validate()
+    except TypeError as e:
+        raise EdgezoError(f"bad job configuration: {e}") from e

@@ -1,0 +1,204 @@
+"""N virtual devices in one process: the federated loop without a network.
+
+Every device works on one shared replica of the model: it starts each round from the global
+weights (a snapshot of the trainable parameters), runs its K local steps, and reports its scalars.
+The global update is then applied to the global weights with the same code a real device and the
+seed-log replay use, so the simulated global model is exactly ``base + replay(seed log)``.
+
+The loop takes its batching, evaluation and output as arguments (callables), so it holds the
+algorithm only; ``edgezo.commands.simulate`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgezo.aggregate import average_scalars
+from edgezo.estimators import ZO_METHODS, LocalRound, ProbeConfig, local_round, update_rule
+from edgezo.keys import Direction
+from edgezo.seedlog import LogEntry
+
+MESSAGE_HEADER_BYTES = 32  # run id, round, device, counts: the fixed part of a message
+FLOAT_BYTES = 4
+
+
+@dataclass
+class RoundRecord:
+    """One line of metrics.jsonl."""
+
+    round: int
+    method: str
+    train_loss: float | None
+    eval_accuracy: float | None
+    forwards_block1: int
+    forwards_block2: int
+    flops: float
+    bytes_up: float
+    bytes_down: float
+    wall_s: float
+    devices: int = 0
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        if d["eval_accuracy"] is None:
+            del d["eval_accuracy"]
+        return d
+
+
+@dataclass
+class Totals:
+    forwards1: int = 0
+    forwards2: int = 0
+    flops: float = 0.0
+    bytes_up: float = 0.0
+    bytes_down: float = 0.0
+
+
+def device_batch_indices(shard: Sequence[int], batch_size: int, steps: int, seed: int, rnd: int, device: int) -> list[list[int]]:
+    """The examples a device uses in a round: deterministic in (seed, round, device), so a real
+    device given the same shard draws the same batches as its simulated twin."""
+    rng = np.random.default_rng([seed, rnd, device])
+    size = min(batch_size, len(shard))
+    return [[shard[k] for k in rng.choice(len(shard), size=size, replace=False)] for _ in range(steps)]
+
+
+def global_update(method: str, rounds: Sequence[tuple[LocalRound, float]], lr: float, variant: str) -> list[tuple[Direction, float]]:
+    """The round's update from every device's scalars.
+
+    Shared-seed methods average scalars per direction first (K*P1*P2 directions whatever the number
+    of devices). FedZO uses per-device seeds: its global update is the weighted mean of the devices'
+    own updates, i.e. the union of their directions with coefficients scaled by each device's weight.
+    """
+    if method != "fedzo":
+        return update_rule(average_scalars((r.scalars, w) for r, w in rounds), lr, variant)
+    total = sum(w for _, w in rounds)
+    out = []
+    for r, w in rounds:
+        out += [(d, c * w / total) for d, c in update_rule(r.scalars, lr, variant)]
+    return sorted(out)
+
+
+def bytes_per_device(method: str, scalars_up: int, directions_down: int, trainable: int) -> tuple[int, int]:
+    """Payload bytes one device sends and receives in a round (up, down)."""
+    if method in ("fedzo", "fedavg"):
+        full = MESSAGE_HEADER_BYTES + FLOAT_BYTES * trainable
+        return full, full
+    return (MESSAGE_HEADER_BYTES + FLOAT_BYTES * scalars_up, MESSAGE_HEADER_BYTES + FLOAT_BYTES * directions_down)
+
+
+@dataclass
+class Simulation:
+    """The federated loop. ``make_batch(indices)`` builds an executor batch from training
+    examples; ``evaluate()`` returns the global model's accuracy; ``on_round`` receives each
+    RoundRecord and the log entry (for output)."""
+
+    executor: Any
+    shards: Sequence[Sequence[int]]
+    make_batch: Callable[[list[int]], Any]
+    evaluate: Callable[[], float]
+    method: str
+    rounds: int
+    local_steps: int
+    lr: float
+    probe: ProbeConfig | None
+    batch_size: int
+    seed: int
+    eval_every: int = 0
+    on_round: Callable[[RoundRecord, LogEntry | None], None] = lambda record, entry: None
+    on_device: Callable[[], None] = lambda: None
+    totals: Totals = field(default_factory=Totals)
+
+    def run(self, start_round: int = 1) -> list[RoundRecord]:
+        ex = self.executor
+        t0 = time.perf_counter()
+        records = [self._record(0, None, self.evaluate(), t0, 0)]
+        self.on_round(records[0], None)
+        trainable = ex.trainable_numel(1) + ex.trainable_numel(2)
+        for rnd in range(start_round, self.rounds + 1):
+            global_weights = ex.snapshot()
+            results: list[tuple[LocalRound, float]] = []
+            for device, shard in enumerate(self.shards):
+                ex.restore(global_weights)
+                batches = [self.make_batch(ix) for ix in device_batch_indices(shard, self.batch_size, self.local_steps, self.seed, rnd, device)]
+                if self.method == "fedavg":
+                    result = self._fedavg_local(batches)
+                else:
+                    stream = device + 1 if self.method == "fedzo" else 0
+                    result = local_round(ex, batches, self.probe, self.lr, self.seed, rnd, stream)
+                result.examples = sum(b.size for b in batches)
+                results.append((result, float(result.examples)))
+                self.on_device()
+            entry = self._apply_global(rnd, global_weights, results, trainable)
+            loss = float(np.mean([np.mean(r.losses) for r, _ in results]))
+            acc = self.evaluate() if (rnd == self.rounds or (self.eval_every and rnd % self.eval_every == 0)) else None
+            record = self._record(rnd, loss, acc, t0, len(results))
+            records.append(record)
+            self.on_round(record, entry)
+        return records
+
+    def _apply_global(self, rnd, global_weights, results, trainable) -> LogEntry | None:
+        ex = self.executor
+        n = len(results)
+        if self.method == "fedavg":
+            deltas = [(r.deltas, w) for r, w in results]
+            ex.restore(global_weights)
+            total = sum(w for _, w in deltas)
+            for delta, w in deltas:
+                ex.add_to_trainable(delta, w / total)
+            up, down = bytes_per_device("fedavg", 0, 0, trainable)
+            entry = None
+        else:
+            update = global_update(self.method, results, self.lr, self.probe.variant)
+            ex.restore(global_weights)
+            ex.apply_update(update)
+            scalars_up = sum(len(r.scalars) for r, _ in results) / n
+            directions_down = len({(d.step, d.block, d.i, d.j, d.stream) for d, _ in update if d.block != 1})
+            up, down = bytes_per_device(self.method, scalars_up, directions_down, trainable)
+            entry = LogEntry(rnd, update)
+        t = self.totals
+        t.forwards1 += sum(r.forwards1 for r, _ in results)
+        t.forwards2 += sum(r.forwards2 for r, _ in results)
+        t.flops += sum(r.flops for r, _ in results)
+        t.bytes_up += up
+        t.bytes_down += down
+        return entry
+
+    def _fedavg_local(self, batches) -> LocalRound:
+        """K steps of SGD with backpropagation on this device's replica (first-order reference)."""
+        ex = self.executor
+        start = ex.snapshot()
+        out = LocalRound()
+        for batch in batches:
+            loss, grads = ex.loss_and_grad(batch)
+            ex.add_to_trainable(grads, -self.lr)
+            f1, f2 = ex.forward_flops(batch)
+            out.losses.append(loss)
+            out.forwards1 += 1
+            out.forwards2 += 1
+            out.flops += 3 * (f1 + f2)  # forward + backward ~ 3 forwards
+        end = ex.snapshot()
+        out.deltas = {n: end[n] - start[n] for n in end}
+        return out
+
+    def _record(self, rnd, loss, acc, t0, devices) -> RoundRecord:
+        t = self.totals
+        return RoundRecord(
+            round=rnd,
+            method=self.method,
+            train_loss=loss,
+            eval_accuracy=acc,
+            forwards_block1=t.forwards1,
+            forwards_block2=t.forwards2,
+            flops=t.flops,
+            bytes_up=t.bytes_up,
+            bytes_down=t.bytes_down,
+            wall_s=round(time.perf_counter() - t0, 3),
+            devices=devices,
+        )
+
+
+__all__ = ["Simulation", "RoundRecord", "device_batch_indices", "global_update", "bytes_per_device", "ZO_METHODS"]
