@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgezo.aggregate import average_scalars
-from edgezo.estimators import ZO_METHODS, LocalRound, ProbeConfig, local_round, update_rule
+from edgezo.estimators import LocalRound, ProbeConfig, local_round, update_rule
 from edgezo.keys import Direction
 from edgezo.seedlog import LogEntry
 
@@ -41,6 +41,7 @@ class RoundRecord:
     bytes_down: float
     wall_s: float
     devices: int = 0
+    fingerprint: str = ""  # of the global model after this round: a replica compares against it
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -82,12 +83,14 @@ def global_update(method: str, rounds: Sequence[tuple[LocalRound, float]], lr: f
     return sorted(out)
 
 
-def bytes_per_device(method: str, scalars_up: int, directions_down: int, trainable: int) -> tuple[int, int]:
-    """Payload bytes one device sends and receives in a round (up, down)."""
+def bytes_per_device(method: str, scalars_up: float, scalars_down: int, trainable: int) -> tuple[float, float]:
+    """Payload bytes one device sends and receives in a round (up, down): its scalars up, the
+    round's averaged scalars down (it regenerates the directions from the seeds); FedZO and FedAvg
+    move full float32 model deltas both ways."""
     if method in ("fedzo", "fedavg"):
         full = MESSAGE_HEADER_BYTES + FLOAT_BYTES * trainable
         return full, full
-    return (MESSAGE_HEADER_BYTES + FLOAT_BYTES * scalars_up, MESSAGE_HEADER_BYTES + FLOAT_BYTES * directions_down)
+    return (MESSAGE_HEADER_BYTES + FLOAT_BYTES * scalars_up, MESSAGE_HEADER_BYTES + FLOAT_BYTES * scalars_down)
 
 
 @dataclass
@@ -112,13 +115,13 @@ class Simulation:
     on_device: Callable[[], None] = lambda: None
     totals: Totals = field(default_factory=Totals)
 
-    def run(self, start_round: int = 1) -> list[RoundRecord]:
+    def run(self) -> list[RoundRecord]:
         ex = self.executor
         t0 = time.perf_counter()
         records = [self._record(0, None, self.evaluate(), t0, 0)]
         self.on_round(records[0], None)
         trainable = ex.trainable_numel(1) + ex.trainable_numel(2)
-        for rnd in range(start_round, self.rounds + 1):
+        for rnd in range(1, self.rounds + 1):
             global_weights = ex.snapshot()
             results: list[tuple[LocalRound, float]] = []
             for device, shard in enumerate(self.shards):
@@ -156,8 +159,8 @@ class Simulation:
             ex.restore(global_weights)
             ex.apply_update(update)
             scalars_up = sum(len(r.scalars) for r, _ in results) / n
-            directions_down = len({(d.step, d.block, d.i, d.j, d.stream) for d, _ in update if d.block != 1})
-            up, down = bytes_per_device(self.method, scalars_up, directions_down, trainable)
+            scalars_down = len(set().union(*(r.scalars for r, _ in results)))  # the averaged scalars
+            up, down = bytes_per_device(self.method, scalars_up, scalars_down, trainable)
             entry = LogEntry(rnd, update)
         t = self.totals
         t.forwards1 += sum(r.forwards1 for r, _ in results)
@@ -198,7 +201,6 @@ class Simulation:
             bytes_down=t.bytes_down,
             wall_s=round(time.perf_counter() - t0, 3),
             devices=devices,
+            fingerprint=self.executor.fingerprint(),
         )
 
-
-__all__ = ["Simulation", "RoundRecord", "device_batch_indices", "global_update", "bytes_per_device", "ZO_METHODS"]

@@ -162,7 +162,7 @@ def _task_folder(task: Task, data_dir: Path) -> Path:
     if data_dir.is_dir():
         return data_dir
     raise EdgezoError(
-        f"data folder {data_dir} does not exist: point --data-dir at the {task.name} folder "
+        f"data folder {data_dir} does not exist: point --data at the {task.name} folder "
         f"(or its parent), or set $EDGEZO_DATA"
     )
 
@@ -171,7 +171,7 @@ def _need(path: Path) -> Path:
     if not path.is_file():
         raise EdgezoError(
             f"missing data file {path}: copy the original release file there "
-            "(see ../shared/data/README.md) or point --data-dir elsewhere"
+            "(see ../shared/data/README.md) or point --data elsewhere"
         )
     return path
 
@@ -293,12 +293,12 @@ def _load_from_hub(task: Task, split: str) -> list[Example]:
         import datasets  # noqa: PLC0415 -- optional, heavy, and usually absent
     except ImportError:
         raise EdgezoError(
-            f"no local data for {task.name}: pass --data-dir, set $EDGEZO_DATA, "
+            f"no local data for {task.name}: pass --data, set $EDGEZO_DATA, "
             "or install `datasets` to download it"
         ) from None
     repo, config, mapping = _HUB[task.name]
     try:
         rows = datasets.load_dataset(repo, config, split="train" if split == "train" else "validation")
     except Exception as e:  # network, hub or cache errors: all mean "could not get the data"
-        raise EdgezoError(f"could not download {task.name} from the hub ({e}): pass --data-dir instead") from None
+        raise EdgezoError(f"could not download {task.name} from the hub ({e}): pass --data instead") from None
     return [Example({ours: str(r[theirs]) for ours, theirs in mapping.items()}, int(r["label"])) for r in rows]

@@ -1,5 +1,9 @@
+import os
 import sys
 from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download at test time
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest
 

@@ -208,5 +208,5 @@ def test_default_data_dir_finds_shared_data_or_none(data_root, monkeypatch, tmp_
 def test_no_local_data_and_no_datasets_says_what_to_do(monkeypatch):
     monkeypatch.setattr(tasks, "default_data_dir", lambda task: None)
     monkeypatch.setitem(__import__("sys").modules, "datasets", None)  # import fails
-    with pytest.raises(EdgezoError, match="--data-dir"):
+    with pytest.raises(EdgezoError, match="--data"):
         load_examples(get_task("sst2"), None, "train")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -65,7 +64,10 @@ def simulate(config_file, train_samples, quiet, **options):
 
     Example: edgezo simulate --task sst2 --clients 4 --rounds 30 --out runs/sst2
     """
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     cfg = build_config(load_toml(config_file) if config_file else {}, options)
     task = get_task(cfg.task)
     train = load_examples(task, cfg.data, "train")

@@ -1,0 +1,5 @@
+"""``python -m edgezo`` runs the CLI."""
+
+from edgezo.cli import main
+
+main()
