@@ -71,8 +71,9 @@ class TorchExecutor:
         self.split = split
         self.verbalizer_ids = torch.tensor(self._verbalizer_ids(verbalizers))
         self.params = dict(model.named_parameters())
-        self.names = [n for n in self.params if n in set(trainable)]
-        unknown = set(trainable) - set(self.params)
+        wanted = set(trainable)
+        self.names = [n for n in self.params if n in wanted]
+        unknown = wanted - set(self.params)
         if unknown:
             raise EdgezoError(f"trainable parameters not in the model: {sorted(unknown)[:5]}")
         for name, p in self.params.items():

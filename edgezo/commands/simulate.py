@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 from tqdm.auto import tqdm
 
 from edgezo.config import JobConfig, build_config, load_toml
@@ -15,6 +16,7 @@ from edgezo.estimators import METHODS, ProbeConfig
 from edgezo.evaluate import accuracy
 from edgezo.partition import dirichlet, iid
 from edgezo.plot import plot_accuracy_vs_flops
+from edgezo.seedlog import SeedLog
 from edgezo.simulation import RoundRecord, Simulation
 from edgezo.tasks import TASKS, get_task, load_examples
 
@@ -75,13 +77,9 @@ def simulate(config_file, train_samples, quiet, **options):
     if train_samples is not None:
         if train_samples < cfg.clients:
             raise EdgezoError(f"--train-samples {train_samples} is fewer than --clients {cfg.clients}")
-        import numpy as np
-
         keep = np.random.default_rng(cfg.seed).permutation(len(train))[:train_samples]
         train = [train[k] for k in sorted(keep)]
     if cfg.eval_samples:
-        import numpy as np
-
         keep = np.random.default_rng(cfg.seed + 1).permutation(len(dev))[: cfg.eval_samples]
         dev = [dev[k] for k in sorted(keep)]
     if cfg.partition == "iid":
@@ -124,8 +122,6 @@ def simulate(config_file, train_samples, quiet, **options):
             return accuracy(ex.predict, make_dev_batch, dev_labels, dev_lengths, EVAL_BATCH, eb.update)
 
     records: list[dict] = []
-    from edgezo.seedlog import SeedLog
-
     seedlog = SeedLog(out / "seedlog.jsonl")
 
     def on_round(record: RoundRecord, entry) -> None:
