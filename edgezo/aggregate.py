@@ -12,18 +12,57 @@ import math
 from collections import defaultdict
 from typing import Iterable
 
+import numpy as np
+
 from edgezo.keys import Direction
 
 
 def average_scalars(contributions: Iterable[tuple[dict[Direction, float], float]]) -> dict[Direction, float]:
     """``contributions``: (scalars, weight) per device. Returns the per-direction weighted mean."""
-    total: dict[Direction, float] = defaultdict(float)
-    weight: dict[Direction, float] = defaultdict(float)
+    terms: dict[Direction, list[float]] = defaultdict(list)
+    weights: dict[Direction, list[float]] = defaultdict(list)
     for scalars, w in contributions:
         if not (w > 0 and math.isfinite(w)):
             continue
         for d, g in scalars.items():
             if math.isfinite(g):
-                total[d] += w * g
-                weight[d] += w
-    return {d: total[d] / weight[d] for d in sorted(total)}
+                terms[d].append(w * g)
+                weights[d].append(w)
+    # fsum is exactly rounded, so the mean does not depend on the order results arrived in: a
+    # coordinator over MQTT gets the bits a simulation gets.
+    return {d: math.fsum(terms[d]) / math.fsum(weights[d]) for d in sorted(terms)}
+
+
+def robust_average(contributions: Iterable[tuple[dict[Direction, float], float]], how: str = "mean", trim: float = 0.1) -> dict[Direction, float]:
+    """Per-direction aggregation that a few bad devices cannot drag far: ``median`` (of the devices'
+    scalars) or ``trimmed`` (drop the ``trim`` fraction at each end, then the unweighted mean).
+    ``mean`` is ``average_scalars``. Both robust rules ignore example weights: a device could lie
+    about its count."""
+    contributions = list(contributions)
+    if how == "mean":
+        return average_scalars(contributions)
+    values: dict[Direction, list[float]] = defaultdict(list)
+    for scalars, w in contributions:
+        if w > 0 and math.isfinite(w):
+            for d, g in scalars.items():
+                if math.isfinite(g):
+                    values[d].append(g)
+    out = {}
+    for d in sorted(values):
+        v = sorted(values[d])
+        if how == "median":
+            n = len(v)
+            out[d] = v[n // 2] if n % 2 else 0.5 * (v[n // 2 - 1] + v[n // 2])
+        elif how == "trimmed":
+            cut = int(len(v) * trim)
+            kept = v[cut : len(v) - cut] or v
+            out[d] = math.fsum(kept) / len(kept)
+        else:
+            raise ValueError(f"unknown aggregation {how!r}")
+    return out
+
+
+def to_wire_precision(scalars: dict[Direction, float]) -> dict[Direction, float]:
+    """Round scalars to float32, as devices send them: a simulation that does the same aggregates
+    the very numbers a coordinator receives."""
+    return {d: float(np.float32(g)) for d, g in scalars.items()}

@@ -7,6 +7,8 @@ import sys
 import click
 
 from edgezo import __version__
+from edgezo.commands.coordinate import coordinate
+from edgezo.commands.join import join
 from edgezo.commands.simulate import simulate
 from edgezo.errors import EdgezoError
 
@@ -17,11 +19,14 @@ def cli():
     """Federated fine-tuning of language models on edge devices with FedSPZO.
 
     Devices run forward passes only and exchange random seeds and scalar projected gradients.
-    Start with `edgezo simulate` (many virtual devices in one process).
+    Start with `edgezo simulate` (many virtual devices in one process); run a real federation
+    with `edgezo coordinate` on a server and `edgezo join --broker HOST` on each device.
     """
 
 
 cli.add_command(simulate)
+cli.add_command(coordinate)
+cli.add_command(join)
 
 
 def main(argv=None) -> None:

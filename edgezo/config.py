@@ -10,10 +10,27 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from edgezo.errors import EdgezoError
-from edgezo.estimators import DEFAULT_DIFFERENCE, METHODS, VARIANTS
+from edgezo.estimators import DEFAULT_DIFFERENCE, METHODS, VARIANTS, ProbeConfig
 from edgezo.perturb import DISTRIBUTIONS
 
 PARTITIONS = ("iid", "dirichlet")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_at(lr: float, schedule: str, rnd: int, rounds: int, final_fraction: float = 0.1) -> float:
+    """The learning rate of round ``rnd`` (1-based). Decaying schedules go from ``lr`` in round 1
+    to ``final_fraction * lr`` in the last round. The rate is baked into the coefficients the seed
+    log records, so replay never needs the schedule."""
+    if schedule == "constant" or rounds <= 1:
+        return lr
+    t = (rnd - 1) / (rounds - 1)
+    if schedule == "linear":
+        shape = 1 - t
+    elif schedule == "cosine":
+        shape = 0.5 * (1 + math.cos(math.pi * t))
+    else:
+        raise EdgezoError(f"unknown lr schedule {schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+    return lr * (final_fraction + (1 - final_fraction) * shape)
 
 
 @dataclass
@@ -29,6 +46,7 @@ class JobConfig:
     p2: int = 4
     split: int | None = None  # layer index where block 2 starts; None: two thirds of the layers
     lr: float = 2.5e-4
+    lr_schedule: str = "constant"  # constant, cosine or linear decay to a tenth of lr
     eps: float = 1e-3
     batch_size: int = 16
     max_length: int = 128
@@ -59,6 +77,8 @@ class JobConfig:
             raise EdgezoError("--eval-every and --eval-samples must be 0 or more")
         if self.partition not in PARTITIONS:
             raise EdgezoError(f"unknown partition {self.partition!r}; use iid or dirichlet")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise EdgezoError(f"unknown lr schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         if self.variant not in VARIANTS:
             raise EdgezoError(f"unknown SPZO variant {self.variant!r}; use joint or clean")
         if self.distribution not in DISTRIBUTIONS:
@@ -69,6 +89,13 @@ class JobConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def probe_config(cfg: JobConfig) -> ProbeConfig | None:
+    """How the job probes the loss (None for FedAvg, which backpropagates)."""
+    if cfg.method == "fedavg":
+        return None
+    return ProbeConfig(cfg.method, cfg.p1, cfg.p2 if cfg.method == "spzo" else 1, cfg.eps, cfg.variant, cfg.difference)
 
 
 def config_keys() -> list[str]:

@@ -173,6 +173,22 @@ def zo_step(ex: Executor, batch: Any, cfg: ProbeConfig, run_seed: int, rnd: int,
     return single_block_step(ex, batch, cfg, run_seed, rnd, step, stream)
 
 
+def probe_directions(cfg: ProbeConfig, run_seed: int, rnd: int, steps: int, stream: int = 0) -> list[Direction]:
+    """The directions ``steps`` local steps probe, sorted: the scalars a device owes for an
+    assignment, so a coordinator can check a result and a device can send bare values in this
+    order."""
+    out: list[Direction] = []
+    for step in range(steps):
+        for i in range(cfg.p1):
+            if cfg.method != "spzo":
+                out.append(Direction(run_seed, rnd, step, WHOLE_MODEL, i, 0, stream))
+                continue
+            if cfg.variant == "clean":
+                out.append(Direction(run_seed, rnd, step, 1, i))
+            out += [Direction(run_seed, rnd, step, 2, i, j) for j in range(cfg.p2)]
+    return sorted(out)
+
+
 def update_rule(scalars: dict[Direction, float], lr: float, variant: str = "joint") -> list[tuple[Direction, float]]:
     """Turn (averaged) projected gradients into an update: sorted (direction, coefficient) pairs.
 

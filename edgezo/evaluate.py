@@ -22,3 +22,21 @@ def accuracy(
         correct += sum(int(p == labels[k]) for p, k in zip(predictions, chunk))
         progress(len(chunk))
     return correct / max(1, len(labels))
+
+
+def make_evaluator(ex, task, dev, quiet: bool = False, batch_size: int = 32) -> Callable[[], float]:
+    """A no-argument function giving the executor's current accuracy on ``dev``, with a
+    transient progress bar."""
+    from tqdm.auto import tqdm
+
+    from edgezo.jobdata import make_batcher, prompts_for
+
+    lengths = [len(p) for p in prompts_for(ex, task, dev)]
+    labels = [e.label for e in dev]
+    make_batch = make_batcher(ex, task, dev)
+
+    def evaluate() -> float:
+        with tqdm(total=len(dev), desc="evaluating", unit="ex", leave=False, disable=quiet) as bar:
+            return accuracy(ex.predict, make_batch, labels, lengths, batch_size, bar.update)
+
+    return evaluate

@@ -48,5 +48,11 @@ class Executor(Protocol):
     def restore(self, snapshot: Any) -> None:
         """Put a snapshot back, bit for bit."""
 
+    def trainable_arrays(self) -> dict:
+        """Trainable parameters as NumPy arrays by name (a checkpoint)."""
+
+    def load_trainable(self, arrays: dict) -> None:
+        """Overwrite the trainable parameters from ``trainable_arrays`` output."""
+
     def fingerprint(self) -> str:
         """SHA-256 over the trainable parameters' names and bytes."""

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgezo.aggregate import average_scalars
+from edgezo.aggregate import average_scalars, to_wire_precision
 from edgezo.estimators import LocalRound, ProbeConfig, local_round, update_rule
 from edgezo.keys import Direction
 from edgezo.seedlog import LogEntry
@@ -40,7 +40,8 @@ class RoundRecord:
     bytes_up: float
     bytes_down: float
     wall_s: float
-    devices: int = 0
+    devices: int = 0  # devices whose results made the round
+    assigned: int = 0  # devices asked (over MQTT some may miss the deadline)
     fingerprint: str = ""  # of the global model after this round: a replica compares against it
 
     def to_dict(self) -> dict:
@@ -106,7 +107,7 @@ class Simulation:
     method: str
     rounds: int
     local_steps: int
-    lr: float
+    lr: float | Callable[[int], float]  # a rate, or the rate of each round (1-based)
     probe: ProbeConfig | None
     batch_size: int
     seed: int
@@ -122,20 +123,22 @@ class Simulation:
         self.on_round(records[0], None)
         trainable = ex.trainable_numel(1) + ex.trainable_numel(2)
         for rnd in range(1, self.rounds + 1):
+            lr = self.lr(rnd) if callable(self.lr) else self.lr
             global_weights = ex.snapshot()
             results: list[tuple[LocalRound, float]] = []
             for device, shard in enumerate(self.shards):
                 ex.restore(global_weights)
                 batches = [self.make_batch(ix) for ix in device_batch_indices(shard, self.batch_size, self.local_steps, self.seed, rnd, device)]
                 if self.method == "fedavg":
-                    result = self._fedavg_local(batches)
+                    result = self._fedavg_local(batches, lr)
                 else:
                     stream = device + 1 if self.method == "fedzo" else 0
-                    result = local_round(ex, batches, self.probe, self.lr, self.seed, rnd, stream)
+                    result = local_round(ex, batches, self.probe, lr, self.seed, rnd, stream)
                 result.examples = sum(b.size for b in batches)
+                result.scalars = to_wire_precision(result.scalars)
                 results.append((result, float(result.examples)))
                 self.on_device()
-            entry = self._apply_global(rnd, global_weights, results, trainable)
+            entry = self._apply_global(rnd, global_weights, results, trainable, lr)
             loss = float(np.mean([np.mean(r.losses) for r, _ in results]))
             acc = self.evaluate() if (rnd == self.rounds or (self.eval_every and rnd % self.eval_every == 0)) else None
             record = self._record(rnd, loss, acc, t0, len(results))
@@ -143,7 +146,7 @@ class Simulation:
             self.on_round(record, entry)
         return records
 
-    def _apply_global(self, rnd, global_weights, results, trainable) -> LogEntry | None:
+    def _apply_global(self, rnd, global_weights, results, trainable, lr) -> LogEntry | None:
         ex = self.executor
         n = len(results)
         if self.method == "fedavg":
@@ -155,7 +158,7 @@ class Simulation:
             up, down = bytes_per_device("fedavg", 0, 0, trainable)
             entry = None
         else:
-            update = global_update(self.method, results, self.lr, self.probe.variant)
+            update = global_update(self.method, results, lr, self.probe.variant)
             ex.restore(global_weights)
             ex.apply_update(update)
             scalars_up = sum(len(r.scalars) for r, _ in results) / n
@@ -170,14 +173,14 @@ class Simulation:
         t.bytes_down += down
         return entry
 
-    def _fedavg_local(self, batches) -> LocalRound:
+    def _fedavg_local(self, batches, lr: float) -> LocalRound:
         """K steps of SGD with backpropagation on this device's replica (first-order reference)."""
         ex = self.executor
         start = ex.snapshot()
         out = LocalRound()
         for batch in batches:
             loss, grads = ex.loss_and_grad(batch)
-            ex.add_to_trainable(grads, -self.lr)
+            ex.add_to_trainable(grads, -lr)
             f1, f2 = ex.forward_flops(batch)
             out.losses.append(loss)
             out.forwards1 += 1
@@ -201,6 +204,7 @@ class Simulation:
             bytes_down=t.bytes_down,
             wall_s=round(time.perf_counter() - t0, 3),
             devices=devices,
+            assigned=devices,
             fingerprint=self.executor.fingerprint(),
         )
 

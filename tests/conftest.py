@@ -29,3 +29,5 @@ def tiny_llama(tmp_path_factory, sst2_dir) -> Path:
 def tiny_models(tmp_path_factory, sst2_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     return {arch: save_tiny(root / f"tiny-{arch}", arch) for arch in ("llama", "opt", "roberta")}
+
+from brokers import mosquitto, mosquitto_factory  # noqa: E402,F401

@@ -222,6 +222,22 @@ class TorchExecutor:
         for n in self.names:
             self.params[n].data.copy_(snapshot[n])
 
+    def trainable_arrays(self) -> dict[str, np.ndarray]:
+        """The trainable parameters as float32 NumPy arrays (checkpoints)."""
+        return {n: self.params[n].detach().float().cpu().numpy().copy() for n in self.names}
+
+    @torch.no_grad()
+    def load_trainable(self, arrays: dict[str, np.ndarray]) -> None:
+        """Overwrite the trainable parameters from a checkpoint; names and shapes must match."""
+        missing = sorted(set(self.names) - set(arrays))
+        if missing:
+            raise EdgezoError(f"checkpoint lacks trainable tensors {missing[:3]}{'...' if len(missing) > 3 else ''}: it is for another trainable set")
+        for n in self.names:
+            p = self.params[n]
+            if tuple(arrays[n].shape) != tuple(p.shape):
+                raise EdgezoError(f"checkpoint tensor {n} has shape {tuple(arrays[n].shape)}, the model {tuple(p.shape)}")
+            p.data.copy_(torch.from_numpy(np.ascontiguousarray(arrays[n])).to(p.dtype))
+
     def fingerprint(self) -> str:
         h = hashlib.sha256()
         for n in self.names:

@@ -1,0 +1,291 @@
+"""A device in a federated job: keeps a replica of the global model, answers assignments with
+scalars, and applies each round's update.
+
+The replica is base + seed-log entries 1..``replica_round``. A device that is behind (it joined
+late, or missed rounds while offline) catches up before working: it replays the entries it lacks,
+fetched over MQTT in bounded chunks, or, when replay would cost more than a download, loads the
+coordinator's hash-checked checkpoint over HTTP and replays only what follows it.
+
+All work runs on the caller's thread; the MQTT network thread only queues messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgezo.config import JobConfig
+from edgezo.errors import EdgezoError
+from edgezo.estimators import ProbeConfig, local_round, probe_directions
+from edgezo.jobdata import device_shards, load_job_data, make_batcher
+from edgezo.keys import fnv1a64
+from edgezo.simulation import device_batch_indices
+
+from edgezo.coordinator import messages as m
+from edgezo.coordinator.checkpoint import checkpoint_worth_it, download_checkpoint
+from edgezo.coordinator.topics import ROOT, Topics
+
+log = logging.getLogger("edgezo.device")
+CATCH_UP_MODES = ("auto", "replay", "checkpoint")
+
+
+@dataclass
+class DeviceSettings:
+    device_id: str
+    run: str | None = None  # None: the one job announced on the broker
+    model: str | None = None  # local copy of the announced model (None: the default model)
+    data: str | None = None
+    shard: tuple[int, int] | None = None  # (i, N): hold simulated device i's examples of N
+    train_samples: int | None = None
+    stay: bool = False  # after the job finishes, wait for the next one
+    catch_up: str = "auto"  # auto, replay or checkpoint
+    cache: Path = Path.home() / ".cache" / "edgezo" / "checkpoints"
+    announce_timeout: float = 60.0
+    log_timeout: float = 30.0
+
+
+def find_job(link, run: str | None, timeout: float, stay: bool = False) -> m.Announce:
+    """The running job announced on the broker (the named one, or the only one)."""
+    pattern = f"{ROOT}/{run}/announce" if run else f"{ROOT}/+/announce"
+    link.subscribe(pattern)
+    deadline = time.monotonic() + timeout
+    seen: dict[str, m.Announce] = {}
+    while time.monotonic() < deadline:
+        msg = link.get(0.5)
+        if msg is None:
+            if seen:
+                break  # retained announcements arrive together, right after subscribing
+            continue
+        if not msg.topic.endswith("/announce") or not msg.payload:
+            continue
+        try:
+            ann = m.decode(msg.payload, m.Announce)
+        except m.BadMessage as e:
+            log.warning("ignoring bad announcement on %s: %s", msg.topic, e)
+            continue
+        if ann.state == "running":
+            seen[ann.run] = ann
+        elif run and ann.run == run and not stay:
+            raise EdgezoError(f"job {ann.run!r} has already finished; pass --stay to wait for the next one")
+    if not seen:
+        where = f"job {run!r}" if run else "any job"
+        raise EdgezoError(f"no coordinator announced {where} on the broker within {timeout:.0f} s; start `edgezo coordinate` first (or check --run)")
+    if len(seen) > 1:
+        raise EdgezoError(f"the broker carries several jobs ({', '.join(sorted(seen))}); pick one with --run")
+    return next(iter(seen.values()))
+
+
+class Device:
+    def __init__(self, settings: DeviceSettings, link, build_executor: Callable, say: Callable[[str], None] = print):
+        self.s, self.link, self.build_executor, self.say = settings, link, build_executor, say
+        self.deferred: deque = deque()
+        self.ex = None
+        self.replica_round = 0
+        self.announcement: m.Announce | None = None
+        self.answered: dict[int, m.Result] = {}  # round -> result (a re-opened round is answered again)
+        self.connections_seen = 0
+
+    # -- setup ------------------------------------------------------------------------------
+    def _wait_announcement(self) -> m.Announce:
+        return find_job(self.link, self.s.run, self.s.announce_timeout, self.s.stay)
+
+    def _setup(self, ann: m.Announce) -> None:
+        if ann.v != m.PROTOCOL_VERSION:
+            raise EdgezoError(f"the coordinator speaks protocol {ann.v}, this edgezo {m.PROTOCOL_VERSION}; install the same edgezo version")
+        job = dict(ann.job)
+        cfg = JobConfig(**{**job, "model": self.s.model, "data": self.s.data}).validate()
+        self.cfg = cfg
+        self.topics = Topics(ann.run)
+        data = load_job_data(cfg, self.s.train_samples, need_dev=False)
+        if self.s.shard:
+            i, n = self.s.shard
+            self.shard = device_shards(cfg, data.train, n)[i]
+            self.index = i
+        else:
+            self.shard = list(range(len(data.train)))
+            self.index = fnv1a64(self.s.device_id) % (1 << 31)
+        self.ex, info = self.build_executor(cfg, data.task)
+        if info.digest != ann.model.digest:
+            raise EdgezoError(
+                f"model mismatch: the job trains {ann.model.name} (digest {ann.model.digest[:12]}...), but this device "
+                f"loaded {info.name} (digest {info.digest[:12]}...); pass --model with the same weights"
+            )
+        if self.ex.split != ann.split:
+            raise EdgezoError(f"the job splits at layer {ann.split}, this device's executor at {self.ex.split}")
+        self.make_batch = make_batcher(self.ex, data.task, data.train)
+        self.replica_round = 0
+        self.say(f"joined job {ann.run!r} as {self.s.device_id}: {info.name}, {len(self.shard):,} local examples, round {ann.round}/{ann.rounds}")
+
+    def _publish_status(self, state: str = "online") -> None:
+        status = m.Status(v=m.PROTOCOL_VERSION, run=self.topics.run, device=self.s.device_id, state=state,
+                          replica_round=self.replica_round, examples=len(self.shard), backend="torch")
+        self.link.publish(self.topics.status(self.s.device_id), m.encode(status), retain=True)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> int:
+        while True:
+            ann = self._wait_announcement()
+            self._setup(ann)
+            t = self.topics
+            for topic in (t.round, t.update, t.log(self.s.device_id)):
+                self.link.subscribe(topic)
+            self.connections_seen = getattr(self.link, "connections", 0)
+            self._publish_status()
+            self._handle_announce(ann)
+            finished = self._serve()
+            self.say(f"job {self.topics.run!r} finished: replica at round {self.replica_round}, fingerprint {self.ex.fingerprint()}")
+            if finished and not self.s.stay:
+                self._publish_status("offline")
+                return 0
+            self.say("job finished; waiting for the next one (--stay)")
+
+    def _serve(self) -> bool:
+        """Handle messages until the job is announced finished."""
+        while True:
+            if getattr(self.link, "connections", 0) != self.connections_seen:
+                self.connections_seen = self.link.connections
+                self._publish_status()  # our last will marked us offline while we were away
+            msg = self.deferred.popleft() if self.deferred else self.link.get(1.0)
+            if msg is None or not msg.payload:
+                continue
+            kind = self.topics.kind_of(msg.topic)
+            try:
+                if kind == "announce":
+                    ann = m.decode(msg.payload, m.Announce)
+                    if ann.run == self.topics.run and self._handle_announce(ann):
+                        return True
+                elif kind == "round":
+                    self._handle_assign(m.decode(msg.payload, m.Assign))
+                elif kind == "update":
+                    self._handle_update(m.decode(msg.payload, m.Update))
+            except m.BadMessage as e:
+                log.warning("ignoring bad message on %s: %s", msg.topic, e)
+
+    def _handle_announce(self, ann: m.Announce) -> bool:
+        self.announcement = ann
+        if ann.round > self.replica_round:
+            self._catch_up(ann.round)
+        return ann.state == "finished"
+
+    def _handle_update(self, update: m.Update) -> None:
+        if update.run != self.topics.run or update.round <= self.replica_round:
+            return
+        if update.round > self.replica_round + 1:
+            self._catch_up(update.round - 1)
+        self._apply(update)
+
+    def _apply(self, update: m.Update) -> None:
+        self.ex.apply_update(m.unpack_update(update))
+        self.replica_round = update.round
+        if update.fingerprint and self.ex.fingerprint() != update.fingerprint:
+            raise EdgezoError(
+                f"replica diverged at round {update.round}: fingerprint {self.ex.fingerprint()[:12]} != the coordinator's "
+                f"{update.fingerprint[:12]}; restart the device to resynchronise"
+            )
+
+    # -- work -------------------------------------------------------------------------------
+    def _handle_assign(self, assign: m.Assign) -> None:
+        if assign.run != self.topics.run:
+            return
+        task = next((t for t in assign.tasks if t.device == self.s.device_id), None)
+        if task is None or assign.round <= self.replica_round:
+            return
+        if assign.round > self.replica_round + 1:
+            self._catch_up(assign.round - 1)
+        cached = self.answered.get(assign.round)
+        if cached is not None and cached.attempt != assign.attempt:
+            cached = None  # the task may differ in a re-opened round: redo it
+        result = cached or self._work(assign, task)
+        self.answered = {assign.round: result}
+        self.link.publish(self.topics.result(self.s.device_id), m.encode(result))
+
+    def _work(self, assign: m.Assign, task: m.DeviceTask) -> m.Result:
+        cfg = self.cfg
+        probe = ProbeConfig(cfg.method, task.p1, task.p2 if cfg.method == "spzo" else 1, cfg.eps, cfg.variant, cfg.difference)
+        stream = 1 + [t.device for t in assign.tasks].index(task.device) if cfg.method == "fedzo" else 0
+        t0 = time.perf_counter()
+        indices = device_batch_indices(self.shard, task.batch, task.k, cfg.seed, assign.round, self.index)
+        batches = [self.make_batch(ix) for ix in indices]
+        before = self.ex.snapshot()
+        fingerprint = self.ex.fingerprint()
+        try:
+            out = local_round(self.ex, batches, probe, assign.lr, cfg.seed, assign.round, stream)
+        finally:
+            self.ex.restore(before)
+        order = probe_directions(probe, cfg.seed, assign.round, task.k, stream)
+        seconds = time.perf_counter() - t0
+        loss = sum(out.losses) / len(out.losses)
+        self.say(f"round {assign.round}: {len(order)} scalars in {seconds:.1f} s, loss {loss:.4f}")
+        return m.Result(
+            v=m.PROTOCOL_VERSION, run=self.topics.run, round=assign.round, attempt=assign.attempt,
+            device=self.s.device_id, scalars=m.pack_scalars([out.scalars[d] for d in order]),
+            examples=sum(b.size for b in batches), loss=loss, forwards1=out.forwards1, forwards2=out.forwards2,
+            flops=out.flops, compute_s=seconds, fingerprint=fingerprint,
+        )
+
+    # -- catch-up ---------------------------------------------------------------------------
+    def _catch_up(self, target: int) -> None:
+        missing = target - self.replica_round
+        if missing <= 0:
+            return
+        ann = self.announcement
+        t0 = time.perf_counter()
+        start, how = self.replica_round, "replay"
+        if ann and ann.checkpoint_url and ann.checkpoint_round > self.replica_round and self._prefer_checkpoint(missing):
+            self._load_checkpoint(ann.checkpoint_url)
+            how = "checkpoint + replay"
+        while self.replica_round < target:
+            self._fetch_log(self.replica_round + 1, target)
+        if ann and ann.round == self.replica_round and ann.fingerprint and self.ex.fingerprint() != ann.fingerprint:
+            raise EdgezoError(f"replica after catching up to round {target} differs from the coordinator's global model; restart the device")
+        self.say(f"caught up from round {start} to {target} by {how} in {time.perf_counter() - t0:.1f} s")
+        self._publish_status()
+
+    def _prefer_checkpoint(self, missing: int) -> bool:
+        if self.s.catch_up != "auto":
+            return self.s.catch_up == "checkpoint"
+        cfg = self.cfg
+        directions = cfg.local_steps * cfg.p1 * (cfg.p2 + 1 if cfg.method == "spzo" else 1)
+        return checkpoint_worth_it(missing, directions, self.ex.trainable_numel(1) + self.ex.trainable_numel(2))
+
+    def _load_checkpoint(self, url: str) -> None:
+        folder = self.s.cache / self.topics.run / self.s.device_id
+        rnd, arrays, fingerprint = download_checkpoint(url, folder)
+        self.ex.load_trainable(arrays)
+        if self.ex.fingerprint() != fingerprint:
+            raise EdgezoError(f"checkpoint of round {rnd} from {url} does not give its stated fingerprint; it is for other base weights")
+        self.replica_round = rnd
+        self.say(f"loaded checkpoint of round {rnd} from {url}")
+
+    def _fetch_log(self, first: int, last: int) -> None:
+        """Ask for entries first..last and apply what comes back (at most log_chunk of them)."""
+        req = m.LogRequest(v=m.PROTOCOL_VERSION, run=self.topics.run, device=self.s.device_id, first=first, last=last)
+        self.link.publish(self.topics.logreq(self.s.device_id), m.encode(req))
+        deadline = time.monotonic() + self.s.log_timeout
+        mine = self.topics.log(self.s.device_id)
+        while time.monotonic() < deadline:
+            msg = self.link.get(0.5)
+            if msg is None:
+                continue
+            if msg.topic != mine:
+                self.deferred.append(msg)  # handled after catching up, in order
+                continue
+            try:
+                chunk = m.decode(msg.payload, m.LogChunk)
+            except m.BadMessage as e:
+                log.warning("ignoring bad log chunk: %s", e)
+                continue
+            applied = 0
+            for update in chunk.entries:
+                if update.round == self.replica_round + 1:
+                    self._apply(update)
+                    applied += 1
+            if applied or chunk.last < first:
+                if chunk.last < first:
+                    raise EdgezoError(f"the coordinator has only {chunk.last} rounds, but round {first} was announced")
+                return
+        raise EdgezoError(f"no seed-log entries from the coordinator within {self.s.log_timeout:.0f} s (asked for rounds {first}-{last})")

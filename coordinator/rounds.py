@@ -1,0 +1,138 @@
+"""One federated round on the coordinator, as pure logic: who is assigned what, which results
+count, when the round closes, and the aggregate. No network and no clock of its own (the caller
+passes ``now``), so every rule here is unit-tested without a broker.
+
+A result counts only if it is for this run, round and attempt, from an assigned device, on that
+device's own topic, with exactly the scalars the assignment asked for, all finite, and a
+plausible example count. The first valid result of a device counts; duplicates are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgezo.aggregate import robust_average
+from edgezo.estimators import LocalRound, ProbeConfig, probe_directions, update_rule
+from edgezo.keys import Direction
+from edgezo.simulation import global_update
+
+from edgezo.coordinator.messages import DeviceTask, Result, unpack_scalars, BadMessage
+
+AGGREGATIONS = ("mean", "median", "trimmed")
+
+
+@dataclass
+class RoundPolicy:
+    """How a round is run: the coordinator's knobs, separate from the training job."""
+
+    timeout_s: float = 300.0  # deadline after the assignment
+    quorum: float = 1.0  # close early once this fraction of the assigned devices answered
+    clip: float | None = None  # clip each scalar to [-clip, clip] (robustness to outliers)
+    aggregation: str = "mean"  # mean (weighted by examples), median, trimmed
+    trim: float = 0.1  # fraction cut at each end for "trimmed"
+
+
+def sample_devices(online: list[str], count: int, seed: int, rnd: int, attempt: int) -> list[str]:
+    """The devices of a round: all online ones (count 0 or more than are online), else a seeded
+    sample, so a restarted coordinator picks the same devices from the same population."""
+    online = sorted(online)
+    if count <= 0 or count >= len(online):
+        return online
+    rng = np.random.default_rng([seed, rnd, attempt, 0x5A4D])
+    return sorted(online[k] for k in rng.choice(len(online), size=count, replace=False))
+
+
+@dataclass
+class Answer:
+    scalars: dict[Direction, float]
+    examples: int
+    loss: float
+    forwards1: int
+    forwards2: int
+    flops: float
+    compute_s: float
+    payload_bytes: int
+
+
+@dataclass
+class RoundCollector:
+    run: str
+    run_seed: int
+    round: int
+    attempt: int
+    tasks: list[DeviceTask]
+    probe: ProbeConfig  # method, eps, variant, difference; P1/P2 come from each task
+    policy: RoundPolicy
+    opened_at: float
+    answers: dict[str, Answer] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+
+    def __post_init__(self):
+        self._by_device = {t.device: t for t in self.tasks}
+        self._expected: dict[str, list[Direction]] = {}
+        for stream, t in enumerate(self.tasks, start=1):
+            probe = ProbeConfig(self.probe.method, t.p1, t.p2, self.probe.eps, self.probe.variant, self.probe.difference)
+            s = stream if self.probe.method == "fedzo" else 0
+            self._expected[t.device] = probe_directions(probe, self.run_seed, self.round, t.k, s)
+
+    def stream_of(self, device: str) -> int:
+        """FedZO's per-device stream (1-based position in the assignment); 0 for shared seeds."""
+        if self.probe.method != "fedzo":
+            return 0
+        return 1 + [t.device for t in self.tasks].index(device)
+
+    def offer(self, topic_device: str, result: Result, payload_bytes: int = 0) -> str | None:
+        """Take a result; returns None if it counts, else why it was rejected (for the log)."""
+        if result.run != self.run:
+            return f"for run {result.run!r}, not {self.run!r}"
+        if result.round != self.round or result.attempt != self.attempt:
+            return f"for round {result.round} attempt {result.attempt}; round {self.round} attempt {self.attempt} is open"
+        if result.device != topic_device:
+            return f"claims device {result.device!r} on device {topic_device!r}'s topic"
+        task = self._by_device.get(result.device)
+        if task is None:
+            return f"device {result.device!r} was not assigned round {self.round}"
+        if result.device in self.answers:
+            return f"duplicate result from {result.device!r} (the first one counts)"
+        try:
+            values = unpack_scalars(result.scalars)
+        except BadMessage as e:
+            return str(e)
+        expected = self._expected[result.device]
+        if len(values) != len(expected):
+            return f"{len(values)} scalars; the assignment asked for {len(expected)}"
+        if not np.all(np.isfinite(values)):
+            return "non-finite scalars"
+        if not (0 < result.examples <= task.k * task.batch) or not math.isfinite(result.loss):
+            return f"implausible example count {result.examples} or loss {result.loss}"
+        if self.policy.clip is not None:
+            values = np.clip(values, -self.policy.clip, self.policy.clip)
+        self.answers[result.device] = Answer(
+            dict(zip(expected, map(float, values))), result.examples, result.loss,
+            result.forwards1, result.forwards2, result.flops, result.compute_s, payload_bytes,
+        )
+        return None
+
+    def device_gone(self, device: str) -> None:
+        if device in self._by_device:
+            self.gone.add(device)
+
+    def should_close(self, now: float) -> bool:
+        assigned = len(self.tasks)
+        answered = len(self.answers)
+        if answered >= math.ceil(self.policy.quorum * assigned):
+            return True
+        if all(t.device in self.answers or t.device in self.gone for t in self.tasks):
+            return True
+        return now >= self.opened_at + self.policy.timeout_s
+
+    def update(self, lr: float) -> list[tuple[Direction, float]]:
+        """The round's update from the counted answers: per-direction average (or the robust rule)
+        then ``update_rule``; FedZO, with per-device seeds, takes the weighted union instead."""
+        contributions = [(self.answers[d].scalars, float(self.answers[d].examples)) for d in sorted(self.answers)]
+        if self.probe.method == "fedzo":
+            return global_update("fedzo", [(LocalRound(scalars=s), w) for s, w in contributions], lr, self.probe.variant)
+        return update_rule(robust_average(contributions, self.policy.aggregation, self.policy.trim), lr, self.probe.variant)

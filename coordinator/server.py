@@ -1,0 +1,277 @@
+"""The coordinator: runs a job's rounds over MQTT.
+
+Its only durable state is the state folder: ``job.json`` (what the job is) and the append-only,
+fsync'd ``seedlog.jsonl``. The global model is always base + replay(seed log), so a coordinator
+killed at any moment and restarted with the same ``--state`` replays the log and re-opens the
+next round; devices answer a re-opened round with the same scalars (their batches and
+directions are functions of the run seed and round), so the job ends on the same model.
+
+All work happens on the caller's thread; the MQTT network thread only queues messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from edgezo.config import JobConfig, lr_at, probe_config
+from edgezo.errors import EdgezoError
+from edgezo.seedlog import LogEntry, SeedLog, replay
+from edgezo.simulation import RoundRecord, Totals
+
+from edgezo.coordinator import messages as m
+from edgezo.coordinator.checkpoint import CheckpointServer, latest_checkpoint, write_checkpoint
+from edgezo.coordinator.rounds import RoundCollector, RoundPolicy, sample_devices
+from edgezo.coordinator.topics import Topics
+
+log = logging.getLogger("edgezo.coordinator")
+
+# Keys of JobConfig that only matter on the coordinator's machine: they are not announced, and
+# a resumed job may change them.
+LOCAL_KEYS = ("model", "data", "out", "eval_every", "eval_samples", "clients")
+
+
+@dataclass
+class CoordinatorSettings:
+    run: str = "edgezo"
+    state: Path = Path("runs/coordinate/state")
+    min_devices: int = 1
+    devices_per_round: int = 0  # 0: every online device
+    policy: RoundPolicy = field(default_factory=RoundPolicy)
+    log_chunk: int = 50  # seed-log entries per catch-up message
+    checkpoint_every: int = 10  # rounds between checkpoints served over HTTP (0: never)
+    http_host: str = "0.0.0.0"
+    http_port: int = 0
+    advertise_host: str | None = None  # the host devices use to reach the checkpoint server
+    max_attempts: int = 20  # re-opened rounds before giving up
+
+
+def shared_job(cfg: JobConfig) -> dict:
+    return {k: v for k, v in cfg.to_dict().items() if k not in LOCAL_KEYS}
+
+
+class StateFolder:
+    """``job.json`` + ``seedlog.jsonl`` + ``checkpoints/``; refuses to resume a different job."""
+
+    def __init__(self, path: Path, job: dict, model: m.ModelRef, run: str):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.seedlog = SeedLog(self.path / "seedlog.jsonl")
+        self.checkpoints = self.path / "checkpoints"
+        identity = {"run": run, "job": job, "model_digest": model.digest}
+        job_file = self.path / "job.json"
+        if job_file.exists():
+            try:
+                old = json.loads(job_file.read_text(encoding="utf-8"))
+            except ValueError as e:
+                raise EdgezoError(f"{job_file} is corrupt ({e}); delete the state folder to start over") from e
+            if old != identity:
+                diff = sorted(k for k in set(old.get("job", {})) | set(job) if old.get("job", {}).get(k) != job.get(k))
+                what = f"settings {diff}" if diff else "run name or model"
+                raise EdgezoError(
+                    f"state folder {self.path} belongs to another job (different {what}); "
+                    "pass another --state, or the same settings to resume it"
+                )
+        else:
+            tmp = job_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(identity, indent=2), encoding="utf-8")
+            tmp.replace(job_file)
+
+    def entries(self) -> list[LogEntry]:
+        entries = list(self.seedlog.entries())
+        for k, e in enumerate(entries, 1):
+            if e.round != k:
+                raise EdgezoError(f"seed log {self.seedlog.path} skips from round {k - 1} to {e.round}; it is corrupt")
+        return entries
+
+
+class Coordinator:
+    def __init__(
+        self,
+        cfg: JobConfig,
+        settings: CoordinatorSettings,
+        link,
+        ex,
+        model: m.ModelRef,
+        evaluate: Callable[[], float],
+        on_record: Callable[[RoundRecord], None],
+        previous: dict | None = None,
+        say: Callable[[str], None] = print,
+    ):
+        self.cfg, self.s, self.link, self.ex, self.model = cfg, settings, link, ex, model
+        self.evaluate, self.on_record, self.say = evaluate, on_record, say
+        self.topics = Topics(settings.run)
+        self.state = StateFolder(settings.state, shared_job(cfg), model, settings.run)
+        self.entries = self.state.entries()
+        self.round = replay(ex, self.entries)
+        self.online: dict[str, m.Status] = {}
+        self.rejected = 0
+        self.totals = Totals()
+        if previous:  # cumulative counters continue across a restart
+            self.totals = Totals(previous.get("forwards_block1", 0), previous.get("forwards_block2", 0),
+                                 previous.get("flops", 0.0), previous.get("bytes_up", 0.0), previous.get("bytes_down", 0.0))
+        self.http = None
+        self.started = time.perf_counter()
+
+    # -- publishing -------------------------------------------------------------------------
+    def announce(self, state: str = "running") -> None:
+        ck = latest_checkpoint(self.state.checkpoints)
+        msg = m.Announce(
+            v=m.PROTOCOL_VERSION, run=self.s.run, state=state, model=self.model, job=shared_job(self.cfg),
+            split=self.ex.split, round=self.round, rounds=self.cfg.rounds, fingerprint=self.ex.fingerprint(),
+            log_chunk=self.s.log_chunk, checkpoint_url=self.http.url if (self.http and ck) else "",
+            checkpoint_round=ck.round if ck else 0,
+        )
+        self.link.publish(self.topics.announce, m.encode(msg), retain=True)
+
+    def _checkpoint(self) -> None:
+        if self.s.checkpoint_every and self.round % self.s.checkpoint_every == 0:
+            write_checkpoint(self.state.checkpoints, self.round, self.ex.trainable_arrays(), self.ex.fingerprint())
+
+    # -- receiving --------------------------------------------------------------------------
+    def _pump(self, collector: RoundCollector | None, timeout: float) -> None:
+        msg = self.link.get(timeout)
+        while msg is not None:
+            self._dispatch(msg, collector)
+            msg = self.link.get(0)
+
+    def _dispatch(self, msg, collector: RoundCollector | None) -> None:
+        kind = self.topics.kind_of(msg.topic)
+        if kind not in ("status", "result", "logreq") or not msg.payload:
+            return  # our own publications echoed back, or a cleared retained message
+        device = self.topics.device_of(msg.topic)
+        expected = {"status": m.Status, "result": m.Result, "logreq": m.LogRequest}[kind]
+        try:
+            message = m.decode(msg.payload, expected)
+            if message.run != self.s.run:
+                raise m.BadMessage(f"for run {message.run!r}")
+        except m.BadMessage as e:
+            self._reject(msg.topic, str(e))
+            return
+        if kind == "status":
+            self._on_status(device, message, collector)
+        elif kind == "result":
+            if collector is None:
+                self._reject(msg.topic, f"result for round {message.round} while no round is open")
+                return
+            why = collector.offer(device, message, len(msg.payload))
+            if why:
+                self._reject(msg.topic, why)
+        else:
+            self._serve_log(device, message)
+
+    def _reject(self, topic: str, why: str) -> None:
+        self.rejected += 1
+        log.warning("rejected message on %s: %s", topic, why)
+
+    def _on_status(self, device: str, status: m.Status, collector: RoundCollector | None) -> None:
+        if status.device != device:
+            self._reject(self.topics.status(device), f"status claims device {status.device!r}")
+            return
+        if status.state == "online":
+            if device not in self.online:
+                self.say(f"device {device} online ({status.examples} examples, {status.backend or 'unknown backend'}, replica at round {status.replica_round})")
+            self.online[device] = status
+        else:
+            if self.online.pop(device, None) is not None:
+                self.say(f"device {device} went offline")
+            if collector is not None:
+                collector.device_gone(device)
+
+    def _serve_log(self, device: str, req: m.LogRequest) -> None:
+        if req.device != device:
+            self._reject(self.topics.logreq(device), f"log request claims device {req.device!r}")
+            return
+        first, last = max(1, req.first), min(req.last, self.round)
+        chunk = self.entries[first - 1 : last][: self.s.log_chunk]
+        updates = [self._update_message(e) for e in chunk]
+        reply = m.LogChunk(v=m.PROTOCOL_VERSION, run=self.s.run, device=device, entries=updates, last=self.round)
+        self.link.publish(self.topics.log(device), m.encode(reply))
+
+    def _update_message(self, entry: LogEntry, fingerprint: str = "") -> m.Update:
+        return m.Update(v=m.PROTOCOL_VERSION, run=self.s.run, round=entry.round, run_seed=self.cfg.seed,
+                        rows=m.pack_update(entry.update), fingerprint=fingerprint)
+
+    # -- the job ----------------------------------------------------------------------------
+    def run(self) -> None:
+        t = self.topics
+        for topic in (t.all_status, t.all_results, t.all_logreq):
+            self.link.subscribe(topic)
+        self.http = CheckpointServer(self.state.checkpoints, self.s.http_host, self.s.http_port, self.s.advertise_host).start()
+        try:
+            if self.round:
+                self.say(f"resuming {self.s.run} at round {self.round}/{self.cfg.rounds} from {self.state.path}")
+            self.announce()
+            if self.round == 0:
+                self.on_record(self._record(0, None, self.evaluate(), 0, 0))
+            while self.round < self.cfg.rounds:
+                self._one_round(self.round + 1)
+            self.announce("finished")
+            self.link.publish(t.round, b"", retain=True)  # clear the retained assignment
+        finally:
+            self.http.stop()
+
+    def _wait_for_devices(self) -> None:
+        shown = -1
+        while len(self.online) < self.s.min_devices:
+            if len(self.online) != shown:
+                shown = len(self.online)
+                self.say(f"waiting for devices: {shown}/{self.s.min_devices} online (start them with: edgezo join --broker HOST)")
+            self._pump(None, 0.5)
+
+    def _one_round(self, rnd: int) -> None:
+        lr = lr_at(self.cfg.lr, self.cfg.lr_schedule, rnd, self.cfg.rounds)
+        probe = probe_config(self.cfg)
+        for attempt in range(self.s.max_attempts):
+            self._wait_for_devices()
+            chosen = sample_devices(list(self.online), self.s.devices_per_round, self.cfg.seed, rnd, attempt)
+            tasks = [m.DeviceTask(d, self.cfg.local_steps, self.cfg.p1, self.cfg.p2, self.cfg.batch_size) for d in chosen]
+            assign = m.Assign(v=m.PROTOCOL_VERSION, run=self.s.run, round=rnd, attempt=attempt, lr=lr,
+                              timeout_s=self.s.policy.timeout_s, tasks=tasks)
+            payload = m.encode(assign)
+            collector = RoundCollector(self.s.run, self.cfg.seed, rnd, attempt, tasks, probe, self.s.policy, time.monotonic())
+            self.link.publish(self.topics.round, payload, retain=True)
+            while not collector.should_close(time.monotonic()):
+                self._pump(collector, 0.2)
+            if collector.answers:
+                self._close(rnd, lr, collector, len(payload))
+                return
+            self.say(f"round {rnd}: no device answered within {self.s.policy.timeout_s:.0f} s; re-opening it")
+        raise EdgezoError(f"round {rnd} got no answer in {self.s.max_attempts} attempts; are the devices running?")
+
+    def _close(self, rnd: int, lr: float, collector: RoundCollector, assign_bytes: int) -> None:
+        update = collector.update(lr)
+        self.ex.apply_update(update)
+        entry = LogEntry(rnd, update)
+        self.state.seedlog.append(entry)  # durable before anyone hears of it
+        self.entries.append(entry)
+        self.round = rnd
+        message = self._update_message(entry, self.ex.fingerprint())
+        payload = m.encode(message)
+        self.link.publish(self.topics.update, payload)
+        self._checkpoint()
+        self.announce()
+        answers = collector.answers.values()
+        t = self.totals
+        t.forwards1 += sum(a.forwards1 for a in answers)
+        t.forwards2 += sum(a.forwards2 for a in answers)
+        t.flops += sum(a.flops for a in answers)
+        t.bytes_up += sum(a.payload_bytes for a in answers) / len(collector.answers)
+        t.bytes_down += assign_bytes + len(payload)
+        due = rnd == self.cfg.rounds or (self.cfg.eval_every and rnd % self.cfg.eval_every == 0)
+        loss = sum(a.loss for a in answers) / len(collector.answers)
+        record = self._record(rnd, loss, self.evaluate() if due else None, len(collector.answers), len(collector.tasks))
+        self.on_record(record)
+
+    def _record(self, rnd, loss, acc, answered, assigned) -> RoundRecord:
+        t = self.totals
+        return RoundRecord(
+            round=rnd, method=self.cfg.method, train_loss=loss, eval_accuracy=acc,
+            forwards_block1=t.forwards1, forwards_block2=t.forwards2, flops=t.flops,
+            bytes_up=t.bytes_up, bytes_down=t.bytes_down, wall_s=round(time.perf_counter() - self.started, 3),
+            devices=answered, assigned=assigned, fingerprint=self.ex.fingerprint(),
+        )

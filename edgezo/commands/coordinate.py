@@ -1,0 +1,127 @@
+"""`edgezo coordinate`: run a federated job over an MQTT broker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import click
+from tqdm.auto import tqdm
+
+from edgezo.commands.options import BROKER_OPTIONS, JOB_OPTIONS, apply, broker_settings
+from edgezo.config import build_config, load_toml
+from edgezo.errors import EdgezoError
+from edgezo.evaluate import make_evaluator
+from edgezo.jobdata import load_job_data
+from edgezo.outputs import RunOutputs, round_line
+
+
+@click.command(context_settings={"show_default": True})
+@apply(JOB_OPTIONS)
+@click.option("--broker", help="MQTT broker HOST[:PORT]. Without it, an embedded broker (amqtt) is started on this machine.")
+@apply(BROKER_OPTIONS)
+@click.option("--port", "embedded_port", type=int, default=1883, help="Port of the embedded broker (without --broker).")
+@click.option("--run", "run_name", default="edgezo", help="Job name: the MQTT topic prefix edgezo/<run>/.")
+@click.option("--state", type=click.Path(file_okay=False), help="State folder (seed log, job, checkpoints); restart with the same one to resume after a crash. [default: OUT/state]")
+@click.option("--min-devices", type=int, default=1, help="Devices that must be online before a round opens.")
+@click.option("--devices-per-round", type=int, default=0, help="Devices sampled per round (0: every online device).")
+@click.option("--round-timeout", type=float, default=300.0, help="Seconds a round waits for answers; then whoever answered is aggregated.")
+@click.option("--quorum", type=float, default=1.0, help="Close a round early once this fraction of its devices answered (devices that go offline are not waited for).")
+@click.option("--clip", type=float, help="Clip every received scalar to [-CLIP, CLIP].")
+@click.option("--aggregation", type=click.Choice(["mean", "median", "trimmed"]), default="mean", help="Per-seed aggregation: mean (weighted by examples), or robust median / trimmed mean.")
+@click.option("--trim", type=float, default=0.1, help="Fraction cut at each end by --aggregation trimmed.")
+@click.option("--checkpoint-every", type=int, default=10, help="Rounds between checkpoints served over HTTP to devices that are far behind (0: never).")
+@click.option("--http-port", type=int, default=0, help="Port of the checkpoint HTTP server (0: any free port).")
+@click.option("--advertise-host", help="Host name devices use to reach the checkpoint server. [default: the broker host, or 127.0.0.1]")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def coordinate(config_file, broker, embedded_port, run_name, state, min_devices, devices_per_round, round_timeout, quorum,
+               clip, aggregation, trim, checkpoint_every, http_port, advertise_host, quiet,
+               username, password, tls_ca, tls_cert, tls_key, tls_insecure, **options):
+    """Coordinate a federated fine-tuning job over MQTT.
+
+    Devices join with `edgezo join --broker HOST`. Each round the coordinator assigns work (the
+    round's shared seeds, P1/P2, local steps, batch), aggregates the scalars of whoever answered
+    by the deadline, appends the update to the seed log (fsync'd) and publishes it. It evaluates on
+    the validation split of its own --data, and writes the same outputs as `simulate`.
+
+    Example: edgezo coordinate --broker localhost --min-devices 3 --rounds 30 --out runs/job
+    """
+    from edgezo.coordinator.rounds import RoundPolicy
+    from edgezo.coordinator.server import Coordinator, CoordinatorSettings
+    from edgezo.coordinator.topics import check_name
+    from edgezo.coordinator.transport import MqttLink
+
+    cfg = build_config(load_toml(config_file) if config_file else {}, options)
+    check_name("run", run_name)
+    if cfg.method == "fedavg":
+        raise EdgezoError("fedavg moves full weights every round; over MQTT only seeds and scalars travel. Use it with `edgezo simulate`")
+    if not 0 < quorum <= 1:
+        raise EdgezoError(f"--quorum must be in (0, 1] (got {quorum})")
+    if min_devices < 1 or round_timeout <= 0:
+        raise EdgezoError("--min-devices must be at least 1 and --round-timeout positive")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    say = tqdm.write  # round lines are the job's log; --quiet only drops the progress bar
+    data = load_job_data(cfg, need_train=False)
+
+    import transformers
+
+    from edgezo.backends.torch.factory import build_torch_executor
+    from edgezo.backends.torch.loading import save_model
+    from edgezo.coordinator.messages import ModelRef
+
+    transformers.utils.logging.set_verbosity_error()
+    say(f"loading model {cfg.model or '(default) SmolLM2-135M-Instruct'} ...")
+    ex, info = build_torch_executor(cfg, data.task)
+    out = Path(cfg.out)
+    state_dir = Path(state) if state else out / "state"
+    settings = CoordinatorSettings(
+        run=run_name, state=state_dir, min_devices=min_devices, devices_per_round=devices_per_round,
+        policy=RoundPolicy(round_timeout, quorum, clip, aggregation, trim), checkpoint_every=checkpoint_every,
+        http_port=http_port, advertise_host=advertise_host,
+    )
+    embedded = None
+    if broker is None:
+        from edgezo.coordinator.broker import EmbeddedBroker
+
+        embedded = EmbeddedBroker(port=embedded_port)
+        say(f"no --broker given: started an embedded MQTT broker (amqtt) on {embedded.host}:{embedded.port}; "
+            f"devices join with: edgezo join --broker <this host>:{embedded.port}")
+        broker = f"{embedded.host}:{embedded.port}"
+    bs = broker_settings(broker, 1883, username, password, tls_ca, tls_cert, tls_key, tls_insecure)
+    if settings.advertise_host is None and bs.host not in ("127.0.0.1", "localhost", "::1"):
+        settings.advertise_host = bs.host
+    link = MqttLink(bs, client_id=f"edgezo-coordinator-{run_name}", protocol=embedded.protocol if embedded else "auto")
+    try:
+        link.connect()
+        started = time.perf_counter()
+        model = ModelRef(info.name, info.revision or "", info.digest)
+        resume_round = sum(1 for _ in _entries(state_dir))
+        outputs = RunOutputs(out, resume_round=resume_round if resume_round else None)
+        previous = outputs.records[-1] if outputs.records else None
+        bar = tqdm(total=cfg.rounds, initial=resume_round, desc="rounds", unit="round", disable=quiet, dynamic_ncols=True)
+
+        def on_record(record):
+            outputs.add(record)
+            if record.round:
+                bar.update(1)
+            say(round_line(record, cfg.rounds, f"  devices {record.devices}/{record.assigned}"))
+
+        coordinator = Coordinator(cfg, settings, link, ex, model, make_evaluator(ex, data.task, data.dev, quiet),
+                                  on_record, previous=previous, say=say)
+        coordinator.run()
+        bar.close()
+        summary = outputs.finish(cfg, ex, info, started, save_model, {"run": run_name, "rejected_messages": coordinator.rejected})
+        acc = summary["final_accuracy"]
+        click.echo(f"job {run_name} finished: {summary['rounds_completed']} rounds, accuracy "
+                   f"{100 * acc:.1f}%; wrote {out}/" if acc is not None else f"job {run_name} finished; wrote {out}/")
+    finally:
+        link.close()
+        if embedded is not None:
+            embedded.stop()
+
+
+def _entries(state_dir: Path):
+    from edgezo.seedlog import SeedLog
+
+    return SeedLog(state_dir / "seedlog.jsonl").entries()

@@ -1,0 +1,82 @@
+"""`edgezo join`: contribute this device's compute and private data to a federated job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+
+import click
+
+from edgezo.commands.options import BROKER_OPTIONS, TRAIN_SAMPLES, apply, broker_settings
+from edgezo.errors import EdgezoError
+
+
+def default_device_id() -> str:
+    """The host name, made safe for MQTT topics: stable across restarts, so catch-up works."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "device"
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--broker", required=True, help="MQTT broker HOST[:PORT] the coordinator uses.")
+@apply(BROKER_OPTIONS)
+@click.option("--device-id", help="This device's name (MQTT topics, ACL user name). [default: the host name]")
+@click.option("--run", "run_name", help="Job to join. [default: the one job announced on the broker]")
+@click.option("--model", help="Local copy of the job's model (hub id, folder or .gguf); its digest must match the announced one. [default: SmolLM2-135M-Instruct]")
+@click.option("--data", help="Folder with this device's task files (the announced task's layout). [default: ../shared/data/<task> or $EDGEZO_DATA]")
+@click.option("--shard", help="Use only shard i of N of the training data (i/N, 0-based), as simulated device i would.")
+@apply([TRAIN_SAMPLES])
+@click.option("--catch-up", type=click.Choice(["auto", "replay", "checkpoint"]), default="auto", help="How to reach the current global model when behind: replay the seed log, download the coordinator's checkpoint, or whichever is cheaper.")
+@click.option("--stay", is_flag=True, help="After the job finishes, wait for the next one instead of exiting.")
+@click.option("--announce-timeout", type=float, default=60.0, help="Seconds to wait for a job announcement.")
+@click.option("--quiet", is_flag=True, help="Only warnings and errors.")
+def join(broker, username, password, tls_ca, tls_cert, tls_key, tls_insecure, device_id, run_name, model, data, shard,
+         train_samples, catch_up, stay, announce_timeout, quiet):
+    """Join a federated job as a device: answer the coordinator's rounds until the job ends.
+
+    The device loads the announced model (checking its digest), keeps a replica of the global
+    model, and sends only scalars; it reconnects with backoff if the broker goes away and catches
+    up on missed rounds. Exits 0 when the coordinator announces the end of the job.
+
+    Example: edgezo join --broker server.local --data ~/my-sst2
+    """
+    from edgezo.coordinator.device import Device, DeviceSettings, find_job
+    from edgezo.coordinator.messages import encode, PROTOCOL_VERSION, Status
+    from edgezo.coordinator.topics import Topics, check_name
+    from edgezo.coordinator.transport import MqttLink
+    from edgezo.jobdata import parse_shard
+
+    device_id = check_name("device", device_id or default_device_id())
+    if run_name:
+        check_name("run", run_name)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    say = (lambda msg: None) if quiet else click.echo
+    settings = DeviceSettings(device_id=device_id, run=run_name, model=model, data=data,
+                              shard=parse_shard(shard) if shard else None, train_samples=train_samples, stay=stay,
+                              catch_up=catch_up, announce_timeout=announce_timeout)
+    bs = broker_settings(broker, 1883, username, password, tls_ca, tls_cert, tls_key, tls_insecure)
+    if run_name is None:  # the last will names the run: find it first
+        with MqttLink(bs, client_id=f"edgezo-{device_id}-probe") as probe:
+            probe.connect()
+            run_name = find_job(probe, None, announce_timeout, stay).run
+        settings.run = run_name
+    # The last will: the coordinator hears at once that this device is gone.
+    offline = Status(v=PROTOCOL_VERSION, run=run_name, device=device_id, state="offline")
+    link = MqttLink(bs, client_id=f"edgezo-{device_id}", will=(Topics(run_name).status(device_id), encode(offline), True))
+
+    def build(cfg, task):
+        import transformers
+
+        from edgezo.backends.torch.factory import build_torch_executor
+
+        transformers.utils.logging.set_verbosity_error()
+        return build_torch_executor(cfg, task)
+
+    link.connect()
+    try:
+        code = Device(settings, link, build, say).run()
+    finally:
+        link.close()
+    raise SystemExit(code)

