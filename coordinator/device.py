@@ -120,6 +120,11 @@ class Device:
         self.replica_round = 0
         self.say(f"joined job {ann.run!r} as {self.s.device_id}: {info.name}, {len(self.shard):,} local examples, round {ann.round}/{ann.rounds}")
 
+    def leave(self) -> None:
+        """Tell the coordinator this device is gone (it stops assigning work to it)."""
+        if self.ex is not None:
+            self._publish_status("offline")
+
     def _publish_status(self, state: str = "online") -> None:
         status = m.Status(v=m.PROTOCOL_VERSION, run=self.topics.run, device=self.s.device_id, state=state,
                           replica_round=self.replica_round, examples=len(self.shard), backend="torch")

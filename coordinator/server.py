@@ -116,6 +116,8 @@ class Coordinator:
                                  previous.get("flops", 0.0), previous.get("bytes_up", 0.0), previous.get("bytes_down", 0.0))
         self.http = None
         self.started = time.perf_counter()
+        self._assign_payload: bytes | None = None  # the open round's assignment (re-sent after a reconnect)
+        self._connections = getattr(link, "connections", 0)
 
     # -- publishing -------------------------------------------------------------------------
     def announce(self, state: str = "running") -> None:
@@ -134,6 +136,13 @@ class Coordinator:
 
     # -- receiving --------------------------------------------------------------------------
     def _pump(self, collector: RoundCollector | None, timeout: float) -> None:
+        if getattr(self.link, "connections", 0) != self._connections:
+            # Back after a broker outage: a restarted broker lost our retained messages.
+            self._connections = self.link.connections
+            log.info("reconnected: re-publishing the announcement and the open round")
+            self.announce()
+            if self._assign_payload is not None:
+                self.link.publish(self.topics.round, self._assign_payload, retain=True)
         msg = self.link.get(timeout)
         while msg is not None:
             self._dispatch(msg, collector)
@@ -187,8 +196,13 @@ class Coordinator:
             self._reject(self.topics.logreq(device), f"log request claims device {req.device!r}")
             return
         first, last = max(1, req.first), min(req.last, self.round)
-        chunk = self.entries[first - 1 : last][: self.s.log_chunk]
-        updates = [self._update_message(e) for e in chunk]
+        updates, size = [], 0
+        for entry in self.entries[first - 1 : last][: self.s.log_chunk]:
+            update = self._update_message(entry)
+            size += len(update.rows) + 64
+            if updates and size > m.MAX_PAYLOAD_BYTES // 2:
+                break  # stay well under the payload limit: the device asks again for the rest
+            updates.append(update)
         reply = m.LogChunk(v=m.PROTOCOL_VERSION, run=self.s.run, device=device, entries=updates, last=self.round)
         self.link.publish(self.topics.log(device), m.encode(reply))
 
@@ -235,6 +249,7 @@ class Coordinator:
             payload = m.encode(assign)
             collector = RoundCollector(self.s.run, self.cfg.seed, rnd, attempt, tasks, probe, self.s.policy, time.monotonic())
             self.link.publish(self.topics.round, payload, retain=True)
+            self._assign_payload = payload
             while not collector.should_close(time.monotonic()):
                 self._pump(collector, 0.2)
             if collector.answers:

@@ -167,6 +167,10 @@ def _bad_broker(text: object, why: str) -> EdgezoError:
     )
 
 
+class BrokerUnreachable(EdgezoError):
+    """Nothing answered at the broker's address: worth retrying (it may be starting)."""
+
+
 class MqttLink:
     """One MQTT client connection with a blocking, queue-based receive side.
 
@@ -431,7 +435,7 @@ class MqttLink:
                 "check --tls-ca/--tls-cert/--tls-key, and that the broker expects TLS on this port"
             ) from None
         except (OSError, ValueError) as exc:
-            raise EdgezoError(
+            raise BrokerUnreachable(
                 f"cannot reach MQTT broker at {s.address} ({_short(exc)}); is it running? start one or pass --broker"
             ) from None
         while not handshake.done.is_set():

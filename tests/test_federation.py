@@ -35,9 +35,10 @@ class Procs:
         self.root, self.broker, self.procs = root, broker, {}
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
-    def start(self, name: str, *args: str) -> subprocess.Popen:
+    def start(self, name: str, *args: str, broker: str | None = "default") -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "w")
-        cmd = [sys.executable, "-m", "edgezo", *args, "--broker", self.broker.address]
+        address = self.broker.address if broker == "default" else broker
+        cmd = [sys.executable, "-m", "edgezo", *args, *(["--broker", address] if address else [])]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root)
         self.procs[name] = proc
         return proc
@@ -255,3 +256,43 @@ def test_wrong_password_is_refused_with_a_clear_error(tmp_path, mosquitto_factor
     assert proc.returncode == 2
     assert "bad username or password" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_job_survives_a_broker_restart(tmp_path, mosquitto_factory, tiny_llama, sst2_dir):
+    broker = mosquitto_factory()
+    procs = Procs(tmp_path, broker)
+    try:
+        job = job_options(tiny_llama, sst2_dir)
+        out = tmp_path / "coord"
+        rounds = 10
+        procs.start("coordinator", "coordinate", *job, "--run", "outage", "--rounds", str(rounds), "--min-devices", "2", "--out", str(out))
+        for i in range(2):
+            procs.start(f"dev{i}", "join", "--run", "outage", "--device-id", f"dev{i}", "--model", str(tiny_llama),
+                        "--data", str(sst2_dir), "--shard", f"{i}/2", "--train-samples", "200")
+        wait_until("round 2", lambda: any(r["round"] >= 2 for r in metrics(out)), procs, poll=0.01)
+        broker.kill()  # SIGKILL: every connection drops, retained messages are lost (no persistence)
+        time.sleep(1.0)
+        broker.restart()
+        procs.wait("coordinator", "dev0", "dev1")
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["rounds_completed"] == rounds
+        assert "reconnected" in procs.log("coordinator")
+        assert final_fingerprint(procs.log("dev1")) == summary["fingerprint"]
+        assert simulate_fingerprint(tmp_path, tiny_llama, sst2_dir, 2, rounds, 200) == summary["fingerprint"]
+    finally:
+        procs.kill_all()
+
+
+def test_coordinate_without_a_broker_starts_an_embedded_one(procs, tmp_path, tiny_llama, sst2_dir):
+    from edgezo.coordinator.broker import free_port
+
+    port = free_port()
+    job = job_options(tiny_llama, sst2_dir)
+    procs.start("coordinator", "coordinate", *job, "--run", "embedded", "--rounds", "2", "--port", str(port),
+                "--out", str(tmp_path / "coord"), broker=None)
+    procs.start("dev", "join", "--run", "embedded", "--device-id", "dev", "--model", str(tiny_llama), "--data", str(sst2_dir),
+                "--train-samples", "100", broker=f"127.0.0.1:{port}")
+    procs.wait("coordinator", "dev")
+    assert "embedded MQTT broker (amqtt)" in procs.log("coordinator")
+    summary = json.loads((tmp_path / "coord" / "summary.json").read_text())
+    assert final_fingerprint(procs.log("dev")) == summary["fingerprint"]

@@ -85,8 +85,9 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
         from edgezo.coordinator.broker import EmbeddedBroker
 
         embedded = EmbeddedBroker(port=embedded_port)
-        say(f"no --broker given: started an embedded MQTT broker (amqtt) on {embedded.host}:{embedded.port}; "
-            f"devices join with: edgezo join --broker <this host>:{embedded.port}")
+        say(f"no --broker given: started an embedded MQTT broker (amqtt) on {embedded.host}:{embedded.port} "
+            f"(this machine only; devices here join with: edgezo join --broker {embedded.host}:{embedded.port}). "
+            "For devices on other machines run mosquitto and pass --broker")
         broker = f"{embedded.host}:{embedded.port}"
     bs = broker_settings(broker, 1883, username, password, tls_ca, tls_cert, tls_key, tls_insecure)
     if settings.advertise_host is None and bs.host not in ("127.0.0.1", "localhost", "::1"):

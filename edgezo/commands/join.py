@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
+import signal
 import socket
-from pathlib import Path
+import sys
 
 import click
 
@@ -59,7 +59,7 @@ def join(broker, username, password, tls_ca, tls_cert, tls_key, tls_insecure, de
     bs = broker_settings(broker, 1883, username, password, tls_ca, tls_cert, tls_key, tls_insecure)
     if run_name is None:  # the last will names the run: find it first
         with MqttLink(bs, client_id=f"edgezo-{device_id}-probe") as probe:
-            probe.connect()
+            connect_patiently(probe, announce_timeout, say)
             run_name = find_job(probe, None, announce_timeout, stay).run
         settings.run = run_name
     # The last will: the coordinator hears at once that this device is gone.
@@ -74,9 +74,33 @@ def join(broker, username, password, tls_ca, tls_cert, tls_key, tls_insecure, de
         transformers.utils.logging.set_verbosity_error()
         return build_torch_executor(cfg, task)
 
-    link.connect()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # leave cleanly when stopped by a service manager
+    connect_patiently(link, announce_timeout, say)
+    device = Device(settings, link, build, say)
     try:
-        code = Device(settings, link, build, say).run()
+        code = device.run()
+    except (KeyboardInterrupt, SystemExit):
+        device.leave()  # a clean disconnect sends no last will: say we are gone ourselves
+        raise
     finally:
         link.close()
     raise SystemExit(code)
+
+
+def connect_patiently(link, timeout: float, say) -> None:
+    """Devices are often started before the broker (or the coordinator's embedded one): retry an
+    unreachable broker for ``timeout`` seconds; refused credentials fail at once."""
+    import time
+
+    from edgezo.coordinator.transport import BrokerUnreachable
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            link.connect()
+            return
+        except BrokerUnreachable as e:
+            if time.monotonic() + 2 > deadline:
+                raise
+            say(f"{e}; retrying for up to {timeout:.0f} s")
+            time.sleep(2)

@@ -53,7 +53,7 @@ BROKER_OPTIONS = [
     click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True), help="CA certificate: connect with TLS and check the broker's certificate against it."),
     click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), help="Client certificate for TLS client authentication."),
     click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), help="Client private key for --tls-cert."),
-    click.option("--tls-insecure", is_flag=True, help="TLS without checking the broker's host name (testing only)."),
+    click.option("--tls-insecure", is_flag=True, help="TLS without verifying the broker's certificate (testing only: anyone can impersonate the broker)."),
 ]
 
 
