@@ -15,7 +15,8 @@ What runs:
   evaluation returns 0.0 (round 0 evaluates once), checkpoints are off;
 * the devices: protocol-only clients (``benchmarks/fake_devices.py``) in a few worker processes:
   each publishes a retained Status, subscribes like ``edgezo join`` and answers each Assign with
-  random float32 scalars of the right count. No model, so the measured round trip is the
+  random float32 scalars of the right count, stamped with the fingerprint of the global model the
+  round starts from (the coordinator checks it). No model, so the measured round trip is the
   protocol's, not training's. They share the machine's cores with the coordinator and the broker,
   so on a small machine the "Assign -> all results" column includes their CPU.
 
@@ -86,6 +87,8 @@ class RoundTiming:
     aggregate: float = 0.0
     apply: float = 0.0
     fsync: float = 0.0
+    fingerprint: float = 0.0  # wall in ex.fingerprint() (the collector's, the Update's, the Announce's, the record's)
+    fingerprints: int = 0
     publish: float = 0.0  # wall spent in MqttLink.publish, all of the round
     close_publish: float = 0.0  # ... of which inside _close
     update_published: float = 0.0
@@ -162,7 +165,7 @@ def instrumented_classes():
             self.timings: list[RoundTiming] = []
             self._t: RoundTiming | None = None
             self.link.updates = []
-            apply_update, append = self.ex.apply_update, self.state.seedlog.append
+            apply_update, append, fingerprint = self.ex.apply_update, self.state.seedlog.append, self.ex.fingerprint
 
             def timed_apply(update):
                 t0 = time.perf_counter()
@@ -176,7 +179,16 @@ def instrumented_classes():
                 if self._t is not None:
                     self._t.fsync += time.perf_counter() - t0
 
+            def timed_fingerprint():
+                t0 = time.perf_counter()
+                out = fingerprint()
+                if self._t is not None:
+                    self._t.fingerprint += time.perf_counter() - t0
+                    self._t.fingerprints += 1
+                return out
+
             self.ex.apply_update = timed_apply  # instance attributes shadow the methods
+            self.ex.fingerprint = timed_fingerprint
             self.state.seedlog.append = timed_append
 
         def _one_round(self, rnd: int) -> None:
@@ -244,6 +256,7 @@ def run_one(n: int, args, broker, tiny: Path, work: Path) -> SweepResult:
     from edgezo.coordinator.messages import ModelRef
     from edgezo.coordinator.rounds import RoundPolicy
     from edgezo.coordinator.server import CoordinatorSettings
+    from edgezo.errors import EdgezoError
     from edgezo.tasks import get_task
 
     TimedLink, TimedCoordinator = instrumented_classes()
@@ -285,12 +298,15 @@ def run_one(n: int, args, broker, tiny: Path, work: Path) -> SweepResult:
 
         link = TimedLink(broker.settings(), client_id=f"coordinator-{run}")
         link.connect()
-        settings = CoordinatorSettings(run=run, state=work / f"state-{n}", min_devices=n, checkpoint_every=0,
+        settings = CoordinatorSettings(run=run, state=work / f"state-{n}", min_devices=n, checkpoint_every=0, max_attempts=1,
                                        http_host="127.0.0.1", policy=RoundPolicy(timeout_s=args.round_timeout))
         model = ModelRef(info.name, info.revision or "", info.digest)
         coord = TimedCoordinator(cfg, settings, link, ex, model, evaluate=lambda: 0.0, on_record=lambda r: None,
                                  say=lambda s: None)
-        coord.run()
+        try:
+            coord.run()
+        except EdgezoError as e:  # a round without any valid result: see the rejections logged above
+            res.error = str(e)
         res.timings = coord.timings
         res.updates = list(link.updates)
         res.rejected = coord.rejected
@@ -324,7 +340,6 @@ def run_one(n: int, args, broker, tiny: Path, work: Path) -> SweepResult:
 
 def device_apply_times(results: list[SweepResult], models: list[str], tiny: Path, args) -> None:
     """Decode + apply_update + fingerprint of each N's Update messages on device replicas."""
-    import torch
     import transformers
 
     from edgezo.backends.torch import perturb as tz
@@ -407,7 +422,7 @@ def report(results: list[SweepResult], args) -> None:
     print("\nCoordinator, per round")
     head = (f"{'N':>6} {'online s':>9} {'wall':>16} {'Assign->all':>16} {'last->Update':>14} {'busy':>16} "
             f"{'CPU all thr.':>13} {'dispatch':>9} {'per result':>10} {'open':>7} {'aggregate':>9} {'apply':>7} "
-            f"{'fsync':>7} {'publish':>8}")
+            f"{'fsync':>7} {'publish':>8} {'fingerprints':>13}")
     print(head)
     for r in results:
         if not r.timings:
@@ -424,11 +439,13 @@ def report(results: list[SweepResult], args) -> None:
               f"{ms(med(t.last_to_update for t in ts)):>14} {cell(lambda t: t.busy, 16)} {ms(med(t.proc_cpu for t in ts)):>13} "
               f"{ms(med(t.dispatch_wall for t in ts)):>9} {1e6 * per_result:>8.0f}us {ms(med(t.open_wall for t in ts)):>7} "
               f"{ms(med(t.aggregate for t in ts)):>9} {ms(med(t.apply for t in ts)):>7} {ms(med(t.fsync for t in ts)):>7} "
-              f"{ms(med(t.close_publish for t in ts)):>8}")
+              f"{ms(med(t.close_publish for t in ts)):>8} "
+              f"{f'{ms(med(t.fingerprint for t in ts))} ({med(t.fingerprints for t in ts):.0f}x)':>13}")
     print("  wall: round start (devices online) to end of _close; Assign->all: Assign published to the last result received;\n"
           "  last->Update: last result received to the Update published; busy: coordinator thread working (open + dispatch\n"
           "  + close) = the overhead; CPU all thr.: process CPU over the round incl. paho's network thread; dispatch: decode +\n"
-          "  validate all results; open: assignment + collector + Assign publish; aggregate/apply/fsync/publish: inside _close")
+          "  validate all results; open: assignment + collector + Assign publish; aggregate/apply/fsync/publish: inside _close;\n"
+          "  fingerprints: SHA-256 of the trainable weights, computed that many times per round")
 
     models = [m_ for m_ in DEVICE_MODELS if any(m_ in r.device_apply for r in results)]
     print("\nMessages and device side (decode the Update + apply_update + fingerprint check, ms)")
@@ -466,8 +483,9 @@ def report(results: list[SweepResult], args) -> None:
           "  devices received / devices x rounds. 'ok': the tiny replica, replaying the Updates from the base model,\n"
           "  matched the coordinator's fingerprint after every round.")
 
-    # Coordinator on the real model: its _close applies the update once and computes the fingerprint
-    # three times (Update message, Announce, round record); the measured run used the tiny model.
+    # Coordinator on the real model: a round applies the update once and computes the fingerprint a
+    # few times (counted: collector, Update message, Announce, round record); the measured run used
+    # the tiny model.
     tiny_rows = [r for r in results if "tiny" in r.device_apply and r.timings]
     for name in models:
         if name == "tiny" or not tiny_rows:
@@ -476,10 +494,11 @@ def report(results: list[SweepResult], args) -> None:
             d, t = r.device_apply.get(name), r.device_apply["tiny"]
             if d is None:
                 continue
-            extra = (med(d["apply"]) - med(t["apply"])) + 3 * (med(d["fingerprint"]) - med(t["fingerprint"]))
+            calls = med(x.fingerprints for x in r.timings)
+            extra = (med(d["apply"]) - med(t["apply"])) + calls * (med(d["fingerprint"]) - med(t["fingerprint"]))
             busy = med(x.busy for x in r.timings)
             print(f"  projection, coordinator training {name}: N={r.n} busy {busy:.2f} s + {extra:.2f} s "
-                  f"(its apply + 3 fingerprints instead of the tiny model's) = {busy + extra:.2f} s per round")
+                  f"(its apply + {calls:.0f} fingerprints instead of the tiny model's) = {busy + extra:.2f} s per round")
 
     problems = [(r.n, s["index"], e) for r in results for s in r.worker_stats for e in s.get("errors", [])]
     for r in results:
@@ -492,6 +511,24 @@ def report(results: list[SweepResult], args) -> None:
             print(f"  N={r.n}: a simulated device published its Result {lat:.1f} s after it was due (device processes overloaded)")
     for n, idx, e in problems[:10]:
         print(f"  N={n} device process {idx}: {e.strip().splitlines()[-1]}")
+
+    print("\nSummary (medians per round)")
+    head = f"{'N':>6} {'wall/round s':>13} {'coordinator overhead s':>23} {'Update B':>9}"
+    for name in models:
+        head += f" {f'device apply {name} s':>26}"
+    print(head)
+    for r in results:
+        if not r.timings:
+            continue
+        line = (f"{r.n:>6} {med(t.wall for t in r.timings):>13.3f} {med(t.busy for t in r.timings):>23.3f} "
+                f"{med(t.update_bytes for t in r.timings):>9,.0f}")
+        for name in models:
+            d = r.device_apply.get(name)
+            total = med(a + b + c for a, b, c in zip(d["decode"], d["apply"], d["fingerprint"])) if d else float("nan")
+            line += f" {total:>26.3f}"
+        print(line)
+    print("  coordinator overhead = busy above (open + dispatch/validate + aggregate + apply + fsync + publish + announce);\n"
+          "  device apply = decode the Update + apply_update + fingerprint, the same for every N")
 
     big = [r for r in results if r.timings and r.n >= AIM_DEVICES]
     print(f"\nAim: {AIM_DEVICES:,} devices with under {AIM_SECONDS:.0f} s coordinator overhead per round.")
@@ -543,7 +580,6 @@ def main() -> None:
     if nofile < max(sizes) + 256:
         print(f"warning: only {nofile} open files allowed; mosquitto needs one per device", file=sys.stderr)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("edgezo.coordinator").setLevel(logging.ERROR)  # no "reconnected" chatter
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     import transformers

@@ -4,8 +4,9 @@ Each device does what ``edgezo join`` does on the wire and nothing else: it conn
 retained last will (Status "offline"), publishes a retained Status "online" on
 ``edgezo/<run>/status/<device>``, subscribes to the round, update and announce topics (QoS 1, as
 ``MqttLink`` does), and answers each Assign that lists it with one Result holding the right number
-of random float32 scalars (``probe_directions`` for its task). Updates and announcements are only
-counted.
+of random float32 scalars (``probe_directions`` for its task) and the fingerprint of the global
+model the round starts from (learnt from the Announce and Update messages, as a replica that
+follows the job has it). Updates and announcements are otherwise only counted.
 
 Why not one ``MqttLink`` (one paho network thread) per device: a thousand threads on two cores
 spend their time in the GIL. Here one thread drives all of a process's paho clients through
@@ -13,7 +14,7 @@ paho's external-loop API (``socket()``, ``loop_read``, ``loop_write``, ``loop_mi
 ``selectors`` loop, so a few processes hold a thousand connections with one file descriptor each.
 
 Simulation shortcuts (they only make the simulated devices cheaper, never the coordinator):
-a process decodes each distinct Assign payload once for all its devices (real devices each decode
+a process decodes each distinct Assign, Update and Announce payload once for all its devices (real devices each decode
 their own copy), and nothing is computed: the Result goes out as soon as the Assign arrives, or
 after a uniform random delay up to ``jitter`` seconds.
 """
@@ -35,7 +36,7 @@ from edgezo.coordinator import messages as m
 from edgezo.coordinator.topics import Topics
 from edgezo.estimators import ProbeConfig, probe_directions
 
-FAKE_FINGERPRINT = "0" * 64
+FAKE_FINGERPRINT = "0" * 64  # sent only if the round's starting fingerprint is unknown (the coordinator rejects it)
 
 
 def raise_nofile(wanted: int = 65536) -> int:
@@ -68,6 +69,8 @@ class DeviceProcess:
         self._assign: m.Assign | None = None
         self._assigned: set[str] = set()
         self._seq = 0
+        self._seen: dict[str, bytes] = {}  # kind -> last payload decoded (devices of a process share it)
+        self.fingerprints: dict[int, str] = {}  # round -> the global model's fingerprint after it
         self.stopping = False
         self.stats = {"index": index, "devices": len(devices), "results": 0, "assigns": 0, "updates": 0, "announces": 0,
                       "bytes_assign": 0, "bytes_update": 0, "bytes_announce": 0, "errors": [], "disconnects": 0,
@@ -121,9 +124,11 @@ class DeviceProcess:
         if kind == "update":
             self.stats["updates"] += 1
             self.stats["bytes_update"] += len(payload)
+            self._note_fingerprint(kind, payload, m.Update)
         elif kind == "announce":
             self.stats["announces"] += 1
             self.stats["bytes_announce"] += len(payload)
+            self._note_fingerprint(kind, payload, m.Announce)
         elif kind == "round":
             self.stats["assigns"] += 1
             self.stats["bytes_assign"] += len(payload)
@@ -134,6 +139,20 @@ class DeviceProcess:
             delay = self.random.uniform(0, self.jitter) if self.jitter > 0 else 0.0
             self._seq += 1
             heapq.heappush(self.pending, (time.monotonic() + delay, self._seq, device, assign.round, assign.attempt))
+
+    def _note_fingerprint(self, kind: str, payload: bytes, cls) -> None:
+        """Learn the global model's fingerprint after each round (from the Announce or the Update):
+        a Result must carry the fingerprint of the model it was computed on, the round's start."""
+        if self._seen.get(kind) == payload:
+            return
+        self._seen[kind] = payload
+        try:
+            msg = m.decode(payload, cls)
+        except m.BadMessage as e:
+            self.stats["errors"].append(f"bad {cls.__name__}: {e}")
+            return
+        if msg.fingerprint:
+            self.fingerprints[msg.round] = msg.fingerprint
 
     def _decode_assign(self, payload: bytes) -> m.Assign | None:
         if payload != self._assign_payload:
@@ -153,7 +172,8 @@ class DeviceProcess:
         result = m.Result(
             v=m.PROTOCOL_VERSION, run=self.run, round=rnd, attempt=attempt, device=device, scalars=scalars,
             examples=self.k * self.batch, loss=0.6931, forwards1=2 * self.k * self.p1,
-            forwards2=2 * self.k * self.p1 * self.p2, flops=1.0e9, compute_s=0.0, fingerprint=FAKE_FINGERPRINT,
+            forwards2=2 * self.k * self.p1 * self.p2, flops=1.0e9, compute_s=0.0,
+            fingerprint=self.fingerprints.get(rnd - 1, FAKE_FINGERPRINT),
         )
         self.clients[device].publish(self.topics.result(device), m.encode(result), qos=1)
         self.stats["results"] += 1

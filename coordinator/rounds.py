@@ -67,16 +67,21 @@ class RoundCollector:
     probe: ProbeConfig  # method, eps, variant, difference; P1/P2 come from each task
     policy: RoundPolicy
     opened_at: float
+    fingerprint: str = ""  # the global model the round starts from; results must be computed on it
     answers: dict[str, Answer] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
 
     def __post_init__(self):
         self._by_device = {t.device: t for t in self.tasks}
         self._expected: dict[str, list[Direction]] = {}
+        shared: dict[tuple, list[Direction]] = {}  # shared seeds: devices with the same task owe the same list
         for stream, t in enumerate(self.tasks, start=1):
-            probe = ProbeConfig(self.probe.method, t.p1, t.p2, self.probe.eps, self.probe.variant, self.probe.difference)
             s = stream if self.probe.method == "fedzo" else 0
-            self._expected[t.device] = probe_directions(probe, self.run_seed, self.round, t.k, s)
+            key = (t.k, t.p1, t.p2, s)
+            if key not in shared:
+                probe = ProbeConfig(self.probe.method, t.p1, t.p2, self.probe.eps, self.probe.variant, self.probe.difference)
+                shared[key] = probe_directions(probe, self.run_seed, self.round, t.k, s)
+            self._expected[t.device] = shared[key]
 
     def stream_of(self, device: str) -> int:
         """FedZO's per-device stream (1-based position in the assignment); 0 for shared seeds."""
@@ -95,6 +100,8 @@ class RoundCollector:
         task = self._by_device.get(result.device)
         if task is None:
             return f"device {result.device!r} was not assigned round {self.round}"
+        if self.fingerprint and result.fingerprint != self.fingerprint:
+            return f"computed on a replica ({result.fingerprint[:12]}) that is not the global model ({self.fingerprint[:12]})"
         if result.device in self.answers:
             return f"duplicate result from {result.device!r} (the first one counts)"
         try:

@@ -108,6 +108,7 @@ class Coordinator:
         self.state = StateFolder(settings.state, shared_job(cfg), model, settings.run)
         self.entries = self.state.entries()
         self.round = replay(ex, self.entries)
+        self.fingerprint = ex.fingerprint()  # of the global model; recomputed only when it changes
         self.online: dict[str, m.Status] = {}
         self.rejected = 0
         self.totals = Totals()
@@ -120,19 +121,22 @@ class Coordinator:
         self._connections = getattr(link, "connections", 0)
 
     # -- publishing -------------------------------------------------------------------------
-    def announce(self, state: str = "running") -> None:
+    def announce(self, state: str = "running") -> int:
+        """Publish the retained announcement; returns its size (devices receive it every round)."""
         ck = latest_checkpoint(self.state.checkpoints)
         msg = m.Announce(
             v=m.PROTOCOL_VERSION, run=self.s.run, state=state, model=self.model, job=shared_job(self.cfg),
-            split=self.ex.split, round=self.round, rounds=self.cfg.rounds, fingerprint=self.ex.fingerprint(),
+            split=self.ex.split, round=self.round, rounds=self.cfg.rounds, fingerprint=self.fingerprint,
             log_chunk=self.s.log_chunk, checkpoint_url=self.http.url if (self.http and ck) else "",
             checkpoint_round=ck.round if ck else 0,
         )
-        self.link.publish(self.topics.announce, m.encode(msg), retain=True)
+        payload = m.encode(msg)
+        self.link.publish(self.topics.announce, payload, retain=True)
+        return len(payload)
 
     def _checkpoint(self) -> None:
         if self.s.checkpoint_every and self.round % self.s.checkpoint_every == 0:
-            write_checkpoint(self.state.checkpoints, self.round, self.ex.trainable_arrays(), self.ex.fingerprint())
+            write_checkpoint(self.state.checkpoints, self.round, self.ex.trainable_arrays(), self.fingerprint)
 
     # -- receiving --------------------------------------------------------------------------
     def _pump(self, collector: RoundCollector | None, timeout: float) -> None:
@@ -247,7 +251,8 @@ class Coordinator:
             assign = m.Assign(v=m.PROTOCOL_VERSION, run=self.s.run, round=rnd, attempt=attempt, lr=lr,
                               timeout_s=self.s.policy.timeout_s, tasks=tasks)
             payload = m.encode(assign)
-            collector = RoundCollector(self.s.run, self.cfg.seed, rnd, attempt, tasks, probe, self.s.policy, time.monotonic())
+            collector = RoundCollector(self.s.run, self.cfg.seed, rnd, attempt, tasks, probe, self.s.policy,
+                                       time.monotonic(), fingerprint=self.fingerprint)
             self.link.publish(self.topics.round, payload, retain=True)
             self._assign_payload = payload
             while not collector.should_close(time.monotonic()):
@@ -261,22 +266,23 @@ class Coordinator:
     def _close(self, rnd: int, lr: float, collector: RoundCollector, assign_bytes: int) -> None:
         update = collector.update(lr)
         self.ex.apply_update(update)
+        self.fingerprint = self.ex.fingerprint()
         entry = LogEntry(rnd, update)
         self.state.seedlog.append(entry)  # durable before anyone hears of it
         self.entries.append(entry)
         self.round = rnd
-        message = self._update_message(entry, self.ex.fingerprint())
+        message = self._update_message(entry, self.fingerprint)
         payload = m.encode(message)
         self.link.publish(self.topics.update, payload)
         self._checkpoint()
-        self.announce()
+        announce_bytes = self.announce()
         answers = collector.answers.values()
         t = self.totals
         t.forwards1 += sum(a.forwards1 for a in answers)
         t.forwards2 += sum(a.forwards2 for a in answers)
         t.flops += sum(a.flops for a in answers)
         t.bytes_up += sum(a.payload_bytes for a in answers) / len(collector.answers)
-        t.bytes_down += assign_bytes + len(payload)
+        t.bytes_down += assign_bytes + len(payload) + announce_bytes
         due = rnd == self.cfg.rounds or (self.cfg.eval_every and rnd % self.cfg.eval_every == 0)
         loss = sum(a.loss for a in answers) / len(collector.answers)
         record = self._record(rnd, loss, self.evaluate() if due else None, len(collector.answers), len(collector.tasks))
@@ -288,5 +294,5 @@ class Coordinator:
             round=rnd, method=self.cfg.method, train_loss=loss, eval_accuracy=acc,
             forwards_block1=t.forwards1, forwards_block2=t.forwards2, flops=t.flops,
             bytes_up=t.bytes_up, bytes_down=t.bytes_down, wall_s=round(time.perf_counter() - self.started, 3),
-            devices=answered, assigned=assigned, fingerprint=self.ex.fingerprint(),
+            devices=answered, assigned=assigned, fingerprint=self.fingerprint,
         )

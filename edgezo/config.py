@@ -45,8 +45,8 @@ class JobConfig:
     p1: int = 1
     p2: int = 4
     split: int | None = None  # layer index where block 2 starts; None: two thirds of the layers
-    lr: float = 2.5e-4
-    lr_schedule: str = "constant"  # constant, cosine or linear decay to a tenth of lr
+    lr: float = 5e-4
+    lr_schedule: str = "cosine"  # constant, cosine or linear decay to a tenth of lr
     eps: float = 1e-3
     batch_size: int = 16
     max_length: int = 128

@@ -67,6 +67,9 @@ def test_a_result_counts_once_and_only_if_it_is_what_was_assigned():
     assert "non-finite" in c.offer("b", result(device="b", values=[math.inf] + [0.0] * 7))
     assert "asked for 8" in c.offer("b", result(device="b", values=[0.0] * 3))
     assert "implausible" in c.offer("b", result(device="b", examples=1000))
+    c.fingerprint = "global"
+    assert "not the global model" in c.offer("b", result(device="b"))
+    c.fingerprint = ""
     bad_run = result(device="b")
     bad_run.run = "other"
     assert "run" in c.offer("b", bad_run)
