@@ -296,3 +296,23 @@ def test_coordinate_without_a_broker_starts_an_embedded_one(procs, tmp_path, tin
     assert "embedded MQTT broker (amqtt)" in procs.log("coordinator")
     summary = json.loads((tmp_path / "coord" / "summary.json").read_text())
     assert final_fingerprint(procs.log("dev")) == summary["fingerprint"]
+
+
+def test_a_device_with_other_weights_is_refused(procs, tmp_path, tiny_llama, sst2_dir):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    other = tmp_path / "other-weights"
+    shutil.copytree(tiny_llama, other)
+    tensors = load_file(other / "model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, other / "model.safetensors", metadata={"format": "pt"})
+    job = job_options(tiny_llama, sst2_dir)
+    procs.start("coordinator", "coordinate", *job, "--run", "digest", "--rounds", "1", "--out", str(tmp_path / "coord"))
+    dev = procs.start("dev", "join", "--run", "digest", "--device-id", "dev", "--model", str(other), "--data", str(sst2_dir))
+    assert dev.wait(TIMEOUT) == 2
+    log = procs.log("dev")
+    assert "model mismatch" in log and "pass --model with the same weights" in log
+    assert "Traceback" not in log
