@@ -47,13 +47,10 @@ def sample_devices(online: list[str], count: int, seed: int, rnd: int, attempt: 
 
 @dataclass
 class Answer:
+    """A counted result: the message, its scalars keyed by direction (clipped), its wire size."""
+
+    result: Result
     scalars: dict[Direction, float]
-    examples: int
-    loss: float
-    forwards1: int
-    forwards2: int
-    flops: float
-    compute_s: float
     payload_bytes: int
 
 
@@ -117,10 +114,7 @@ class RoundCollector:
             return f"implausible example count {result.examples} or loss {result.loss}"
         if self.policy.clip is not None:
             values = np.clip(values, -self.policy.clip, self.policy.clip)
-        self.answers[result.device] = Answer(
-            dict(zip(expected, map(float, values))), result.examples, result.loss,
-            result.forwards1, result.forwards2, result.flops, result.compute_s, payload_bytes,
-        )
+        self.answers[result.device] = Answer(result, dict(zip(expected, map(float, values))), payload_bytes)
         return None
 
     def device_gone(self, device: str) -> None:
@@ -139,7 +133,7 @@ class RoundCollector:
     def update(self, lr: float) -> list[tuple[Direction, float]]:
         """The round's update from the counted answers: per-direction average (or the robust rule)
         then ``update_rule``; FedZO, with per-device seeds, takes the weighted union instead."""
-        contributions = [(self.answers[d].scalars, float(self.answers[d].examples)) for d in sorted(self.answers)]
+        contributions = [(self.answers[d].scalars, float(self.answers[d].result.examples)) for d in sorted(self.answers)]
         if self.probe.method == "fedzo":
             return global_update("fedzo", [(LocalRound(scalars=s), w) for s, w in contributions], lr, self.probe.variant)
         return update_rule(robust_average(contributions, self.policy.aggregation, self.policy.trim), lr, self.probe.variant)

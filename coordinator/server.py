@@ -99,7 +99,6 @@ class Coordinator:
         model: m.ModelRef,
         evaluate: Callable[[], float],
         on_record: Callable[[RoundRecord], None],
-        previous: dict | None = None,
         say: Callable[[str], None] = print,
     ):
         self.cfg, self.s, self.link, self.ex, self.model = cfg, settings, link, ex, model
@@ -112,13 +111,15 @@ class Coordinator:
         self.online: dict[str, m.Status] = {}
         self.rejected = 0
         self.totals = Totals()
-        if previous:  # cumulative counters continue across a restart
-            self.totals = Totals(previous.get("forwards_block1", 0), previous.get("forwards_block2", 0),
-                                 previous.get("flops", 0.0), previous.get("bytes_up", 0.0), previous.get("bytes_down", 0.0))
         self.http = None
         self.started = time.perf_counter()
         self._assign_payload: bytes | None = None  # the open round's assignment (re-sent after a reconnect)
         self._connections = getattr(link, "connections", 0)
+
+    def continue_totals(self, last: dict) -> None:
+        """After a restart, cumulative counters continue from the last recorded round."""
+        self.totals = Totals(last.get("forwards_block1", 0), last.get("forwards_block2", 0), last.get("flops", 0.0),
+                             last.get("bytes_up", 0.0), last.get("bytes_down", 0.0))
 
     # -- publishing -------------------------------------------------------------------------
     def announce(self, state: str = "running") -> int:
@@ -278,13 +279,13 @@ class Coordinator:
         announce_bytes = self.announce()
         answers = collector.answers.values()
         t = self.totals
-        t.forwards1 += sum(a.forwards1 for a in answers)
-        t.forwards2 += sum(a.forwards2 for a in answers)
-        t.flops += sum(a.flops for a in answers)
+        t.forwards1 += sum(a.result.forwards1 for a in answers)
+        t.forwards2 += sum(a.result.forwards2 for a in answers)
+        t.flops += sum(a.result.flops for a in answers)
         t.bytes_up += sum(a.payload_bytes for a in answers) / len(collector.answers)
         t.bytes_down += assign_bytes + len(payload) + announce_bytes
         due = rnd == self.cfg.rounds or (self.cfg.eval_every and rnd % self.cfg.eval_every == 0)
-        loss = sum(a.loss for a in answers) / len(collector.answers)
+        loss = sum(a.result.loss for a in answers) / len(collector.answers)
         record = self._record(rnd, loss, self.evaluate() if due else None, len(collector.answers), len(collector.tasks))
         self.on_record(record)
 

@@ -97,10 +97,7 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
         link.connect()
         started = time.perf_counter()
         model = ModelRef(info.name, info.revision or "", info.digest)
-        resume_round = sum(1 for _ in _entries(state_dir))
-        outputs = RunOutputs(out, resume_round=resume_round if resume_round else None)
-        previous = outputs.records[-1] if outputs.records else None
-        bar = tqdm(total=cfg.rounds, initial=resume_round, desc="rounds", unit="round", disable=quiet, dynamic_ncols=True)
+        outputs: RunOutputs | None = None  # opened once the coordinator has replayed its state
 
         def on_record(record):
             outputs.add(record)
@@ -109,7 +106,11 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
             say(round_line(record, cfg.rounds, f"  devices {record.devices}/{record.assigned}"))
 
         coordinator = Coordinator(cfg, settings, link, ex, model, make_evaluator(ex, data.task, data.dev, quiet),
-                                  on_record, previous=previous, say=say)
+                                  on_record, say=say)
+        outputs = RunOutputs(out, resume_round=coordinator.round or None)
+        if outputs.records:
+            coordinator.continue_totals(outputs.records[-1])
+        bar = tqdm(total=cfg.rounds, initial=coordinator.round, desc="rounds", unit="round", disable=quiet, dynamic_ncols=True)
         coordinator.run()
         bar.close()
         summary = outputs.finish(cfg, ex, info, started, save_model, {"run": run_name, "rejected_messages": coordinator.rejected})
@@ -121,8 +122,3 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
         if embedded is not None:
             embedded.stop()
 
-
-def _entries(state_dir: Path):
-    from edgezo.seedlog import SeedLog
-
-    return SeedLog(state_dir / "seedlog.jsonl").entries()
