@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +46,8 @@ class DeviceSettings:
     cache: Path = Path.home() / ".cache" / "edgezo" / "checkpoints"
     announce_timeout: float = 60.0
     log_timeout: float = 30.0
+    profile: dict = field(default_factory=dict)  # this device's profile (Profile.to_dict()), sent in its status; {}: none
+    memory_gb: float = 0.0  # memory budget for training sent with it (0: the profile's memory_available_gb)
 
 
 def find_job(link, run: str | None, timeout: float, stay: bool = False) -> m.Announce:
@@ -126,8 +128,10 @@ class Device:
             self._publish_status("offline")
 
     def _publish_status(self, state: str = "online") -> None:
+        online = state == "online"  # the profile rides on the online status (the coordinator plans from it)
         status = m.Status(v=m.PROTOCOL_VERSION, run=self.topics.run, device=self.s.device_id, state=state,
-                          replica_round=self.replica_round, examples=len(self.shard), backend="torch")
+                          replica_round=self.replica_round, examples=len(self.shard), backend="torch",
+                          profile=self.s.profile if online else {}, memory_gb=self.s.memory_gb if online else 0.0)
         self.link.publish(self.topics.status(self.s.device_id), m.encode(status), retain=True)
 
     # -- the loop ---------------------------------------------------------------------------
@@ -224,7 +228,8 @@ class Device:
         order = probe_directions(probe, cfg.seed, assign.round, task.k, stream)
         seconds = time.perf_counter() - t0
         loss = sum(out.losses) / len(out.losses)
-        self.say(f"round {assign.round}: {len(order)} scalars in {seconds:.1f} s, loss {loss:.4f}")
+        self.say(f"round {assign.round}: {len(order)} scalars (K {task.k}, P1 {task.p1}, P2 {task.p2}, batch {task.batch}) "
+                 f"in {seconds:.1f} s, loss {loss:.4f}")
         return m.Result(
             v=m.PROTOCOL_VERSION, run=self.topics.run, round=assign.round, attempt=assign.attempt,
             device=self.s.device_id, scalars=m.pack_scalars([out.scalars[d] for d in order]),

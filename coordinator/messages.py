@@ -109,7 +109,8 @@ class Status(msgspec.Struct, tag="status"):
     replica_round: int = 0
     examples: int = 0
     backend: str = ""
-    profile: dict[str, Any] = {}
+    profile: dict[str, Any] = {}  # the device's profile (edgezo.profiles.Profile.to_dict()); {}: none
+    memory_gb: float = 0.0  # memory the device lets training use; 0: the profile's memory_available_gb
 
 
 class LogRequest(msgspec.Struct, tag="logreq"):

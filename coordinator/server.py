@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edgezo.config import JobConfig, lr_at, probe_config
 from edgezo.errors import EdgezoError
@@ -28,11 +29,29 @@ from edgezo.coordinator.checkpoint import CheckpointServer, latest_checkpoint, w
 from edgezo.coordinator.rounds import RoundCollector, RoundPolicy, sample_devices
 from edgezo.coordinator.topics import Topics
 
+if TYPE_CHECKING:  # pragma: no cover - planning is imported only when used (--plan)
+    from edgezo.costmodel import ModelShape
+    from edgezo.planner import Limits
+    from edgezo.profiles import Profile
+
 log = logging.getLogger("edgezo.coordinator")
 
 # Keys of JobConfig that only matter on the coordinator's machine: they are not announced, and
 # a resumed job may change them.
 LOCAL_KEYS = ("model", "data", "out", "eval_every", "eval_samples", "clients")
+
+
+@dataclass
+class Planning:
+    """Per-device planning (``coordinate --plan``): each device's K, P1, P2 and batch come from its
+    profile (sent in its Status, else ``default_profile``) through ``edgezo.planner.plan_device``."""
+
+    shape: ModelShape  # the job's model, as split
+    tokens: int  # padded tokens per sequence of a typical batch of the job
+    limits: Limits  # the job's K and batch, the caps on P1 and P2, the job's method
+    round_seconds: float  # the round deadline: the time budget
+    default_profile: Profile | None = None  # for devices that send none (None: they get the job's fixed work)
+    safety: float = 0.85  # plan to this fraction of the deadline
 
 
 @dataclass
@@ -48,6 +67,7 @@ class CoordinatorSettings:
     http_port: int = 0
     advertise_host: str | None = None  # the host devices use to reach the checkpoint server
     max_attempts: int = 20  # re-opened rounds before giving up
+    planning: Planning | None = None  # None: every device gets the job's K, P1, P2 and batch
 
 
 def shared_job(cfg: JobConfig) -> dict:
@@ -109,6 +129,8 @@ class Coordinator:
         self.round = replay(ex, self.entries)
         self.fingerprint = ex.fingerprint()  # of the global model; recomputed only when it changes
         self.online: dict[str, m.Status] = {}
+        # --plan: device -> (what it was planned from, its task; None: nothing fits, left out of rounds)
+        self.plans: dict[str, tuple[tuple, m.DeviceTask | None]] = {}
         self.rejected = 0
         self.totals = Totals()
         self.http = None
@@ -190,11 +212,83 @@ class Coordinator:
             if device not in self.online:
                 self.say(f"device {device} online ({status.examples} examples, {status.backend or 'unknown backend'}, replica at round {status.replica_round})")
             self.online[device] = status
+            self._plan(device, status)
         else:
             if self.online.pop(device, None) is not None:
                 self.say(f"device {device} went offline")
             if collector is not None:
                 collector.device_gone(device)
+
+    # -- planning (--plan) --------------------------------------------------------------------
+    def _fixed_task(self, device: str) -> m.DeviceTask:
+        return m.DeviceTask(device, self.cfg.local_steps, self.cfg.p1, self.cfg.p2, self.cfg.batch_size)
+
+    def _plan(self, device: str, status: m.Status) -> None:
+        """Plan a device when it comes online, and again when its profile or memory budget changes
+        (its status is re-sent after every catch-up and reconnect: those do not re-plan)."""
+        if self.s.planning is None:
+            return
+        try:
+            key = (json.dumps(status.profile, sort_keys=True, default=repr), status.memory_gb)
+        except (TypeError, ValueError):  # keys of mixed types cannot be sorted: still a stable identity
+            key = (repr(status.profile), status.memory_gb)
+        known = self.plans.get(device)
+        if known is not None and known[0] == key:
+            return
+        self.plans[device] = (key, self._plan_task(device, status))
+
+    def _plan_task(self, device: str, status: m.Status) -> m.DeviceTask | None:
+        """The device's task, or None when nothing fits it (then it is left out of rounds). A
+        malformed profile is rejected with a logged reason and the device treated as sending none."""
+        from edgezo.planner import Budget, NothingFits, plan_device
+        from edgezo.profiles import profile_from_dict
+
+        p = self.s.planning
+        profile, source = None, ""
+        if status.profile:
+            try:
+                profile, source = profile_from_dict(dict(status.profile), where=f"the profile of device {device}"), "its own"
+            except EdgezoError as e:  # names the bad key
+                log.warning("rejected the profile of device %s: %s; treating it as a device without a profile", device, e)
+        memory = status.memory_gb
+        if memory != 0 and not (math.isfinite(memory) and memory > 0):
+            log.warning("device %s sent memory budget %r GB; using its profile's memory_available_gb", device, memory)
+            memory = 0.0
+        if profile is None and p.default_profile is not None:
+            profile, source = p.default_profile, "the --default-profile"
+        if profile is None:
+            task = self._fixed_task(device)
+            self.say(f"plan for {device}: no profile, so the job's K {task.k}, P1 {task.p1}, P2 {task.p2}, batch {task.batch}")
+            return task
+        try:
+            budget = Budget(p.round_seconds, memory or None, p.safety)
+            plan = plan_device(profile, p.shape, p.tokens, budget, p.limits, device)
+        except NothingFits as e:
+            log.warning("device %s is left out of rounds (%s profile %r): %s", device, source, profile.name, e)
+            return None
+        except Exception as e:  # never let a device's figures stop the job
+            why = str(e) if isinstance(e, EdgezoError) else f"{type(e).__name__}: {e}"
+            task = self._fixed_task(device)
+            log.warning("could not plan device %s from %s profile %r (%s); it gets the job's fixed work", device, source, profile.name, why)
+            return task
+        w = plan.work
+        self.say(f"plan for {plan.describe()}; from {source} profile {profile.name!r}")
+        return m.DeviceTask(device, w.k, w.p1, w.p2, w.batch)
+
+    def task_of(self, device: str) -> m.DeviceTask | None:
+        """What ``device`` is assigned in a round (None: left out by the planner)."""
+        if self.s.planning is None:
+            return self._fixed_task(device)
+        if device not in self.plans and device in self.online:
+            self._plan(device, self.online[device])
+        known = self.plans.get(device)
+        return known[1] if known is not None else self._fixed_task(device)
+
+    def eligible(self) -> list[str]:
+        """Online devices that can be given work (with --plan, those a plan fits)."""
+        if self.s.planning is None:
+            return list(self.online)
+        return [d for d in self.online if self.task_of(d) is not None]
 
     def _serve_log(self, device: str, req: m.LogRequest) -> None:
         if req.device != device:
@@ -235,11 +329,14 @@ class Coordinator:
             self.http.stop()
 
     def _wait_for_devices(self) -> None:
-        shown = -1
-        while len(self.online) < self.s.min_devices:
-            if len(self.online) != shown:
-                shown = len(self.online)
-                self.say(f"waiting for devices: {shown}/{self.s.min_devices} online (start them with: edgezo join --broker HOST)")
+        shown = None
+        while len(ready := self.eligible()) < self.s.min_devices:
+            now = (len(ready), len(self.online))
+            if now != shown:
+                shown = now
+                left_out = len(self.online) - len(ready)
+                more = f"; {left_out} more online but left out by the planner (nothing fits them)" if left_out else ""
+                self.say(f"waiting for devices: {len(ready)}/{self.s.min_devices} online{more} (start them with: edgezo join --broker HOST)")
             self._pump(None, 0.5)
 
     def _one_round(self, rnd: int) -> None:
@@ -247,8 +344,8 @@ class Coordinator:
         probe = probe_config(self.cfg)
         for attempt in range(self.s.max_attempts):
             self._wait_for_devices()
-            chosen = sample_devices(list(self.online), self.s.devices_per_round, self.cfg.seed, rnd, attempt)
-            tasks = [m.DeviceTask(d, self.cfg.local_steps, self.cfg.p1, self.cfg.p2, self.cfg.batch_size) for d in chosen]
+            chosen = sample_devices(self.eligible(), self.s.devices_per_round, self.cfg.seed, rnd, attempt)
+            tasks = [self.task_of(d) for d in chosen]
             assign = m.Assign(v=m.PROTOCOL_VERSION, run=self.s.run, round=rnd, attempt=attempt, lr=lr,
                               timeout_s=self.s.policy.timeout_s, tasks=tasks)
             payload = m.encode(assign)

@@ -9,6 +9,7 @@ import click
 from edgezo import __version__
 from edgezo.commands.coordinate import coordinate
 from edgezo.commands.join import join
+from edgezo.commands.profile import profile
 from edgezo.commands.simulate import simulate
 from edgezo.errors import EdgezoError
 
@@ -27,6 +28,7 @@ def cli():
 cli.add_command(simulate)
 cli.add_command(coordinate)
 cli.add_command(join)
+cli.add_command(profile)
 
 
 def main(argv=None) -> None:

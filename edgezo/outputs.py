@@ -18,9 +18,10 @@ def round_line(record: RoundRecord, rounds: int, extra: str = "") -> str:
     """The one-line status of a round (logged by simulate and coordinate)."""
     acc = f"  acc {100 * record.eval_accuracy:.1f}%" if record.eval_accuracy is not None else ""
     loss = f"loss {record.train_loss:.4f}" if record.train_loss is not None else "before training"
+    simulated = f"  simulated {record.sim_time_s:,.0f}s" if record.sim_time_s is not None else ""
     return (
         f"round {record.round:>3}/{rounds}{extra}  {loss}{acc}  "
-        f"flops {record.flops:.3g}  up {record.bytes_up:,.0f} B  down {record.bytes_down:,.0f} B  {record.wall_s:.0f}s"
+        f"flops {record.flops:.3g}  up {record.bytes_up:,.0f} B  down {record.bytes_down:,.0f} B  {record.wall_s:.0f}s{simulated}"
     )
 
 

@@ -12,12 +12,14 @@ algorithm only; ``edgezo.commands.simulate`` does the I/O.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from edgezo.aggregate import average_scalars, to_wire_precision
+from edgezo.costmodel import Work
+from edgezo.errors import EdgezoError
 from edgezo.estimators import LocalRound, ProbeConfig, local_round, update_rule
 from edgezo.keys import Direction
 from edgezo.seedlog import LogEntry
@@ -43,12 +45,10 @@ class RoundRecord:
     devices: int = 0  # devices whose results made the round
     assigned: int = 0  # devices asked (over MQTT some may miss the deadline)
     fingerprint: str = ""  # of the global model after this round: a replica compares against it
+    sim_time_s: float | None = None  # simulated wall clock of heterogeneous devices (from their profiles)
 
     def to_dict(self) -> dict:
-        d = dict(self.__dict__)
-        if d["eval_accuracy"] is None:
-            del d["eval_accuracy"]
-        return d
+        return {k: v for k, v in self.__dict__.items() if not (v is None and k in ("eval_accuracy", "sim_time_s"))}
 
 
 @dataclass
@@ -95,10 +95,34 @@ def bytes_per_device(method: str, scalars_up: float, scalars_down: int, trainabl
 
 
 @dataclass
+class SimulatedClock:
+    """Heterogeneous devices on a simulated wall clock. ``seconds[d]`` is device d's predicted
+    round time (from its profile and the cost model), ``latency[d]`` its network round trip. A
+    device that cannot answer within ``deadline`` is left out (its work is not even computed);
+    a round lasts until its slowest included device answers, or the whole deadline when some
+    device missed it (the coordinator waits that long for it)."""
+
+    seconds: Sequence[float]
+    latency: Sequence[float]
+    deadline: float | None = None
+    now: float = 0.0
+
+    def included(self, device: int) -> bool:
+        return self.deadline is None or self.seconds[device] + self.latency[device] <= self.deadline
+
+    def advance(self) -> float:
+        answered = [s + lat for d, (s, lat) in enumerate(zip(self.seconds, self.latency)) if self.included(d)]
+        missed = len(answered) < len(self.seconds)
+        self.now += self.deadline if missed else max(answered, default=0.0)
+        return self.now
+
+
+@dataclass
 class Simulation:
     """The federated loop. ``make_batch(indices)`` builds an executor batch from training
     examples; ``evaluate()`` returns the global model's accuracy; ``on_round`` receives each
-    RoundRecord and the log entry (for output)."""
+    RoundRecord and the log entry (for output). ``works`` gives each device its own K, P1, P2
+    and batch (planned from its profile); without it every device does the job's."""
 
     executor: Any
     shards: Sequence[Sequence[int]]
@@ -115,9 +139,22 @@ class Simulation:
     on_round: Callable[[RoundRecord, LogEntry | None], None] = lambda record, entry: None
     on_device: Callable[[], None] = lambda: None
     totals: Totals = field(default_factory=Totals)
+    works: Sequence[Work] | None = None
+    clock: SimulatedClock | None = None
+
+    def _work(self, device: int) -> tuple[int, int, ProbeConfig | None]:
+        """(K, batch, probe) of a device."""
+        if self.works is None:
+            return self.local_steps, self.batch_size, self.probe
+        w = self.works[device]
+        probe = None if self.probe is None else replace(self.probe, p1=w.p1, p2=w.p2 if self.probe.method == "spzo" else 1)
+        return w.k, w.batch, probe
 
     def run(self) -> list[RoundRecord]:
         ex = self.executor
+        if self.clock is not None and not any(self.clock.included(d) for d in range(len(self.shards))):
+            raise EdgezoError(f"no device can answer a round within the {self.clock.deadline:g} s deadline; "
+                              "raise --round-seconds, or plan each device's work with --plan")
         t0 = time.perf_counter()
         records = [self._record(0, None, self.evaluate(), t0, 0)]
         self.on_round(records[0], None)
@@ -127,13 +164,16 @@ class Simulation:
             global_weights = ex.snapshot()
             results: list[tuple[LocalRound, float]] = []
             for device, shard in enumerate(self.shards):
+                if self.clock is not None and not self.clock.included(device):
+                    continue
                 ex.restore(global_weights)
-                batches = [self.make_batch(ix) for ix in device_batch_indices(shard, self.batch_size, self.local_steps, self.seed, rnd, device)]
+                k, batch_size, probe = self._work(device)
+                batches = [self.make_batch(ix) for ix in device_batch_indices(shard, batch_size, k, self.seed, rnd, device)]
                 if self.method == "fedavg":
                     result = self._fedavg_local(batches, lr)
                 else:
                     stream = device + 1 if self.method == "fedzo" else 0
-                    result = local_round(ex, batches, self.probe, lr, self.seed, rnd, stream)
+                    result = local_round(ex, batches, probe, lr, self.seed, rnd, stream)
                 result.examples = sum(b.size for b in batches)
                 result.scalars = to_wire_precision(result.scalars)
                 results.append((result, float(result.examples)))
@@ -141,6 +181,8 @@ class Simulation:
             entry = self._apply_global(rnd, global_weights, results, trainable, lr)
             loss = float(np.mean([np.mean(r.losses) for r, _ in results]))
             acc = self.evaluate() if (rnd == self.rounds or (self.eval_every and rnd % self.eval_every == 0)) else None
+            if self.clock is not None:
+                self.clock.advance()
             record = self._record(rnd, loss, acc, t0, len(results))
             records.append(record)
             self.on_round(record, entry)
@@ -204,7 +246,8 @@ class Simulation:
             bytes_down=t.bytes_down,
             wall_s=round(time.perf_counter() - t0, 3),
             devices=devices,
-            assigned=devices,
+            assigned=len(self.shards),
             fingerprint=self.executor.fingerprint(),
+            sim_time_s=None if self.clock is None else round(self.clock.now, 3),
         )
 

@@ -316,3 +316,39 @@ def test_a_device_with_other_weights_is_refused(procs, tmp_path, tiny_llama, sst
     log = procs.log("dev")
     assert "model mismatch" in log and "pass --model with the same weights" in log
     assert "Traceback" not in log
+
+
+def plan_profile_toml(name: str, overhead_ms: float) -> str:
+    """A reference profile whose speed is set by its per-layer overhead (the tiny model's FLOPs are
+    negligible), so the planner's P2 depends on it."""
+    return (f'name = "{name}"\nkind = "reference"\nmemory_total_gb = 8.0\nmemory_available_gb = 4.0\n'
+            f'sources = ["a test"]\n\n[[backends]]\nname = "torch"\ngflops = 50.0\noverhead_ms = {overhead_ms}\n')
+
+
+def test_planned_devices_get_their_own_work_and_reach_the_same_model(procs, tmp_path, tiny_llama, sst2_dir):
+    import re
+
+    procs.env["EDGEZO_PROFILES"] = str(tmp_path / "user-profiles")  # no measured profile of this host leaks in
+    (tmp_path / "fast.toml").write_text(plan_profile_toml("fast", 0.01))
+    (tmp_path / "slow.toml").write_text(plan_profile_toml("slow", 2000.0))  # 2 s a layer: few perturbations fit
+    job = job_options(tiny_llama, sst2_dir)
+    out = tmp_path / "coord"
+    procs.start("coordinator", "coordinate", *job, "--run", "planned", "--rounds", "3", "--min-devices", "2", "--plan",
+                "--round-timeout", "60", "--max-p2", "16", "--out", str(out), "--quiet")
+    for i, name in enumerate(("fast", "slow")):
+        procs.start(name, "join", "--run", "planned", "--device-id", name, "--model", str(tiny_llama), "--data", str(sst2_dir),
+                    "--shard", f"{i}/2", "--train-samples", "200", "--profile", str(tmp_path / f"{name}.toml"))
+    procs.wait("coordinator", "fast", "slow")
+    log = procs.log("coordinator")
+    plans = {}
+    for name in ("fast", "slow"):
+        line = next(ln for ln in log.splitlines() if ln.startswith(f"plan for {name}: backend torch"))
+        plans[name] = {key: int(v) for key, v in re.findall(r"\b(K|P1|P2|batch) (\d+)", line)}
+    assert plans["fast"]["P2"] == 16 and plans["slow"]["P2"] < plans["fast"]["P2"], plans
+    for name, plan in plans.items():  # each device ran its own task
+        assert f"(K {plan['K']}, P1 {plan['P1']}, P2 {plan['P2']}, batch {plan['batch']})" in procs.log(name), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3
+    assert all(r["devices"] == 2 for r in metrics(out)[1:])
+    for name in ("fast", "slow"):
+        assert final_fingerprint(procs.log(name)) == summary["fingerprint"], name

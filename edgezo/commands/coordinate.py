@@ -26,7 +26,7 @@ from edgezo.outputs import RunOutputs, round_line
 @click.option("--state", type=click.Path(file_okay=False), help="State folder (seed log, job, checkpoints); restart with the same one to resume after a crash. [default: OUT/state]")
 @click.option("--min-devices", type=int, default=1, help="Devices that must be online before a round opens.")
 @click.option("--devices-per-round", type=int, default=0, help="Devices sampled per round (0: every online device).")
-@click.option("--round-timeout", type=float, default=300.0, help="Seconds a round waits for answers; then whoever answered is aggregated.")
+@click.option("--round-timeout", type=float, default=300.0, help="Seconds a round waits for answers; then whoever answered is aggregated. With --plan, also each device's time budget.")
 @click.option("--quorum", type=float, default=1.0, help="Close a round early once this fraction of its devices answered (devices that go offline are not waited for).")
 @click.option("--clip", type=float, help="Clip every received scalar to [-CLIP, CLIP].")
 @click.option("--aggregation", type=click.Choice(["mean", "median", "trimmed"]), default="mean", help="Per-seed aggregation: mean (weighted by examples), or robust median / trimmed mean.")
@@ -34,9 +34,13 @@ from edgezo.outputs import RunOutputs, round_line
 @click.option("--checkpoint-every", type=int, default=10, help="Rounds between checkpoints served over HTTP to devices that are far behind (0: never).")
 @click.option("--http-port", type=int, default=0, help="Port of the checkpoint HTTP server (0: any free port).")
 @click.option("--advertise-host", help="Host name devices use to reach the checkpoint server. [default: the broker host, or 127.0.0.1]")
+@click.option("--plan", is_flag=True, help="Plan each device's work from its profile (edgezo join --profile): the batch (the job's, lowered only if memory requires), K (up to --local-steps), P1 and P2 (up to --max-p1/--max-p2) that fit --round-timeout and the device's memory budget. A device nothing fits is left out of rounds. Without --plan every device gets the job's --local-steps, --p1, --p2 and --batch-size.")
+@click.option("--max-p1", type=int, default=2, help="With --plan: most block-1 perturbations per step a device is given.")
+@click.option("--max-p2", type=int, default=16, help="With --plan: most block-2 perturbations per block-1 perturbation a device is given.")
+@click.option("--default-profile", help="With --plan: profile (a .toml file, or a measured or reference name such as pi5) for devices that send none. [default: such devices get the job's fixed K, P1, P2 and batch]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def coordinate(config_file, broker, embedded_port, run_name, state, min_devices, devices_per_round, round_timeout, quorum,
-               clip, aggregation, trim, checkpoint_every, http_port, advertise_host, quiet,
+               clip, aggregation, trim, checkpoint_every, http_port, advertise_host, plan, max_p1, max_p2, default_profile, quiet,
                username, password, tls_ca, tls_cert, tls_key, tls_insecure, **options):
     """Coordinate a federated fine-tuning job over MQTT.
 
@@ -44,6 +48,10 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
     round's shared seeds, P1/P2, local steps, batch), aggregates the scalars of whoever answered
     by the deadline, appends the update to the seed log (fsync'd) and publishes it. It evaluates on
     the validation split of its own --data, and writes the same outputs as `simulate`.
+
+    With --plan each device gets its own batch, K, P1 and P2, planned from the profile it sends
+    (or --default-profile) so that its round fits --round-timeout and its memory; devices that
+    evaluated different directions are averaged per direction over those that evaluated it.
 
     Example: edgezo coordinate --broker localhost --min-devices 3 --rounds 30 --out runs/job
     """
@@ -60,6 +68,22 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
         raise EdgezoError(f"--quorum must be in (0, 1] (got {quorum})")
     if min_devices < 1 or round_timeout <= 0:
         raise EdgezoError("--min-devices must be at least 1 and --round-timeout positive")
+    limits, fallback = None, None
+    if plan:
+        from edgezo.planner import Limits
+        from edgezo.profiles import resolve_profile
+
+        if max_p1 < 1 or max_p2 < 1:
+            raise EdgezoError(f"--max-p1 and --max-p2 must be at least 1 (got {max_p1} and {max_p2})")
+        limits = Limits(k=cfg.local_steps, batch=cfg.batch_size, p1=max_p1, p2=max_p2, method=cfg.method,
+                        variant=cfg.variant, difference=cfg.difference)
+        fallback = resolve_profile(default_profile) if default_profile else None
+    else:
+        ctx = click.get_current_context()
+        given = [f"--{n.replace('_', '-')}" for n in ("max_p1", "max_p2", "default_profile")
+                 if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise EdgezoError(f"{', '.join(given)} only {'matters' if len(given) == 1 else 'matter'} with --plan (per-device planning); add --plan or drop it")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     say = tqdm.write  # round lines are the job's log; --quiet only drops the progress bar
     data = load_job_data(cfg, need_train=False)
@@ -73,12 +97,22 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
     transformers.utils.logging.set_verbosity_error()
     say(f"loading model {cfg.model or '(default) SmolLM2-135M-Instruct'} ...")
     ex, info = build_torch_executor(cfg, data.task)
+    planning = None
+    if plan:
+        from edgezo.backends.torch.profiling import model_shape, typical_tokens
+        from edgezo.coordinator.server import Planning
+
+        tokens = typical_tokens(ex, data.task, data.dev, cfg.batch_size, seed=cfg.seed)
+        planning = Planning(model_shape(ex, info.name, info.digest), tokens, limits, round_timeout, fallback)
+        say(f"planning per device: {tokens} tokens per sequence (a typical batch), {round_timeout:g} s rounds, "
+            f"at most K {limits.k}, batch {limits.batch}, P1 {limits.p1}, P2 {limits.p2}; devices without a profile get "
+            + (f"the {fallback.kind} profile {fallback.name!r}" if fallback else "the job's fixed work"))
     out = Path(cfg.out)
     state_dir = Path(state) if state else out / "state"
     settings = CoordinatorSettings(
         run=run_name, state=state_dir, min_devices=min_devices, devices_per_round=devices_per_round,
         policy=RoundPolicy(round_timeout, quorum, clip, aggregation, trim), checkpoint_every=checkpoint_every,
-        http_port=http_port, advertise_host=advertise_host,
+        http_port=http_port, advertise_host=advertise_host, planning=planning,
     )
     embedded = None
     if broker is None:

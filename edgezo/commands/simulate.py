@@ -19,8 +19,13 @@ from edgezo.simulation import RoundRecord, Simulation
 
 @click.command(context_settings={"show_default": True})
 @apply(JOB_OPTIONS + [TRAIN_SAMPLES])
+@click.option("--devices", "devices_spec", help="Heterogeneous devices from profiles: NAME:COUNT,... (measured or reference names, or files) or a TOML file of [[devices]] profile/count; sets --clients. Each device's round time is simulated from its profile.")
+@click.option("--round-seconds", type=float, help="Round deadline in simulated seconds (with --devices): devices that cannot answer in time are left out of the round; the planning budget of --plan.")
+@click.option("--plan", is_flag=True, help="Give each device of --devices its own K, P1, P2 and batch from its profile and --round-seconds (otherwise everyone does the job's).")
+@click.option("--max-p1", type=int, default=2, help="Most P1 a planned device gets.")
+@click.option("--max-p2", type=int, default=16, help="Most P2 a planned device gets.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def simulate(config_file, train_samples, quiet, **options):
+def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_p1, max_p2, quiet, **options):
     """Fine-tune a model with N virtual devices in one process.
 
     Evaluates before training (round 0) and after the last round, and writes to --out:
@@ -28,12 +33,29 @@ def simulate(config_file, train_samples, quiet, **options):
     the final global model), seedlog.jsonl (the global model = base + replay of this log),
     accuracy_vs_flops.png and model/ (safetensors, loadable with transformers' from_pretrained).
 
-    Example: edgezo simulate --task sst2 --clients 4 --rounds 30 --out runs/sst2
+    With --devices, metrics also carry sim_time_s, the simulated wall clock of those devices.
+
+    Examples: edgezo simulate --task sst2 --clients 4 --rounds 30 --out runs/sst2;
+    edgezo simulate --devices pi5:2,laptop-x86:2 --round-seconds 60 --plan
     """
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    fleet = None
+    if devices_spec:
+        from edgezo.fleet import parse_fleet
+
+        fleet = parse_fleet(devices_spec)
+        if options.get("clients") is not None and options["clients"] != len(fleet):
+            raise EdgezoError(f"--clients {options['clients']} disagrees with --devices, which lists {len(fleet)} devices; drop --clients")
+        options["clients"] = len(fleet)
+        if plan and round_seconds is None:
+            raise EdgezoError("--plan needs a round budget: pass --round-seconds")
+        if round_seconds is not None and not round_seconds > 0:
+            raise EdgezoError(f"--round-seconds must be positive (got {round_seconds})")
+    elif plan or round_seconds is not None:
+        raise EdgezoError("--plan and --round-seconds simulate heterogeneous devices: give them with --devices NAME:COUNT,...")
     cfg = build_config(load_toml(config_file) if config_file else {}, options)
     if train_samples is not None and train_samples < cfg.clients:
         raise EdgezoError(f"--train-samples {train_samples} is fewer than --clients {cfg.clients}")
@@ -51,6 +73,9 @@ def simulate(config_file, train_samples, quiet, **options):
         f"{ex.trainable_numel(1):,} + {ex.trainable_numel(2):,} parameters (block 1 + block 2); "
         f"{len(data.train):,} train examples over {cfg.clients} devices, {len(data.dev)} validation"
     )
+    works = clock = None
+    if fleet is not None:
+        works, clock = _plan_fleet(cfg, ex, info, data, fleet, round_seconds, plan, max_p1, max_p2, say)
     outputs = RunOutputs(cfg.out)
     seedlog = SeedLog(outputs.out / "seedlog.jsonl")
     seedlog.path.unlink(missing_ok=True)
@@ -78,11 +103,33 @@ def simulate(config_file, train_samples, quiet, **options):
         eval_every=cfg.eval_every,
         on_round=on_round,
         on_device=lambda: bar.update(1),
+        works=works,
+        clock=clock,
     )
     sim.run()
     bar.close()
     summary = outputs.finish(cfg, ex, info, started, save_model)
+    simulated = f", {clock.now:,.0f} simulated s" if clock is not None else ""
     click.echo(
         f"accuracy {100 * summary['initial_accuracy']:.1f}% -> {100 * summary['final_accuracy']:.1f}% "
-        f"after {cfg.rounds} rounds ({summary['flops']:.3g} forward FLOPs, {summary['wall_s']:.0f} s); wrote {outputs.out}/"
+        f"after {cfg.rounds} rounds ({summary['flops']:.3g} forward FLOPs, {summary['wall_s']:.0f} s{simulated}); wrote {outputs.out}/"
     )
+
+
+def _plan_fleet(cfg, ex, info, data, fleet, round_seconds, plan, max_p1, max_p2, say):
+    """Each simulated device's work and the simulated clock that times it."""
+    from edgezo.backends.torch.profiling import model_shape, typical_tokens
+    from edgezo.costmodel import Work
+    from edgezo.fleet import plan_fleet
+    from edgezo.simulation import SimulatedClock
+
+    shape = model_shape(ex, info.name, info.digest)
+    tokens = typical_tokens(ex, data.task, data.train, cfg.batch_size, cfg.seed)
+    job = Work(cfg.local_steps, cfg.p1, cfg.p2 if cfg.method == "spzo" else 1, cfg.batch_size, cfg.method, cfg.variant, cfg.difference)
+    plans = plan_fleet(fleet, shape, tokens, job, round_seconds, plan, max_p1, max_p2)
+    clock = SimulatedClock([p.round_s for p in plans], [prof.network_latency_ms / 1e3 for _, prof in fleet], round_seconds)
+    say(f"{'planned' if plan else 'fixed'} work per device ({tokens} tokens per sequence, deadline "
+        f"{f'{round_seconds:g} s' if round_seconds else 'none'}):")
+    for d, p in enumerate(plans):
+        say("  " + p.describe() + ("" if clock.included(d) else "  -- misses the deadline: left out of every round"))
+    return [p.work for p in plans], clock
