@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from edgezo.backends.torch.factory import build_torch_executor
 from edgezo.config import JobConfig
+from edgezo.costmodel import Work
 from edgezo.estimators import ProbeConfig
 from edgezo.seedlog import SeedLog, replay
 from edgezo.simulation import Simulation
@@ -80,8 +81,8 @@ def test_replaying_the_seed_log_reproduces_the_global_model(simulated, tiny_llam
     assert replica.fingerprint() == summary["fingerprint"]
 
 
-def _fit_one_batch(ex, train, method, probe, lr, rounds=6):
-    """Two devices that both hold the same 16 examples: the loss on them must go down."""
+def _fit_one_batch(ex, train, method, probe, lr, rounds=6, works=None):
+    """Devices that all hold the same 16 examples: the loss on them must go down."""
     prompts = [get_task("sst2").prompt(e, ex.kind) for e in train]
 
     def make_batch(ix):
@@ -94,9 +95,19 @@ def _fit_one_batch(ex, train, method, probe, lr, rounds=6):
         losses.append(ex.forward_block2(ex.forward_block1(fixed), fixed))
         return 0.0
 
-    shards = [list(range(16)), list(range(16))]
-    Simulation(ex, shards, make_batch, evaluate, method, rounds, 2, lr, probe, batch_size=16, seed=1, eval_every=1).run()
+    shards = [list(range(16))] * (len(works) if works else 2)
+    Simulation(ex, shards, make_batch, evaluate, method, rounds, 2, lr, probe, batch_size=16, seed=1, eval_every=1, works=works).run()
     return losses
+
+
+def test_a_job_with_mixed_p2_decreases_the_loss_of_a_tiny_model(tiny_llama, sst2_dir):
+    """Three devices planned to P2 = 1, 4 and 8 (one with K 1, one with P1 2) train one model."""
+    cfg = JobConfig(model=str(tiny_llama), trainable="norm", split=2)
+    ex, _ = build_torch_executor(cfg, get_task("sst2"))
+    train = load_examples(get_task("sst2"), sst2_dir, "train")[:16]
+    works = [Work(1, 1, 1, 16), Work(2, 1, 4, 16), Work(2, 2, 8, 16)]
+    losses = _fit_one_batch(ex, train, "spzo", ProbeConfig("spzo", 1, 4, 1e-2), 5.0, works=works)
+    assert losses[-1] < losses[0] - 0.03, losses
 
 
 @pytest.mark.parametrize(
