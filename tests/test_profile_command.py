@@ -68,6 +68,8 @@ def test_simulate_heterogeneous_devices(plan, tiny_llama, sst2_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     times = [r["sim_time_s"] for r in rows]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sim_time_s"] == times[-1] and [d["device"] for d in summary["devices"]] == ["slowpoke-0", "speedy-0", "speedy-1"]
     assert times[0] == 0 and all(b > a for a, b in zip(times, times[1:]))
     assert all(r["assigned"] == 3 for r in rows)
     log = done.stdout + done.stderr

@@ -74,8 +74,13 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
         f"{len(data.train):,} train examples over {cfg.clients} devices, {len(data.dev)} validation"
     )
     works = clock = None
+    extra = {}
     if fleet is not None:
-        works, clock = _plan_fleet(cfg, ex, info, data, fleet, round_seconds, plan, max_p1, max_p2, say)
+        plans, clock = _plan_fleet(cfg, ex, info, data, fleet, round_seconds, plan, max_p1, max_p2, say)
+        works = [p.work for p in plans]
+        extra = {"planned": plan, "round_seconds": round_seconds,
+                 "devices": [{"device": p.device, "backend": p.backend, "k": p.work.k, "p1": p.work.p1, "p2": p.work.p2,
+                              "batch": p.work.batch, "predicted_round_s": round(p.round_s, 3)} for p in plans]}
     outputs = RunOutputs(cfg.out)
     seedlog = SeedLog(outputs.out / "seedlog.jsonl")
     seedlog.path.unlink(missing_ok=True)
@@ -108,7 +113,9 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
     )
     sim.run()
     bar.close()
-    summary = outputs.finish(cfg, ex, info, started, save_model)
+    if clock is not None:
+        extra["sim_time_s"] = round(clock.now, 3)
+    summary = outputs.finish(cfg, ex, info, started, save_model, extra)
     simulated = f", {clock.now:,.0f} simulated s" if clock is not None else ""
     click.echo(
         f"accuracy {100 * summary['initial_accuracy']:.1f}% -> {100 * summary['final_accuracy']:.1f}% "
@@ -132,4 +139,4 @@ def _plan_fleet(cfg, ex, info, data, fleet, round_seconds, plan, max_p1, max_p2,
         f"{f'{round_seconds:g} s' if round_seconds else 'none'}):")
     for d, p in enumerate(plans):
         say("  " + p.describe() + ("" if clock.included(d) else "  -- misses the deadline: left out of every round"))
-    return [p.work for p in plans], clock
+    return plans, clock
