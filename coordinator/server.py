@@ -228,10 +228,7 @@ class Coordinator:
         (its status is re-sent after every catch-up and reconnect: those do not re-plan)."""
         if self.s.planning is None:
             return
-        try:
-            key = (json.dumps(status.profile, sort_keys=True, default=repr), status.memory_gb)
-        except (TypeError, ValueError):  # keys of mixed types cannot be sorted: still a stable identity
-            key = (repr(status.profile), status.memory_gb)
+        key = (repr(status.profile), status.memory_gb)  # a device re-sends the same decoded dict: same repr
         known = self.plans.get(device)
         if known is not None and known[0] == key:
             return
@@ -279,9 +276,7 @@ class Coordinator:
         """What ``device`` is assigned in a round (None: left out by the planner)."""
         if self.s.planning is None:
             return self._fixed_task(device)
-        if device not in self.plans and device in self.online:
-            self._plan(device, self.online[device])
-        known = self.plans.get(device)
+        known = self.plans.get(device)  # planned by _on_status when it came online
         return known[1] if known is not None else self._fixed_task(device)
 
     def eligible(self) -> list[str]:

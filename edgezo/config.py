@@ -9,6 +9,7 @@ import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from edgezo.costmodel import Work
 from edgezo.errors import EdgezoError
 from edgezo.estimators import DEFAULT_DIFFERENCE, METHODS, VARIANTS, ProbeConfig
 from edgezo.perturb import DISTRIBUTIONS
@@ -96,6 +97,11 @@ def probe_config(cfg: JobConfig) -> ProbeConfig | None:
     if cfg.method == "fedavg":
         return None
     return ProbeConfig(cfg.method, cfg.p1, cfg.p2 if cfg.method == "spzo" else 1, cfg.eps, cfg.variant, cfg.difference)
+
+
+def job_work(cfg: JobConfig) -> Work:
+    """What the job asks of each device in a round (the planner's starting point and caps)."""
+    return Work(cfg.local_steps, cfg.p1, cfg.p2 if cfg.method == "spzo" else 1, cfg.batch_size, cfg.method, cfg.variant, cfg.difference)
 
 
 def config_keys() -> list[str]:

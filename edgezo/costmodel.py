@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -137,21 +138,24 @@ class Predictor:
     tokens: int  # tokens per sequence (the job's padded length)
 
     # -- time -------------------------------------------------------------------------------
-    def _measured_fit(self, block: int) -> tuple[float, float] | None:
+    @cached_property
+    def _measured_fits(self) -> dict[int, tuple[float, float]]:
+        """Per block, (intercept, slope) of time against FLOPs over the measured rows, when the
+        profile measured this model and split (fitted once: the planner asks thousands of times)."""
         m = self.backend.measured
-        if m is None or not m.matches(self.shape):
-            return None
-        rows = [r for r in m.forwards]
-        if not rows:
-            return None
-        x = [self.shape.block_flops(block, r.batch, r.tokens) for r in rows]
-        y = [r.block1_s if block == 1 else r.block2_s for r in rows]
-        return linear_fit(x, y)
+        if m is None or not m.forwards or not m.matches(self.shape):
+            return {}
+        fits = {}
+        for block in (1, 2):
+            x = [self.shape.block_flops(block, r.batch, r.tokens) for r in m.forwards]
+            y = [r.block1_s if block == 1 else r.block2_s for r in m.forwards]
+            fits[block] = linear_fit(x, y)
+        return fits
 
     def forward_s(self, block: int, batch: int) -> float:
         """Seconds of one forward of ``block`` on ``batch`` sequences."""
         flops = self.shape.block_flops(block, batch, self.tokens)
-        fit = self._measured_fit(block)
+        fit = self._measured_fits.get(block)
         if fit is not None:
             return fit[0] + fit[1] * flops
         b = self.backend

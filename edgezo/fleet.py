@@ -56,6 +56,6 @@ def plan_fleet(fleet: list[tuple[str, Profile]], shape: ModelShape, tokens: int,
     if plan:
         if round_seconds is None:
             raise EdgezoError("--plan needs a round budget: pass --round-seconds")
-        limits = Limits(k=job.k, batch=job.batch, p1=max_p1, p2=max_p2, method=job.method, variant=job.variant, difference=job.difference)
+        limits = Limits(job, p1=max_p1, p2=max_p2)
         return [plan_device(prof, shape, tokens, Budget(round_seconds), limits, device=name) for name, prof in fleet]
     return [fixed_plan(prof, shape, tokens, job, device=name, round_seconds=round_seconds or 0.0) for name, prof in fleet]

@@ -20,7 +20,7 @@ the smallest round (K=1, P1=1, P2=1, batch 1) is already over the time budget.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgezo.costmodel import ModelShape, Predictor, Work, suggest_split
 from edgezo.errors import EdgezoError
@@ -48,20 +48,29 @@ class Budget:
 
 @dataclass(frozen=True)
 class Limits:
-    """The most a device may be given: the job's K and batch, and caps on P1 and P2."""
+    """The most a device may be given: the job's own work caps K and the batch (and fixes the
+    method), ``p1`` and ``p2`` cap the perturbation counts."""
 
-    k: int = 2
-    batch: int = 16
+    job: Work = Work()
     p1: int = 2
     p2: int = 16
-    method: str = "spzo"
-    variant: str = "joint"
-    difference: str = "central"
 
     def __post_init__(self):
-        for name in ("k", "batch", "p1", "p2"):
-            if getattr(self, name) < 1:
-                raise EdgezoError(f"planner limit {name} must be at least 1 (got {getattr(self, name)})")
+        for name, value in (("k", self.k), ("batch", self.batch), ("p1", self.p1), ("p2", self.p2)):
+            if value < 1:
+                raise EdgezoError(f"planner limit {name} must be at least 1 (got {value})")
+
+    @property
+    def k(self) -> int:
+        return self.job.k
+
+    @property
+    def batch(self) -> int:
+        return self.job.batch
+
+    def work(self, k: int, p1: int, p2: int, batch: int) -> Work:
+        """The job's work with these counts."""
+        return replace(self.job, k=k, p1=p1, p2=p2, batch=batch)
 
 
 @dataclass(frozen=True)
@@ -95,12 +104,12 @@ def _batches(limit: int) -> list[int]:
 
 
 def _best_work(pred: Predictor, batch: int, limits: Limits, seconds: float) -> tuple[Work, float] | None:
-    p2_max = limits.p2 if limits.method == "spzo" else 1
+    p2_max = limits.p2 if limits.job.method == "spzo" else 1
     best: tuple[tuple, Work, float] | None = None
     for k in range(limits.k, 0, -1):
         for p1 in range(1, limits.p1 + 1):
             for p2 in range(1, p2_max + 1):
-                w = Work(k, p1, p2, batch, limits.method, limits.variant, limits.difference)
+                w = limits.work(k, p1, p2, batch)
                 t = pred.round_s(w)
                 if t > seconds:
                     break  # larger P2 only costs more
@@ -120,7 +129,7 @@ def plan_device(profile: Profile, shape: ModelShape, tokens: int, budget: Budget
     for backend in profile.backends:
         pred = Predictor(backend, shape, tokens)
         smallest_peak[backend.name] = pred.peak_mb(1)
-        fastest[backend.name] = pred.round_s(Work(1, 1, 1, 1, limits.method, limits.variant, limits.difference))
+        fastest[backend.name] = pred.round_s(limits.work(1, 1, 1, 1))
         for batch in _batches(limits.batch):
             peak = pred.peak_mb(batch)
             if peak > memory_mb:

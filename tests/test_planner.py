@@ -99,7 +99,7 @@ def test_planner_never_exceeds_its_budgets():
             available=float(rng.uniform(0.3, 16)),
         )
         budget = Budget(round_seconds=float(rng.uniform(0.5, 300)), memory_gb=float(rng.uniform(0.3, 8)))
-        limits = Limits(k=int(rng.integers(1, 5)), batch=int(rng.integers(1, 33)), p1=int(rng.integers(1, 4)), p2=int(rng.integers(1, 17)))
+        limits = Limits(Work(k=int(rng.integers(1, 5)), batch=int(rng.integers(1, 33))), p1=int(rng.integers(1, 4)), p2=int(rng.integers(1, 17)))
         tokens = int(rng.integers(16, 257))
         try:
             plan = plan_device(prof, SHAPE, tokens, budget, limits)
@@ -123,7 +123,7 @@ def test_planner_never_exceeds_its_budgets():
 
 def test_planner_gives_larger_p2_where_block_2_is_cheap():
     """Same full-forward time per sequence; on one device block 2 is a tenth of block 1."""
-    limits = Limits(k=2, batch=16, p1=2, p2=32)
+    limits = Limits(Work(k=2, batch=16), p1=2, p2=32)
     budget = Budget(round_seconds=60)
     cheap_block2 = plan_device(profile(backend(measured=measured_rows(0.10, 0.01))), SHAPE, 64, budget, limits)
     even = plan_device(profile(backend(measured=measured_rows(0.055, 0.055))), SHAPE, 64, budget, limits)
@@ -132,7 +132,7 @@ def test_planner_gives_larger_p2_where_block_2_is_cheap():
 
 
 def test_faster_devices_get_more_work_and_slow_ones_less_but_still_some():
-    limits, budget = Limits(k=2, batch=16, p1=2, p2=16), Budget(round_seconds=30)
+    limits, budget = Limits(Work(k=2, batch=16), p1=2, p2=16), Budget(round_seconds=30)
     fast = plan_device(profile(backend(measured=measured_rows(0.01, 0.005))), SHAPE, 64, budget, limits)
     slow = plan_device(profile(backend(measured=measured_rows(0.3, 0.15))), SHAPE, 64, budget, limits)
     assert fast.work.estimates > slow.work.estimates >= 1
@@ -144,7 +144,7 @@ def test_memory_lowers_the_batch_before_time_does():
     prof = profile(backend(measured=measured_rows(0.001, 0.001)), available=64.0)
     pred = Predictor(prof.backends[0], SHAPE, 256)
     memory_gb = (pred.peak_mb(4) + pred.peak_mb(8)) / 2 / 1024  # batch 4 fits, 8 does not
-    plan = plan_device(prof, SHAPE, 256, Budget(600, memory_gb=memory_gb), Limits(k=2, batch=16))
+    plan = plan_device(prof, SHAPE, 256, Budget(600, memory_gb=memory_gb), Limits(Work(k=2, batch=16)))
     assert plan.work.batch == 4
 
 

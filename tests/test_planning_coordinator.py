@@ -12,7 +12,7 @@ from edgezo.config import JobConfig
 from edgezo.coordinator import messages as m
 from edgezo.coordinator.rounds import RoundPolicy
 from edgezo.coordinator.server import Coordinator, CoordinatorSettings, Planning
-from edgezo.costmodel import ModelShape
+from edgezo.costmodel import ModelShape, Work
 from edgezo.errors import EdgezoError
 from edgezo.planner import Limits
 from edgezo.profiles import BackendProfile, Profile
@@ -69,7 +69,7 @@ class FakeLink:
 
 def coordinator(tmp_path, default_profile=None, min_devices=1) -> tuple[Coordinator, FakeLink, list[str]]:
     cfg = JobConfig(rounds=1, local_steps=2, p1=1, p2=4, batch_size=8).validate()
-    planning = Planning(SHAPE, tokens=40, limits=Limits(k=2, batch=8, p1=2, p2=16), round_seconds=30.0,
+    planning = Planning(SHAPE, tokens=40, limits=Limits(Work(k=2, batch=8), p1=2, p2=16), round_seconds=30.0,
                         default_profile=default_profile)
     settings = CoordinatorSettings(run=RUN, state=tmp_path / "state", min_devices=min_devices, max_attempts=1,
                                    policy=RoundPolicy(timeout_s=0.01), planning=planning)

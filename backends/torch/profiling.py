@@ -166,7 +166,8 @@ def profile_torch(ex: TorchExecutor, shape: ModelShape, trainable: str, tokens: 
     Memory comes first, while the allocator holds nothing from larger batches: one forward at
     the smallest batch pages the weights in (the model's memory is then the resident growth over
     the bare runtime), then steps run in ascending batch order."""
-    ex.forward_block2(ex.forward_block1(synthetic_batch(ex, batches[0], tokens)), synthetic_batch(ex, batches[0], tokens))
+    smallest = synthetic_batch(ex, batches[0], tokens)
+    ex.forward_block2(ex.forward_block1(smallest), smallest)
     load_mb = rss_mb() - runtime_mb
     memory_batches = [batches[0], batches[-1]] if len(batches) > 1 else batches
     memory, step_s = measure_step_memory(ex, memory_batches, tokens, tick)

@@ -10,7 +10,7 @@ import click
 from tqdm.auto import tqdm
 
 from edgezo.commands.options import BROKER_OPTIONS, JOB_OPTIONS, apply, broker_settings
-from edgezo.config import build_config, load_toml
+from edgezo.config import build_config, job_work, load_toml
 from edgezo.errors import EdgezoError
 from edgezo.evaluate import make_evaluator
 from edgezo.jobdata import load_job_data
@@ -75,8 +75,7 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
 
         if max_p1 < 1 or max_p2 < 1:
             raise EdgezoError(f"--max-p1 and --max-p2 must be at least 1 (got {max_p1} and {max_p2})")
-        limits = Limits(k=cfg.local_steps, batch=cfg.batch_size, p1=max_p1, p2=max_p2, method=cfg.method,
-                        variant=cfg.variant, difference=cfg.difference)
+        limits = Limits(job_work(cfg), p1=max_p1, p2=max_p2)
         fallback = resolve_profile(default_profile) if default_profile else None
     else:
         ctx = click.get_current_context()

@@ -107,9 +107,10 @@ def profile(model, split, trainable, seq_len, batch_sizes, repeats, quick, name,
         click.echo(profile_table(prof))
         click.echo(f"wrote {path}")
     if plan:
+        from edgezo.costmodel import Work
         from edgezo.planner import Budget, Limits, plan_device
 
-        limits = Limits(k=local_steps, batch=batch_size, p1=max_p1, p2=max_p2)
+        limits = Limits(Work(k=local_steps, batch=batch_size), p1=max_p1, p2=max_p2)
         chosen = plan_device(prof, shape, seq_len, Budget(round_seconds, memory_gb_budget), limits)
         click.echo("plan: " + chosen.describe())
         if chosen.suggested_split != shape.split:

@@ -126,14 +126,13 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
 def _plan_fleet(cfg, ex, info, data, fleet, round_seconds, plan, max_p1, max_p2, say):
     """Each simulated device's work and the simulated clock that times it."""
     from edgezo.backends.torch.profiling import model_shape, typical_tokens
-    from edgezo.costmodel import Work
+    from edgezo.config import job_work
     from edgezo.fleet import plan_fleet
     from edgezo.simulation import SimulatedClock
 
     shape = model_shape(ex, info.name, info.digest)
     tokens = typical_tokens(ex, data.task, data.train, cfg.batch_size, cfg.seed)
-    job = Work(cfg.local_steps, cfg.p1, cfg.p2 if cfg.method == "spzo" else 1, cfg.batch_size, cfg.method, cfg.variant, cfg.difference)
-    plans = plan_fleet(fleet, shape, tokens, job, round_seconds, plan, max_p1, max_p2)
+    plans = plan_fleet(fleet, shape, tokens, job_work(cfg), round_seconds, plan, max_p1, max_p2)
     clock = SimulatedClock([p.round_s for p in plans], [prof.network_latency_ms / 1e3 for _, prof in fleet], round_seconds)
     say(f"{'planned' if plan else 'fixed'} work per device ({tokens} tokens per sequence, deadline "
         f"{f'{round_seconds:g} s' if round_seconds else 'none'}):")
