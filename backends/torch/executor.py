@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from edgezo.backends.torch import perturb as tz
 from edgezo.backends.torch.adapters import Hidden, make_adapter
+from edgezo.backends.tokenize import tokenize_right_padded, verbalizer_token_ids
 from edgezo.errors import EdgezoError
 from edgezo.executor import Perturbation
 from edgezo.perturb import DISTRIBUTIONS, RADEMACHER
@@ -47,6 +48,8 @@ class Activation:
 
 
 class TorchExecutor:
+    backend = "torch"
+
     def __init__(
         self,
         model,
@@ -69,7 +72,7 @@ class TorchExecutor:
         if not 0 < split < n:
             raise EdgezoError(f"split index {split} is outside the model: it has {n} layers, so use --split 1..{n - 1}")
         self.split = split
-        self.verbalizer_ids = torch.tensor(self._verbalizer_ids(verbalizers))
+        self.verbalizer_ids = torch.tensor(verbalizer_token_ids(tokenizer, verbalizers))
         self.params = dict(model.named_parameters())
         wanted = set(trainable)
         self.names = [n for n in self.params if n in wanted]
@@ -89,30 +92,23 @@ class TorchExecutor:
             self.unit_block[unit] = block
             for nm in owned:
                 self.name_block[nm] = block
-        self._unit_numel = {
-            unit: sum(p.numel() for nm, p in self.params.items() if nm.startswith(self.adapter.unit_param_prefixes(unit)))
-            for unit in self.adapter.unit_names()
-        }
+        self._unit_numel = {unit: self._weight_numel(self.adapter.unit_param_prefixes(unit)) for unit in self.adapter.unit_names()}
         if self.trainable_numel(1) + self.trainable_numel(2) >= COMPILE_THRESHOLD:
             tz.use_compiled_kernel(True)
 
-    # -- tokenisation -------------------------------------------------------------------------
-    def _verbalizer_ids(self, verbalizers: Sequence[str]) -> list[int]:
-        ids = []
-        for word in verbalizers:
-            tokens = self.tokenizer.encode(word, add_special_tokens=False)
-            if not tokens:
-                raise EdgezoError(f"verbalizer {word!r} encodes to no token with this tokenizer")
-            ids.append(tokens[0])
-        if len(set(ids)) != len(ids):
-            raise EdgezoError(f"verbalizers {list(verbalizers)} share a first token with this tokenizer; pick other words")
-        return ids
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers
 
+    def _weight_numel(self, prefixes: tuple[str, ...]) -> int:
+        """Scalars of the weights under ``prefixes`` (what ``forward_flops`` counts): the model's
+        parameters; a backend holding weights as buffers (int8's quantized blocks) adds those."""
+        return sum(p.numel() for nm, p in self.params.items() if nm.startswith(prefixes))
+
+    # -- tokenisation -------------------------------------------------------------------------
     def encode(self, prompts: Sequence[str], labels: Sequence[int]) -> TorchBatch:
         tok = self.tokenizer
-        tok.padding_side = "right"
-        tok.truncation_side = "left"  # keep the end of the prompt, where the answer goes
-        enc = tok(list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = tokenize_right_padded(tok, prompts, self.max_length, "pt")
         ids, mask = enc["input_ids"], enc["attention_mask"]
         if self.kind == "mlm":
             is_mask = ids == tok.mask_token_id

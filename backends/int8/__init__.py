@@ -1,0 +1,8 @@
+"""int8 executor: llama.cpp-style quantized weights (Q8_0, Q4_0, Q4_1), dequantized per layer on the
+fly, with the trainable parameters (LoRA, BitFit/norm, or named layers) in float32.
+
+Modules: ``quant`` (block formats), ``modules`` (QuantLinear, QuantEmbedding, QuantLoRALinear),
+``gguf_file`` (GGUF tensor table), ``sources`` (weights from a safetensors folder or a GGUF),
+``model`` (the quantized Hugging Face model), ``executor`` (Int8Executor), ``factory``
+(``build_int8_executor``).
+"""
