@@ -130,7 +130,7 @@ class Device:
     def _publish_status(self, state: str = "online") -> None:
         online = state == "online"  # the profile rides on the online status (the coordinator plans from it)
         status = m.Status(v=m.PROTOCOL_VERSION, run=self.topics.run, device=self.s.device_id, state=state,
-                          replica_round=self.replica_round, examples=len(self.shard), backend="torch",
+                          replica_round=self.replica_round, examples=len(self.shard), backend=getattr(self.ex, "backend", "torch"),
                           profile=self.s.profile if online else {}, memory_gb=self.s.memory_gb if online else 0.0)
         self.link.publish(self.topics.status(self.s.device_id), m.encode(status), retain=True)
 

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -257,6 +257,9 @@ class Coordinator:
             task = self._fixed_task(device)
             self.say(f"plan for {device}: no profile, so the job's K {task.k}, P1 {task.p1}, P2 {task.p2}, batch {task.batch}")
             return task
+        running = [b for b in profile.backends if b.name == status.backend]
+        if running:  # the device already runs this backend (chosen at join): plan for it alone
+            profile = replace(profile, backends=running)
         try:
             budget = Budget(p.round_seconds, memory or None, p.safety)
             plan = plan_device(profile, p.shape, p.tokens, budget, p.limits, device)
@@ -335,7 +338,7 @@ class Coordinator:
             self._pump(None, 0.5)
 
     def _one_round(self, rnd: int) -> None:
-        lr = lr_at(self.cfg.lr, self.cfg.lr_schedule, rnd, self.cfg.rounds)
+        lr = lr_at(self.cfg.lr, self.cfg.lr_schedule, rnd, self.cfg.rounds, decay_rounds=self.cfg.lr_decay_rounds)
         probe = probe_config(self.cfg)
         for attempt in range(self.s.max_attempts):
             self._wait_for_devices()

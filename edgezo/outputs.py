@@ -50,8 +50,9 @@ class RunOutputs:
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(d) + "\n")
 
-    def finish(self, cfg: JobConfig, ex, info, started: float, save_model: Callable, extra: dict | None = None) -> dict:
-        save_model(ex.model, ex.tokenizer, self.out / "model")
+    def finish(self, cfg: JobConfig, ex, info, started: float, save: Callable[[Path], None], extra: dict | None = None) -> dict:
+        """``save(folder)`` writes the trained model (``model/``)."""
+        save(self.out / "model")
         plot_accuracy_vs_flops(self.records, self.out / "accuracy_vs_flops.png", f"{cfg.method} on {cfg.task}")
         evaluated = [r for r in self.records if r.get("eval_accuracy") is not None]
         last = self.records[-1] if self.records else {}

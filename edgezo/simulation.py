@@ -122,7 +122,9 @@ class Simulation:
     """The federated loop. ``make_batch(indices)`` builds an executor batch from training
     examples; ``evaluate()`` returns the global model's accuracy; ``on_round`` receives each
     RoundRecord and the log entry (for output). ``works`` gives each device its own K, P1, P2
-    and batch (planned from its profile); without it every device does the job's."""
+    and batch (planned from its profile); without it every device does the job's.
+    ``device_executors`` (with ``device_batchers``) gives devices different backends: devices
+    sharing an executor share its replica, and every replica applies each global update."""
 
     executor: Any
     shards: Sequence[Sequence[int]]
@@ -141,6 +143,22 @@ class Simulation:
     totals: Totals = field(default_factory=Totals)
     works: Sequence[Work] | None = None
     clock: SimulatedClock | None = None
+    device_executors: Sequence[Any] | None = None  # a mixed-backend job: each device's executor
+    device_batchers: Sequence[Callable[[list[int]], Any]] | None = None  # and its make_batch
+
+    def _replicas(self) -> list[Any]:
+        """Every distinct executor, ``executor`` (evaluation, fingerprints) first. Each holds a
+        replica of the global model and gets every global update, as a real device would."""
+        out = [self.executor]
+        for ex in self.device_executors or ():
+            if all(ex is not seen for seen in out):
+                out.append(ex)
+        return out
+
+    def _device(self, device: int) -> tuple[Any, Callable[[list[int]], Any]]:
+        if self.device_executors is None:
+            return self.executor, self.make_batch
+        return self.device_executors[device], self.device_batchers[device]
 
     def _work(self, device: int) -> tuple[int, int, ProbeConfig | None]:
         """(K, batch, probe) of a device."""
@@ -155,25 +173,28 @@ class Simulation:
         if self.clock is not None and not any(self.clock.included(d) for d in range(len(self.shards))):
             raise EdgezoError(f"no device can answer a round within the {self.clock.deadline:g} s deadline; "
                               "raise --round-seconds, or plan each device's work with --plan")
+        if self.method == "fedavg" and len(self._replicas()) > 1:
+            raise EdgezoError("fedavg backpropagates, which only the torch backend does: run it with --backend torch")
         t0 = time.perf_counter()
         records = [self._record(0, None, self.evaluate(), t0, 0)]
         self.on_round(records[0], None)
         trainable = ex.trainable_numel(1) + ex.trainable_numel(2)
         for rnd in range(1, self.rounds + 1):
             lr = self.lr(rnd) if callable(self.lr) else self.lr
-            global_weights = ex.snapshot()
+            global_weights = [(replica, replica.snapshot()) for replica in self._replicas()]
             results: list[tuple[LocalRound, float]] = []
             for device, shard in enumerate(self.shards):
                 if self.clock is not None and not self.clock.included(device):
                     continue
-                ex.restore(global_weights)
+                dex, make_batch = self._device(device)
+                dex.restore(next(w for r, w in global_weights if r is dex))
                 k, batch_size, probe = self._work(device)
-                batches = [self.make_batch(ix) for ix in device_batch_indices(shard, batch_size, k, self.seed, rnd, device)]
+                batches = [make_batch(ix) for ix in device_batch_indices(shard, batch_size, k, self.seed, rnd, device)]
                 if self.method == "fedavg":
                     result = self._fedavg_local(batches, lr)
                 else:
                     stream = device + 1 if self.method == "fedzo" else 0
-                    result = local_round(ex, batches, probe, lr, self.seed, rnd, stream)
+                    result = local_round(dex, batches, probe, lr, self.seed, rnd, stream)
                 result.examples = sum(b.size for b in batches)
                 result.scalars = to_wire_precision(result.scalars)
                 results.append((result, float(result.examples)))
@@ -193,7 +214,7 @@ class Simulation:
         n = len(results)
         if self.method == "fedavg":
             deltas = [(r.deltas, w) for r, w in results]
-            ex.restore(global_weights)
+            ex.restore(global_weights[0][1])
             total = sum(w for _, w in deltas)
             for delta, w in deltas:
                 ex.add_to_trainable(delta, w / total)
@@ -201,8 +222,9 @@ class Simulation:
             entry = None
         else:
             update = global_update(self.method, results, lr, self.probe.variant)
-            ex.restore(global_weights)
-            ex.apply_update(update)
+            for replica, weights in global_weights:
+                replica.restore(weights)
+                replica.apply_update(update)
             scalars_up = sum(len(r.scalars) for r, _ in results) / n
             scalars_down = len(set().union(*(r.scalars for r, _ in results)))  # the averaged scalars
             up, down = bytes_per_device(self.method, scalars_up, scalars_down, trainable)

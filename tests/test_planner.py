@@ -231,3 +231,18 @@ def test_no_profiles_means_no_simulated_time():
     _, _, records = run_toy(None, rounds=1)
     assert all(r.sim_time_s is None and "sim_time_s" not in r.to_dict() for r in records)
     assert math.isfinite(records[-1].flops)
+
+
+def test_a_tight_memory_budget_moves_a_reference_device_to_int8():
+    """pi5 lists torch (fp32) and int8 (Q8_0): with room, torch (faster); under the fp32 step's
+    peak, int8 (a third of the weight memory), with the same work."""
+    from edgezo.profiles import resolve_profile
+
+    pi5 = resolve_profile("pi5")
+    limits = Limits(Work(2, 1, 4, 16), p1=2, p2=16)
+    roomy = plan_device(pi5, SHAPE, 40, Budget(120, None), limits)
+    fp32_peak = roomy.peak_mb
+    tight = plan_device(pi5, SHAPE, 40, Budget(120, 0.95 * fp32_peak / 1024), limits)
+    assert roomy.backend == "torch" and tight.backend == "int8"
+    assert tight.peak_mb < 0.6 * fp32_peak
+    assert (tight.work.k, tight.work.p2, tight.work.batch) == (roomy.work.k, roomy.work.p2, roomy.work.batch)

@@ -102,10 +102,14 @@ def test_reference_is_named_sourced_and_marked(path):
     assert 0 < prof.memory_available_gb < prof.memory_total_gb
     assert prof.cpu and prof.cores > 0 and prof.os
     names = [b.name for b in prof.backends]
-    assert set(names) <= {"torch", "mlx"} and "torch" in names
+    assert set(names) <= {"torch", "mlx", "int8"} and "torch" in names
     for b in prof.backends:
         assert b.measured is None
-        assert b.bytes_per_param == 4.0 and b.dtype == "float32"
+        if b.name == "int8":  # Q8_0: 34 bytes per 32 weights, a little slower than fp32 (dequantization)
+            assert b.bytes_per_param == 34 / 32 and b.dtype == "q8_0"
+            assert b.gflops < prof.backend("torch").gflops and b.overhead_ms > prof.backend("torch").overhead_ms
+        else:
+            assert b.bytes_per_param == 4.0 and b.dtype == "float32"
         for value in (b.gflops, b.overhead_ms, b.perturb_melems_s, b.update_melems_s, b.call_us, b.runtime_mb):
             assert math.isfinite(value) and value > 0
 

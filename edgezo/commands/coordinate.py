@@ -146,7 +146,7 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
         bar = tqdm(total=cfg.rounds, initial=coordinator.round, desc="rounds", unit="round", disable=quiet, dynamic_ncols=True)
         coordinator.run()
         bar.close()
-        summary = outputs.finish(cfg, ex, info, started, save_model, {"run": run_name, "rejected_messages": coordinator.rejected})
+        summary = outputs.finish(cfg, ex, info, started, lambda folder: save_model(ex.model, ex.tokenizer, folder), {"run": run_name, "rejected_messages": coordinator.rejected})
         acc = summary["final_accuracy"]
         click.echo(f"job {run_name} finished: {summary['rounds_completed']} rounds, accuracy "
                    f"{100 * acc:.1f}%; wrote {out}/" if acc is not None else f"job {run_name} finished; wrote {out}/")

@@ -66,12 +66,13 @@ def device_profile(spec: str | None, memory_gb: float | None, say=print) -> tupl
 @apply([TRAIN_SAMPLES])
 @click.option("--profile", "profile_spec", help="This device's profile, sent to the coordinator, which plans this device's batch, K, P1 and P2 from it (coordinate --plan): a .toml file, or a name (a measured profile in the user profile folder, else a reference shipped in device_profiles/). [default: the measured profile named after this host in the user profile folder (edgezo profile writes it), if there is one]")
 @click.option("--memory-gb", type=float, help="Memory in GB this device lets training use; the coordinator's planner keeps a step's peak under it. [default: the profile's memory_available_gb]")
+@click.option("--backend", type=click.Choice(["auto", "torch", "mlx", "int8"]), default="auto", help="Executor: torch (fp32), mlx (Apple MLX), int8 (llama.cpp-style 8-bit blocks, about a third of the memory). auto: mlx on Apple silicon, else torch, or int8 when fp32 does not fit --memory-gb (or the free memory).")
 @click.option("--catch-up", type=click.Choice(["auto", "replay", "checkpoint"]), default="auto", help="How to reach the current global model when behind: replay the seed log, download the coordinator's checkpoint, or whichever is cheaper.")
 @click.option("--stay", is_flag=True, help="After the job finishes, wait for the next one instead of exiting.")
 @click.option("--announce-timeout", type=float, default=60.0, help="Seconds to wait for a job announcement.")
 @click.option("--quiet", is_flag=True, help="Only warnings and errors.")
 def join(broker, username, password, tls_ca, tls_cert, tls_key, tls_insecure, device_id, run_name, model, data, shard,
-         train_samples, profile_spec, memory_gb, catch_up, stay, announce_timeout, quiet):
+         train_samples, profile_spec, memory_gb, backend, catch_up, stay, announce_timeout, quiet):
     """Join a federated job as a device: answer the coordinator's rounds until the job ends.
 
     The device loads the announced model (checking its digest), keeps a replica of the global
@@ -94,6 +95,10 @@ def join(broker, username, password, tls_ca, tls_cert, tls_key, tls_insecure, de
         check_name("run", run_name)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     say = (lambda msg: None) if quiet else click.echo
+    if backend != "auto":
+        from edgezo.backends.choice import require
+
+        require(backend)  # before connecting: a missing extra fails here, in one line
     profile, memory_budget = device_profile(profile_spec, memory_gb, say)  # before connecting: a bad one fails here
     settings = DeviceSettings(device_id=device_id, run=run_name, model=model, data=data,
                               shard=parse_shard(shard) if shard else None, train_samples=train_samples, stay=stay,
@@ -111,10 +116,12 @@ def join(broker, username, password, tls_ca, tls_cert, tls_key, tls_insecure, de
     def build(cfg, task):
         import transformers
 
-        from edgezo.backends.torch.factory import build_torch_executor
+        from edgezo.backends.choice import build_executor, resolve_backend
 
         transformers.utils.logging.set_verbosity_error()
-        return build_torch_executor(cfg, task)
+        choice = resolve_backend(backend, cfg.model, memory_budget * 1024 if memory_budget else None)
+        say(f"backend {choice.backend} ({choice.reason})")
+        return build_executor(choice.backend, cfg, task)
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # leave cleanly when stopped by a service manager
     connect_patiently(link, announce_timeout, say)

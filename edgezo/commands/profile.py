@@ -132,7 +132,7 @@ def _measure(ex, shape, trainable, seq_len, batches, repeats, runtime_mb, name):
         description=f"measured by edgezo {__version__} with {shape.name}, split {shape.split}/{shape.layers}, {seq_len} tokens",
         memory_total_gb=round(total, 2),
         memory_available_gb=round(min(available, total), 2),
-        backends=[torch_profile],  # mlx and int8 join this list when their executors exist
+        backends=[torch_profile],  # only torch is measured so far; int8 and mlx figures come from reference profiles
         cpu=cpu_name(),
         cores=os.cpu_count() or 0,
         os=f"{platform.system()} {platform.release()}",

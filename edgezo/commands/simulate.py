@@ -24,8 +24,9 @@ from edgezo.simulation import RoundRecord, Simulation
 @click.option("--plan", is_flag=True, help="Give each device of --devices its own K, P1, P2 and batch from its profile and --round-seconds (otherwise everyone does the job's).")
 @click.option("--max-p1", type=int, default=2, help="Most P1 a planned device gets.")
 @click.option("--max-p2", type=int, default=16, help="Most P2 a planned device gets.")
+@click.option("--backend", "backend_spec", default="auto", help="Executor of the devices: auto, torch, mlx or int8, or a comma-separated list given to the devices in turn (torch,mlx,int8: a mixed-backend job). auto: torch here (mlx on Apple silicon); with --devices, each device's planned backend when it is installed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_p1, max_p2, quiet, **options):
+def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_p1, max_p2, backend_spec, quiet, **options):
     """Fine-tune a model with N virtual devices in one process.
 
     Evaluates before training (round 0) and after the last round, and writes to --out:
@@ -36,7 +37,11 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
     With --devices, metrics also carry sim_time_s, the simulated wall clock of those devices.
 
     Examples: edgezo simulate --task sst2 --clients 4 --rounds 30 --out runs/sst2;
-    edgezo simulate --devices pi5:2,laptop-x86:2 --round-seconds 60 --plan
+    edgezo simulate --devices pi5:2,laptop-x86:2 --round-seconds 60 --plan;
+    edgezo simulate --backend torch,mlx,int8 --clients 3 (one device per backend)
+
+    Accuracy is that of the first listed backend's replica (of torch's when --devices plans the
+    backends); every replica applies the same global updates.
     """
     import transformers
 
@@ -56,20 +61,24 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
             raise EdgezoError(f"--round-seconds must be positive (got {round_seconds})")
     elif plan or round_seconds is not None:
         raise EdgezoError("--plan and --round-seconds simulate heterogeneous devices: give them with --devices NAME:COUNT,...")
+    from edgezo.backends.choice import parse_backends, require
+
+    requested = parse_backends(backend_spec)
+    for backend in set(requested) - {"auto"}:
+        require(backend)  # a missing extra fails before any data or model is read
     cfg = build_config(load_toml(config_file) if config_file else {}, options)
     if train_samples is not None and train_samples < cfg.clients:
         raise EdgezoError(f"--train-samples {train_samples} is fewer than --clients {cfg.clients}")
     data = load_job_data(cfg, train_samples)
     shards = device_shards(cfg, data.train)
 
-    from edgezo.backends.torch.factory import build_torch_executor
-    from edgezo.backends.torch.loading import save_model
+    from edgezo.backends.torch.factory import save_trained_model
 
     say = (lambda msg: None) if quiet else (lambda msg: tqdm.write(msg))
-    say(f"loading model {cfg.model or '(default) SmolLM2-135M-Instruct'} ...")
-    ex, info = build_torch_executor(cfg, data.task)
+    executors = BackendPool(cfg, data.task, say)
+    ex, info = executors.get(_first_backend(requested, cfg, fleet is not None))
     say(
-        f"{info.name}: {ex.adapter.num_layers} layers, split at {ex.split}; trainable {cfg.trainable}: "
+        f"{info.name}: {ex.num_layers} layers, split at {ex.split}; trainable {cfg.trainable}: "
         f"{ex.trainable_numel(1):,} + {ex.trainable_numel(2):,} parameters (block 1 + block 2); "
         f"{len(data.train):,} train examples over {cfg.clients} devices, {len(data.dev)} validation"
     )
@@ -81,6 +90,14 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
         extra = {"planned": plan, "round_seconds": round_seconds,
                  "devices": [{"device": p.device, "backend": p.backend, "k": p.work.k, "p1": p.work.p1, "p2": p.work.p2,
                               "batch": p.work.batch, "predicted_round_s": round(p.round_s, 3)} for p in plans]}
+        device_backends = [_planned_backend(p.backend, requested, d, say) for d, p in enumerate(plans)]
+    else:
+        device_backends = [requested[d % len(requested)] for d in range(cfg.clients)]
+    device_executors = [executors.get(b)[0] for b in device_backends]
+    mixed = len({id(e) for e in device_executors} | {id(ex)}) > 1
+    if mixed or device_executors[0] is not ex:
+        extra["device_backends"] = [e.backend for e in device_executors]
+        say("devices' backends: " + ", ".join(f"{d}:{e.backend}" for d, e in enumerate(device_executors)))
     outputs = RunOutputs(cfg.out)
     seedlog = SeedLog(outputs.out / "seedlog.jsonl")
     seedlog.path.unlink(missing_ok=True)
@@ -96,12 +113,12 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
     sim = Simulation(
         executor=ex,
         shards=shards,
-        make_batch=make_batcher(ex, data.task, data.train),
+        make_batch=executors.batcher(ex, data.train),
         evaluate=make_evaluator(ex, data.task, data.dev, quiet),
         method=cfg.method,
         rounds=cfg.rounds,
         local_steps=cfg.local_steps,
-        lr=lambda rnd: lr_at(cfg.lr, cfg.lr_schedule, rnd, cfg.rounds),
+        lr=lambda rnd: lr_at(cfg.lr, cfg.lr_schedule, rnd, cfg.rounds, decay_rounds=cfg.lr_decay_rounds),
         probe=probe_config(cfg),
         batch_size=cfg.batch_size,
         seed=cfg.seed,
@@ -110,12 +127,16 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
         on_device=lambda: bar.update(1),
         works=works,
         clock=clock,
+        device_executors=device_executors if mixed else None,
+        device_batchers=[executors.batcher(e, data.train) for e in device_executors] if mixed else None,
     )
     sim.run()
     bar.close()
     if clock is not None:
         extra["sim_time_s"] = round(clock.now, 3)
-    summary = outputs.finish(cfg, ex, info, started, save_model, extra)
+    if mixed:
+        extra["replica_fingerprints"] = {e.backend: e.fingerprint() for e in executors.all()}
+    summary = outputs.finish(cfg, ex, info, started, lambda folder: save_trained_model(cfg, data.task, ex, folder), extra)
     simulated = f", {clock.now:,.0f} simulated s" if clock is not None else ""
     click.echo(
         f"accuracy {100 * summary['initial_accuracy']:.1f}% -> {100 * summary['final_accuracy']:.1f}% "
@@ -139,3 +160,57 @@ def _plan_fleet(cfg, ex, info, data, fleet, round_seconds, plan, max_p1, max_p2,
     for d, p in enumerate(plans):
         say("  " + p.describe() + ("" if clock.included(d) else "  -- misses the deadline: left out of every round"))
     return plans, clock
+
+
+class BackendPool:
+    """One executor (one model replica) per backend the job uses, built on first use."""
+
+    def __init__(self, cfg, task, say):
+        self.cfg, self.task, self.say = cfg, task, say
+        self._built: dict[str, tuple] = {}
+        self._batchers: dict[int, object] = {}
+        self._auto: str | None = None
+
+    def get(self, backend: str):
+        from edgezo.backends.choice import build_executor, resolve_backend
+
+        if backend == "auto":
+            if self._auto is None:
+                choice = resolve_backend("auto", self.cfg.model)
+                self.say(f"backend {choice.backend} ({choice.reason})")
+                self._auto = choice.backend
+            backend = self._auto
+        if backend not in self._built:
+            self.say(f"loading model {self.cfg.model or '(default) SmolLM2-135M-Instruct'} on the {backend} backend ...")
+            self._built[backend] = build_executor(backend, self.cfg, self.task)
+        return self._built[backend]
+
+    def all(self) -> list:
+        return [ex for ex, _ in self._built.values()]
+
+    def batcher(self, ex, examples):
+        """The executor's make_batch over the training examples (one per executor: prompts once)."""
+        if id(ex) not in self._batchers:
+            self._batchers[id(ex)] = make_batcher(ex, self.task, examples)
+        return self._batchers[id(ex)]
+
+
+def _first_backend(requested: list[str], cfg, planned: bool) -> str:
+    """The backend whose replica is evaluated and saved: the first listed, or torch when the
+    devices' profiles choose the backends (the planner needs the torch model's shape)."""
+    if planned and requested == ["auto"]:
+        return "torch"
+    return requested[0]
+
+
+def _planned_backend(planned: str, requested: list[str], device: int, say) -> str:
+    """A --devices device runs its planned backend when --backend is auto and that backend is
+    installed here (else torch, which computes the same model); otherwise the listed one."""
+    from edgezo.backends.choice import is_installed
+
+    if requested != ["auto"]:
+        return requested[device % len(requested)]
+    if planned in ("torch", "mlx", "int8") and is_installed(planned):
+        return planned
+    say(f"device {device}: its planned backend {planned} is not installed here; simulating it on torch")
+    return "torch"

@@ -1,0 +1,167 @@
+"""Which executor a device runs: torch (fp32), mlx (Apple MLX) or int8 (llama.cpp-style blocks).
+
+``--backend auto`` takes the first backend, in this device's order of preference, that is
+installed and whose estimated peak memory fits the device's budget:
+
+* Apple silicon: mlx, torch, int8 (MLX runs on the GPU through unified memory there);
+* elsewhere: torch, int8. MLX also runs on Linux CPUs (``mlx[cpu]``), but more slowly than torch
+  (``benchmarks/backends.py`` measures it), so auto never picks it there; ask for it by name.
+
+The memory estimate needs only the weight files' headers (no weights are loaded): a step of the
+fp32 backends holds the weights plus about 15% of activations and one unit's perturbed copy; int8
+holds about 0.27 of the fp32 bytes (Q8_0 is 34 bytes per 32 weights). A named backend that is not
+installed is a one-line error naming the extra that installs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import platform
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgezo.errors import EdgezoError
+
+BACKENDS = ("torch", "mlx", "int8")
+CHOICES = ("auto", *BACKENDS)
+INSTALL = {
+    "torch": 'pip install edgezo (torch is a core dependency; reinstall it: pip install "torch==2.13.0")',
+    "mlx": 'pip install "edgezo[mlx]" (installs mlx[cpu] on Linux, mlx on macOS)',
+    "int8": 'pip install edgezo (int8 needs torch and gguf, both core dependencies; reinstall them)',
+}
+RUNTIME_MB = {"torch": 350.0, "mlx": 200.0, "int8": 350.0}  # interpreter + framework, before any model
+WEIGHT_FACTOR = {"torch": 1.15, "mlx": 1.15, "int8": 0.3}  # step peak over the fp32 weight bytes
+MIB = 1024 * 1024
+
+
+def is_apple_silicon() -> bool:
+    return platform.system() == "Darwin" and platform.machine() == "arm64"
+
+
+def preference() -> tuple[str, ...]:
+    return ("mlx", "torch", "int8") if is_apple_silicon() else ("torch", "int8")
+
+
+def is_installed(backend: str) -> bool:
+    """Whether ``backend`` can run here (plain ``mlx`` installs on Linux but does not import, so
+    mlx is imported, not just found)."""
+    if backend in ("torch", "int8"):
+        needs = ("torch",) if backend == "torch" else ("torch", "gguf")
+        return all(importlib.util.find_spec(m) is not None for m in needs)
+    if backend == "mlx":
+        try:
+            importlib.import_module("mlx.core")
+            importlib.import_module("mlx_lm")
+        except Exception:  # ImportError, or a native library missing on this platform
+            return False
+        return True
+    raise EdgezoError(f"unknown backend {backend!r}; use one of {', '.join(CHOICES)}")
+
+
+def require(backend: str) -> None:
+    """A one-line error naming the extra to install when ``backend`` cannot run here."""
+    if backend not in BACKENDS:
+        raise EdgezoError(f"unknown backend {backend!r}; use one of {', '.join(CHOICES)}")
+    if not is_installed(backend):
+        raise EdgezoError(f"the {backend} backend is not installed here: {INSTALL[backend]}")
+
+
+def fp32_weight_mb(folder: str | Path) -> float:
+    """The model's weights in MB at float32, from the safetensors headers (nothing is loaded)."""
+    total = 0
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise EdgezoError(f"{folder} has no .safetensors weights; --backend auto needs them to size the model")
+    for file in files:
+        with open(file, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                n = 1
+                for d in entry["shape"]:
+                    n *= d
+                total += n
+    return 4.0 * total / MIB
+
+
+def estimated_peak_mb(backend: str, weights_mb: float) -> float:
+    return RUNTIME_MB[backend] + WEIGHT_FACTOR[backend] * weights_mb
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    reason: str
+
+
+def choose_backend(requested: str, weights_mb: float, memory_mb: float | None) -> Choice:
+    """The backend to run: ``requested`` if named (it must be installed), else the first of
+    :func:`preference` that is installed and fits ``memory_mb`` (None: no limit)."""
+    if requested != "auto":
+        require(requested)
+        return Choice(requested, "as asked")
+    installed = [b for b in preference() if is_installed(b)]
+    if not installed:
+        raise EdgezoError(f"no backend is installed here: {INSTALL['torch']}")
+    for backend in installed:
+        need = estimated_peak_mb(backend, weights_mb)
+        if memory_mb is None or need <= memory_mb:
+            budget = "no memory limit" if memory_mb is None else f"needs ~{need:,.0f} of {memory_mb:,.0f} MB"
+            return Choice(backend, f"auto: first of {'/'.join(installed)} that fits ({budget})")
+    smallest = min(installed, key=lambda b: estimated_peak_mb(b, weights_mb))
+    raise EdgezoError(
+        f"the model does not fit this device's {memory_mb:,.0f} MB: even {smallest} needs about "
+        f"{estimated_peak_mb(smallest, weights_mb):,.0f} MB; use a smaller model or raise --memory-gb"
+    )
+
+
+def available_memory_mb() -> float | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.virtual_memory().available / MIB
+
+
+def build_executor(backend: str, cfg, task):
+    """``(executor, ModelInfo)`` for a named backend (not "auto": see :func:`resolve_backend`)."""
+    require(backend)
+    if backend == "torch":
+        from edgezo.backends.torch.factory import build_torch_executor
+
+        return build_torch_executor(cfg, task)
+    if backend == "mlx":
+        from edgezo.backends.mlx.factory import build_mlx_executor
+
+        return build_mlx_executor(cfg, task)
+    from edgezo.backends.int8.factory import build_int8_executor
+
+    return build_int8_executor(cfg, task)
+
+
+def resolve_backend(requested: str, model: str | None, memory_mb: float | None = None) -> Choice:
+    """``choose_backend`` for a ``--model`` argument; ``memory_mb`` defaults to what is free now."""
+    if requested != "auto":
+        return choose_backend(requested, 0.0, None)
+    from edgezo.backends.torch.loading import resolve_model
+
+    weights = fp32_weight_mb(resolve_model(model).folder)
+    return choose_backend("auto", weights, memory_mb if memory_mb is not None else available_memory_mb())
+
+
+def parse_backends(spec: str) -> list[str]:
+    """``--backend`` of simulate: one name, or a comma-separated list given to the devices in turn
+    (device d runs the (d mod n)-th), e.g. ``torch,mlx,int8``."""
+    names = [s.strip().lower() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise EdgezoError(f"--backend {spec!r} names no backend; use one of {', '.join(CHOICES)}, or a comma-separated list")
+    for n in names:
+        if n not in CHOICES:
+            raise EdgezoError(f"unknown backend {n!r} in --backend {spec!r}; use one of {', '.join(CHOICES)}")
+    if "auto" in names and len(names) > 1:
+        raise EdgezoError(f"--backend {spec!r}: auto cannot be mixed with named backends")
+    return names
