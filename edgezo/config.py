@@ -18,13 +18,15 @@ PARTITIONS = ("iid", "dirichlet")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
-def lr_at(lr: float, schedule: str, rnd: int, rounds: int, final_fraction: float = 0.1) -> float:
+def lr_at(lr: float, schedule: str, rnd: int, rounds: int, final_fraction: float = 0.1, decay_rounds: int = 0) -> float:
     """The learning rate of round ``rnd`` (1-based). Decaying schedules go from ``lr`` in round 1
-    to ``final_fraction * lr`` in the last round. The rate is baked into the coefficients the seed
-    log records, so replay never needs the schedule."""
-    if schedule == "constant" or rounds <= 1:
+    to ``final_fraction * lr`` in round ``decay_rounds`` (0: the last round) and hold it after.
+    The rate is baked into the coefficients the seed log records, so replay never needs the
+    schedule."""
+    span = min(decay_rounds or rounds, rounds)
+    if schedule == "constant" or span <= 1:
         return lr
-    t = (rnd - 1) / (rounds - 1)
+    t = min(1.0, (rnd - 1) / (span - 1))
     if schedule == "linear":
         shape = 1 - t
     elif schedule == "cosine":
@@ -48,6 +50,7 @@ class JobConfig:
     split: int | None = None  # layer index where block 2 starts; None: two thirds of the layers
     lr: float = 5e-4
     lr_schedule: str = "cosine"  # constant, cosine or linear decay to a tenth of lr
+    lr_decay_rounds: int = 0  # rounds the decay takes, then the rate holds at a tenth (0: all rounds)
     eps: float = 1e-3
     batch_size: int = 16
     max_length: int = 128
@@ -74,6 +77,8 @@ class JobConfig:
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise EdgezoError(f"--{name} must be a positive number (got {v})")
+        if self.lr_decay_rounds < 0:
+            raise EdgezoError(f"--lr-decay-rounds must be 0 (decay over all rounds) or more (got {self.lr_decay_rounds})")
         if self.eval_every < 0 or self.eval_samples < 0:
             raise EdgezoError("--eval-every and --eval-samples must be 0 or more")
         if self.partition not in PARTITIONS:
