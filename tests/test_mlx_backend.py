@@ -12,8 +12,9 @@ import math
 import numpy as np
 import pytest
 
-mx = pytest.importorskip("mlx.core")
-pytest.importorskip("mlx_lm")
+# MLX is part of the test extra (mlx[cpu] on Linux): a missing one fails here, it is not skipped
+import mlx.core as mx  # noqa: E402
+import mlx_lm  # noqa: E402,F401
 
 import torch  # noqa: E402
 
