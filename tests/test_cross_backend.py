@@ -121,3 +121,17 @@ def test_mixed_backend_job_converges_like_a_torch_job(tiny_llama, sst2_dir):
     # same seeds and data: the mixed job's progress is within a fifth of the torch job's
     progress_mixed, progress_torch = mixed[0] - mixed[-1], torch_only[0] - torch_only[-1]
     assert abs(progress_mixed - progress_torch) < 0.2 * progress_torch, (mixed, torch_only)
+
+
+def test_simulate_cli_runs_a_mixed_backend_job(tiny_llama, sst2_dir, tmp_path):
+    args = ["simulate", "--model", str(tiny_llama), "--data", str(sst2_dir), "--backend", "int8,torch", "--clients", "3",
+            "--rounds", "2", "--local-steps", "1", "--p2", "2", "--split", "2", "--batch-size", "4", "--eval-samples", "16",
+            "--train-samples", "60", "--out", str(tmp_path), "--quiet"]
+    done = subprocess.run([sys.executable, "-m", "edgezo.cli", *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["device_backends"] == ["int8", "torch", "int8"]
+    replicas = summary["replica_fingerprints"]
+    assert set(replicas) == {"int8", "torch"} and len(set(replicas.values())) == 1
+    assert summary["fingerprint"] == replicas["int8"]  # the first listed backend's replica is the evaluated one
+    assert (tmp_path / "model" / "model.safetensors").is_file()  # saved at fp32 through a torch replica

@@ -40,8 +40,8 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
     edgezo simulate --devices pi5:2,laptop-x86:2 --round-seconds 60 --plan;
     edgezo simulate --backend torch,mlx,int8 --clients 3 (one device per backend)
 
-    Accuracy is that of the first listed backend's replica (of torch's when --devices plans the
-    backends); every replica applies the same global updates.
+    Accuracy is that of the first listed backend's replica (torch's with --devices); every
+    replica applies the same global updates.
     """
     import transformers
 
@@ -76,7 +76,7 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
 
     say = (lambda msg: None) if quiet else (lambda msg: tqdm.write(msg))
     executors = BackendPool(cfg, data.task, say)
-    ex, info = executors.get(_first_backend(requested, cfg, fleet is not None))
+    ex, info = executors.get(_first_backend(requested, fleet is not None))
     say(
         f"{info.name}: {ex.num_layers} layers, split at {ex.split}; trainable {cfg.trainable}: "
         f"{ex.trainable_numel(1):,} + {ex.trainable_numel(2):,} parameters (block 1 + block 2); "
@@ -95,7 +95,7 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
         device_backends = [requested[d % len(requested)] for d in range(cfg.clients)]
     device_executors = [executors.get(b)[0] for b in device_backends]
     mixed = len({id(e) for e in device_executors} | {id(ex)}) > 1
-    if mixed or device_executors[0] is not ex:
+    if mixed:
         extra["device_backends"] = [e.backend for e in device_executors]
         say("devices' backends: " + ", ".join(f"{d}:{e.backend}" for d, e in enumerate(device_executors)))
     outputs = RunOutputs(cfg.out)
@@ -195,12 +195,10 @@ class BackendPool:
         return self._batchers[id(ex)]
 
 
-def _first_backend(requested: list[str], cfg, planned: bool) -> str:
-    """The backend whose replica is evaluated and saved: the first listed, or torch when the
-    devices' profiles choose the backends (the planner needs the torch model's shape)."""
-    if planned and requested == ["auto"]:
-        return "torch"
-    return requested[0]
+def _first_backend(requested: list[str], planned: bool) -> str:
+    """The backend whose replica is evaluated and saved: the first listed, or torch with
+    --devices (the planner reads the model's shape from the torch executor)."""
+    return "torch" if planned else requested[0]
 
 
 def _planned_backend(planned: str, requested: list[str], device: int, say) -> str:
