@@ -128,6 +128,25 @@ def test_three_devices_reach_the_simulated_model(procs, tmp_path, tiny_llama, ss
     assert simulate_fingerprint(tmp_path, tiny_llama, sst2_dir, 3, 3, 300) == summary["fingerprint"]
 
 
+def test_devices_on_three_backends_hold_one_global_model(procs, tmp_path, tiny_llama, sst2_dir):
+    """A torch, an int8 and an mlx device in one job: each checks its replica's fingerprint against
+    the coordinator's after every round (a mismatch stops it), and all end on the global model."""
+    job = job_options(tiny_llama, sst2_dir)
+    procs.start("coordinator", "coordinate", *job, "--run", "mixed", "--rounds", "3", "--min-devices", "3",
+                "--out", str(tmp_path / "coord"), "--quiet")
+    backends = ("torch", "int8", "mlx")
+    for i, backend in enumerate(backends):
+        procs.start(f"dev{i}", "join", "--run", "mixed", "--device-id", f"dev{i}", "--model", str(tiny_llama), "--backend", backend,
+                    "--data", str(sst2_dir), "--shard", f"{i}/3", "--train-samples", "300")
+    procs.wait("coordinator", "dev0", "dev1", "dev2")
+    summary = json.loads((tmp_path / "coord" / "summary.json").read_text())
+    assert summary["rounds_completed"] == 3
+    assert all(r["devices"] == 3 for r in metrics(tmp_path / "coord")[1:])
+    for i, backend in enumerate(backends):
+        assert f"backend {backend}" in procs.log(f"dev{i}")
+        assert final_fingerprint(procs.log(f"dev{i}")) == summary["fingerprint"]
+
+
 def test_a_stalled_then_killed_device_does_not_stall_the_job_and_catches_up(procs, tmp_path, tiny_llama, sst2_dir):
     job = job_options(tiny_llama, sst2_dir)
     out = tmp_path / "coord"
