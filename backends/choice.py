@@ -7,10 +7,11 @@ installed and whose estimated peak memory fits the device's budget:
 * elsewhere: torch, int8. MLX also runs on Linux CPUs (``mlx[cpu]``), but more slowly than torch
   (``benchmarks/backends.py`` measures it), so auto never picks it there; ask for it by name.
 
-The memory estimate needs only the weight files' headers (no weights are loaded): a step of the
-fp32 backends holds the weights plus about 15% of activations and one unit's perturbed copy; int8
-holds about 0.27 of the fp32 bytes (Q8_0 is 34 bytes per 32 weights). A named backend that is not
-installed is a one-line error naming the extra that installs it.
+The memory estimate needs only the weight files' headers (no weights are loaded): the runtime
+plus a multiple of the fp32 weight bytes, calibrated on SmolLM2-135M at batch 16
+(``benchmarks/backends.py``: a step's peak above the 366 MiB runtime was 1.32x the fp32 weights
+on torch, 1.49x on mlx, 0.45x on int8 from the GGUF and 0.57x on int8 Q8_0). A named backend that
+is not installed is a one-line error naming the extra that installs it.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ INSTALL = {
     "mlx": 'pip install "edgezo[mlx]" (installs mlx[cpu] on Linux, mlx on macOS)',
     "int8": 'pip install edgezo (int8 needs torch and gguf, both core dependencies; reinstall them)',
 }
-RUNTIME_MB = {"torch": 350.0, "mlx": 200.0, "int8": 350.0}  # interpreter + framework, before any model
-WEIGHT_FACTOR = {"torch": 1.15, "mlx": 1.15, "int8": 0.3}  # step peak over the fp32 weight bytes
+RUNTIME_MB = {"torch": 370.0, "mlx": 370.0, "int8": 370.0}  # interpreter, framework, transformers: before any weight
+WEIGHT_FACTOR = {"torch": 1.35, "mlx": 1.5, "int8": 0.6}  # a step's peak above the runtime, per fp32 weight byte
 MIB = 1024 * 1024
 
 

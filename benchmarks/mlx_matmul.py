@@ -14,24 +14,14 @@ the GPU. Runs in well under a minute.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import mlx.core as mx
 import numpy as np
 import torch
 
+from edgezo.backends.torch.profiling import median_seconds
+
 SHAPES = [(272, 576, 1536), (272, 1536, 576), (1024, 1024, 1024)]  # (M, K, N): [M x K] @ [K x N]
-
-
-def median_seconds(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from edgezo.backends.int8.model import add_quant_lora, build_quantized_model, ke
 from edgezo.backends.int8.modules import QuantEmbedding
 from edgezo.backends.int8.sources import FolderWeights, GGUFWeights
 from edgezo.backends.torch.adapters import SUPPORTED_MODEL_TYPES, make_adapter
-from edgezo.backends.torch.factory import default_split
+from edgezo.backends.torch.factory import split_executor
 from edgezo.backends.torch.loading import ModelInfo, ModelSource, resolve_model
 from edgezo.backends.torch.trainable import parse_trainable, select_trainable
 from edgezo.config import JobConfig
@@ -65,14 +65,4 @@ def build_int8_executor(
     # the token embedding (and a head tied to it) is never trained, as on torch; quantized it is no parameter
     frozen = () if isinstance(model.get_input_embeddings(), QuantEmbedding) else adapter.input_embedding_names()
     names = select_trainable(model, spec, frozen_names=frozen)
-    split = cfg.split if cfg.split is not None else default_split(adapter.num_layers)
-    executor = Int8Executor(
-        model,
-        tokenizer,
-        split=split,
-        trainable=names,
-        verbalizers=task.verbalizers(adapter.kind),
-        max_length=cfg.max_length,
-        distribution=cfg.distribution,
-    )
-    return executor, info
+    return split_executor(Int8Executor, model, tokenizer, adapter, names, cfg, task), info

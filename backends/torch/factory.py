@@ -23,8 +23,14 @@ def build_torch_executor(cfg: JobConfig, task: Task, model_bundle=None) -> tuple
         add_lora(model, spec.rank, spec.alpha, spec.targets, cfg.seed)
     adapter = make_adapter(model)
     names = select_trainable(model, spec, frozen_names=adapter.input_embedding_names())
+    return split_executor(TorchExecutor, model, tokenizer, adapter, names, cfg, task), info
+
+
+def split_executor(executor_class, model, tokenizer, adapter, names, cfg: JobConfig, task: Task):
+    """An executor over a loaded Hugging Face model (torch's or int8's) with the job's split
+    (default: :func:`default_split`), verbalizers, sequence length and distribution."""
     split = cfg.split if cfg.split is not None else default_split(adapter.num_layers)
-    executor = TorchExecutor(
+    return executor_class(
         model,
         tokenizer,
         split=split,
@@ -33,7 +39,6 @@ def build_torch_executor(cfg: JobConfig, task: Task, model_bundle=None) -> tuple
         max_length=cfg.max_length,
         distribution=cfg.distribution,
     )
-    return executor, info
 
 
 def save_trained_model(cfg: JobConfig, task: Task, ex, out_dir) -> None:

@@ -204,11 +204,11 @@ def _first_backend(requested: list[str], planned: bool) -> str:
 def _planned_backend(planned: str, requested: list[str], device: int, say) -> str:
     """A --devices device runs its planned backend when --backend is auto and that backend is
     installed here (else torch, which computes the same model); otherwise the listed one."""
-    from edgezo.backends.choice import is_installed
+    from edgezo.backends.choice import BACKENDS, is_installed
 
     if requested != ["auto"]:
         return requested[device % len(requested)]
-    if planned in ("torch", "mlx", "int8") and is_installed(planned):
+    if planned in BACKENDS and is_installed(planned):
         return planned
     say(f"device {device}: its planned backend {planned} is not installed here; simulating it on torch")
     return "torch"
