@@ -23,9 +23,10 @@ from edgezo.backends.torch.factory import build_torch_executor
 from edgezo.backends.torch.loading import ModelInfo, ModelSource, default_gguf_path
 from edgezo.config import JobConfig
 from edgezo.errors import EdgezoError
-from edgezo.estimators import ProbeConfig, local_round
 from edgezo.keys import Direction
 from edgezo.tasks import get_task, load_examples
+
+from executor_checks import sst2_loss_before_and_after_spzo
 
 GGML = {"q8_0": GT.Q8_0, "q4_0": GT.Q4_0, "q4_1": GT.Q4_1}
 PROMPTS = ["Review: a great movie . Sentiment:", "Review: bad , boring and too long . It was", "the film", "Review: ."]
@@ -170,15 +171,8 @@ def test_updates_are_bit_identical_to_torch(tiny_llama, trainable):
 
 def test_int8_local_rounds_decrease_the_loss(tiny_llama, sst2_dir):
     _, qe = both(tiny_llama, "norm")
-    task = get_task("sst2")
-    train = load_examples(task, sst2_dir, "train")[:16]
-    batch = qe.encode([task.prompt(e, "causal") for e in train], [e.label for e in train])
-    start = qe.forward_block2(qe.forward_block1(batch), batch)
-    cfg = ProbeConfig("spzo", 2, 4, 1e-2)
-    for rnd in range(1, 4):
-        out = local_round(qe, [batch, batch], cfg, 5.0, run_seed=1, rnd=rnd)
-        assert all(math.isfinite(loss) for loss in out.losses)
-    end = qe.forward_block2(qe.forward_block1(batch), batch)
+    start, end, outs = sst2_loss_before_and_after_spzo(qe, sst2_dir)
+    assert all(math.isfinite(loss) for out in outs for loss in out.losses)
     assert end < start - 0.03, (start, end)
 
 

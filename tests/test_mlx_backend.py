@@ -25,9 +25,10 @@ from edgezo.backends.mlx.factory import build_mlx_executor  # noqa: E402
 from edgezo.backends.torch.factory import build_torch_executor  # noqa: E402
 from edgezo.config import JobConfig  # noqa: E402
 from edgezo.errors import EdgezoError  # noqa: E402
-from edgezo.estimators import ProbeConfig, local_round  # noqa: E402
 from edgezo.keys import Direction  # noqa: E402
 from edgezo.tasks import get_task, load_examples  # noqa: E402
+
+from executor_checks import sst2_loss_before_and_after_spzo  # noqa: E402
 
 NAME = "model.layers.20.input_layernorm.weight"
 DIRECTION = Direction(42, 3, 1, 2, 0, 5)
@@ -238,16 +239,10 @@ def test_mlx_gaussian_updates_close_to_torch(tiny_llama):
 
 def test_mlx_local_rounds_decrease_the_loss(tiny_llama, sst2_dir):
     _, me = both(tiny_llama, "norm")
-    task = get_task("sst2")
-    train = load_examples(task, sst2_dir, "train")[:16]
-    batch = me.encode([task.prompt(e, "causal") for e in train], [e.label for e in train])
-    start = me.forward_block2(me.forward_block1(batch), batch)
-    cfg = ProbeConfig("spzo", 2, 4, 1e-2)
-    for rnd in range(1, 4):
-        out = local_round(me, [batch, batch], cfg, 5.0, run_seed=1, rnd=rnd)
+    start, end, outs = sst2_loss_before_and_after_spzo(me, sst2_dir)
+    for out in outs:
         assert out.forwards1 == 2 * 2 * 2 and out.forwards2 == 2 * 2 * 2 * 4
         assert all(math.isfinite(loss) for loss in out.losses)
-    end = me.forward_block2(me.forward_block1(batch), batch)
     assert end < start - 0.03, (start, end)
 
 
