@@ -18,6 +18,8 @@ estimators) and with gradients (the first-order FedAvg baseline).
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -49,6 +51,29 @@ class Hidden:
 
     hidden: torch.Tensor
     context: dict[str, Any] = field(default_factory=dict)
+
+
+def build_mask(builder: Callable, *, inputs_embeds: torch.Tensor, **kwargs):
+    """Call a ``transformers.masking_utils`` mask builder for a forward without a KV cache.
+
+    Its cache argument is required and has been renamed within 5.x (``past_key_values`` until
+    5.23, ``cache`` from 5.24, and 5.0 also takes ``cache_position`` and ``input_embeds``); we
+    pass whichever the installed release names, so no deprecated keyword is used and no private
+    one is needed. Layers and embeddings get no cache arguments at all (their defaults mean none).
+    """
+    params = _mask_params(builder)
+    kwargs["input_embeds" if "input_embeds" in params else "inputs_embeds"] = inputs_embeds
+    for cache_name in ("cache", "past_key_values"):
+        if cache_name in params:
+            kwargs[cache_name] = None
+    if "cache_position" in params:
+        kwargs["cache_position"] = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+    return builder(**kwargs)
+
+
+@functools.cache
+def _mask_params(builder: Callable) -> frozenset[str]:
+    return frozenset(inspect.signature(builder).parameters)
 
 
 def _gather_rows(hidden: torch.Tensor, target_positions: torch.Tensor) -> torch.Tensor:
@@ -213,7 +238,6 @@ class LlamaFamilyAdapter(SplitAdapter):
             config=self._base.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=None,
             position_ids=position_ids,
         )
         builders: dict[str, Callable] = {
@@ -224,7 +248,7 @@ class LlamaFamilyAdapter(SplitAdapter):
         for kind in dict.fromkeys(self._layer_types):
             if kind not in builders:
                 raise EdgezoError(f"layer type {kind!r} of {self.model.config.model_type} is not supported")
-            masks[kind] = builders[kind](**mask_kwargs)
+            masks[kind] = build_mask(builders[kind], **mask_kwargs)
         position_embeddings = self._base.rotary_emb(inputs_embeds, position_ids=position_ids)
         return Hidden(
             inputs_embeds,
@@ -243,8 +267,6 @@ class LlamaFamilyAdapter(SplitAdapter):
             attention_mask=ctx["masks"][self._layer_types[index]],
             position_embeddings=ctx["position_embeddings"],
             position_ids=ctx["position_ids"],
-            past_key_values=None,
-            use_cache=False,
         )
         if isinstance(out, tuple):  # older layer signatures returned a tuple
             out = out[0]
@@ -304,13 +326,8 @@ class OPTAdapter(SplitAdapter):
         # OPT's learned positions count real tokens (cumsum of the mask), as OPTDecoder.forward does.
         position_ids = torch.cumsum(position_attention_mask, dim=1)
         position_ids = (position_ids * position_attention_mask - 1).long()
-        causal_mask = create_causal_mask(
-            config=d.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=None,
-        )
-        pos_embeds = d.embed_positions(position_attention_mask, 0, position_ids=position_ids)
+        causal_mask = build_mask(create_causal_mask, config=d.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        pos_embeds = d.embed_positions(position_attention_mask, position_ids=position_ids)
         if d.project_in is not None:
             inputs_embeds = d.project_in(inputs_embeds)
         hidden = inputs_embeds + pos_embeds.to(inputs_embeds.device)
@@ -325,8 +342,6 @@ class OPTAdapter(SplitAdapter):
             h.hidden,
             attention_mask=ctx["mask"],
             position_ids=ctx["position_ids"],
-            past_key_values=None,
-            use_cache=False,
         )
         if isinstance(out, tuple):
             out = out[0]
@@ -386,18 +401,16 @@ class BertFamilyAdapter(SplitAdapter):
         from transformers.masking_utils import create_bidirectional_mask
 
         target_positions = _check_inputs(input_ids, attention_mask, target_positions)
-        # Same call as BertModel/RobertaModel.forward (RoBERTa derives positions from the pad id).
-        embedding_output = self._base.embeddings(input_ids=input_ids, past_key_values_length=0)
-        mask = create_bidirectional_mask(
-            config=self._base.config,
-            inputs_embeds=embedding_output,
-            attention_mask=attention_mask,
-        )
+        # Same call as BertModel/RobertaModel.forward without a cache (RoBERTa derives positions
+        # from the pad id).
+        embedding_output = self._base.embeddings(input_ids=input_ids)
+        mask = build_mask(create_bidirectional_mask, config=self._base.config, inputs_embeds=embedding_output,
+                          attention_mask=attention_mask)
         return Hidden(embedding_output, {"mask": mask, "target_positions": target_positions})
 
     def layer(self, index: int, h: Hidden) -> Hidden:
         ctx = h.context
-        out = self._layers[index](h.hidden, ctx["mask"], None, encoder_attention_mask=None, past_key_values=None)
+        out = self._layers[index](h.hidden, attention_mask=ctx["mask"])
         if isinstance(out, tuple):
             out = out[0]
         return Hidden(out, ctx)
