@@ -1,0 +1,155 @@
+"""The comparison harness (benchmarks/compare.py) end to end on a tiny model: real `edgezo
+simulate` children, cached rows, resume after an interruption, the report; and the sweep
+definitions' equal-compute and cost arithmetic."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # compare, compare_report, sweeps
+
+import compare  # noqa: E402
+import compare_report  # noqa: E402
+import sweeps  # noqa: E402
+from sweeps import GridSpec, Method, Settings, TaskSettings  # noqa: E402
+
+CLIENTS, K, P2, FEDZO_P = 2, 2, 2, 2
+
+
+@pytest.fixture(scope="module")
+def tiny_settings(tiny_llama) -> Settings:
+    """spzo and fedzo on a tiny SST-2 job: 2 devices, K=2, 2 rounds, seeds 0 and 1. No grid rows
+    exist (the grid point differs from the fallback), so the runs use the stated fallbacks."""
+    task = TaskSettings("sst2", max_length=32, eval_samples=16, budget_flops=1e9, seeds=(0, 1),
+                        train_flops_per_example=1e6, eval_flops_per_example=1e6, cpu_flops_per_s=1e9,
+                        train_samples=64, rounds=2)
+    methods = (Method("spzo", "spzo", p=1, p2=P2), Method("fedzo", "fedzo", p=FEDZO_P))
+    return Settings(model=str(tiny_llama), layers=4, default_split=2, clients=CLIENTS, local_steps=K, batch_size=4,
+                    tasks={"sst2": task}, methods=methods, grid={m.label: GridSpec((2e-3,)) for m in methods},
+                    fallback={m.label: (1e-3, 1e-3) for m in methods}, ablation=(), dirichlet_methods=())
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_settings, tmp_path_factory):
+    """The main sweep run once with two children at a time; returns (rows dir, runs dir, runner)."""
+    root = tmp_path_factory.mktemp("compare")
+    rows, runs = root / "rows", root / "runs"
+    runner = compare.run_sweeps(tiny_settings, ["main"], rows, runs, jobs=2, say=lambda msg: None)
+    return rows, runs, runner
+
+
+def test_every_run_leaves_a_row(swept, tiny_settings):
+    rows_dir, runs_dir, runner = swept
+    assert runner.failed == [] and runner.launched == 4
+    rows = compare.load_rows(rows_dir)
+    specs = sweeps.build_sweep(tiny_settings, "main", rows)
+    assert sorted(rows) == sorted(s.key for s in specs) and len(rows) == 4
+    for spec in specs:
+        row = rows[spec.key]
+        assert (row["label"], row["seed"], row["rounds"], row["lr"]) == (spec.name, spec.seed, 2, 1e-3)
+        assert [p["round"] for p in row["curve"]] == [0, 1, 2]  # --eval-every 1 for 2 rounds
+        assert row["flops"] == row["curve"][-1]["flops"] > row["curve"][1]["flops"] > 0
+        assert 0 <= row["final_accuracy"] <= 1 and row["best_accuracy"] >= row["final_accuracy"]
+        assert row["peak_rss_mib"] > 50 and row["cpu_s"] > 0 and row["wall_s"] > 0
+        assert not (runs_dir / spec.key / "model").exists()  # the 540 MB copy is deleted
+        assert (runs_dir / spec.key / "metrics.jsonl").is_file()
+
+
+def test_forward_difference_is_counted_with_its_real_forwards(swept):
+    """FedZO with P=2: P+1 = 3 full forwards per step per device; SPZO (central): 2*P1 block-1
+    and 2*P1*P2 block-2 forwards."""
+    rows = list(compare.load_rows(swept[0]).values())
+    per_step = CLIENTS * K
+    for row in rows:
+        first = row["first_round"]
+        if row["label"] == "fedzo":
+            assert first["forwards_block1"] == first["forwards_block2"] == per_step * (FEDZO_P + 1)
+            assert row["forwards_block1"] == 2 * per_step * (FEDZO_P + 1)
+        else:
+            assert first["forwards_block1"] == per_step * 2 and first["forwards_block2"] == per_step * 2 * P2
+    fedzo, spzo = (next(r for r in rows if r["label"] == label and r["seed"] == 0) for label in ("fedzo", "spzo"))
+    # FedZO uploads the full trainable delta; SPZO K*P1*P2 scalars
+    assert fedzo["bytes_up_per_device"] > 10 * spzo["bytes_up_per_device"]
+
+
+def test_cached_runs_are_not_recomputed_and_interrupted_ones_are(swept, tiny_settings):
+    rows_dir, runs_dir, _ = swept
+    rows = compare.load_rows(rows_dir)
+    victim = sorted(rows)[0]
+    (rows_dir / f"{victim}.json").unlink()  # as if the harness had died while this child ran
+    (runs_dir / victim / "junk").write_text("from the interrupted run")
+    before = {k: (rows_dir / f"{k}.json").stat().st_mtime_ns for k in rows if k != victim}
+    runner = compare.run_sweeps(tiny_settings, ["main"], rows_dir, runs_dir, jobs=2, say=lambda msg: None)
+    assert runner.launched == 1 and runner.failed == []
+    assert {k: (rows_dir / f"{k}.json").stat().st_mtime_ns for k in before} == before
+    assert (rows_dir / f"{victim}.json").is_file() and not (runs_dir / victim / "junk").exists()
+
+
+def test_dry_run_lists_cached_runs(swept, tiny_settings, capsys):
+    rows_dir, runs_dir, _ = swept
+    assert compare.main(["run", "--dry-run", "--sweep", "main", "--rows", str(rows_dir), "--runs", str(runs_dir)], tiny_settings) == 0
+    out = capsys.readouterr().out
+    assert out.count("cached ") == 4 and "no grid rows yet; using the fallback" in out
+    assert "0.00 CPU-h still to run" in out
+
+
+def test_report_section_and_figure(swept, tiny_settings, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"# Results\n\nkeep me\n\n{compare_report.BEGIN}\nstale\n{compare_report.END}\n\ntail kept\n")
+    compare_report.write_report(tiny_settings, compare.load_rows(swept[0]), results, tmp_path / "results")
+    text = results.read_text()
+    assert "keep me" in text and "tail kept" in text and "stale" not in text
+    section = text.split(compare_report.BEGIN)[1].split(compare_report.END)[0]
+    assert "![sst2: accuracy against cumulative FLOPs](results/compare_sst2.png)" in section
+    assert "| fedzo | 2 |" in section and "main 4/4" in section and "backward" in section
+    assert (tmp_path / "results" / "compare_sst2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fresh = tmp_path / "new" / "RESULTS.md"  # an absent file is created with the markers
+    fresh.parent.mkdir()
+    compare_report.write_report(tiny_settings, compare.load_rows(swept[0]), fresh, tmp_path / "new" / "results")
+    assert fresh.read_text().count(compare_report.BEGIN) == 1
+
+
+# -- the sweep definitions (no runs) ------------------------------------------------------------
+def test_equal_compute_rounds_follow_the_forward_count_model():
+    s, task = sweeps.SETTINGS, sweeps.SETTINGS.tasks["sst2"]
+    for m in s.methods:
+        spent = sweeps.rounds_for(s, task, m, task.budget_flops) * sweeps.round_flops(s, task, m)
+        assert abs(spent / task.budget_flops - 1) < 0.1, m.label
+    f1, f2 = sweeps.block_fractions(s, task, 20)
+    assert f1 + f2 == pytest.approx(1) and 0.6 < f1 < 2 / 3
+    spzo, fedzo, decomfl = (s.method(label) for label in ("spzo", "fedzo", "decomfl"))
+    assert spzo.step_forwards(f1, f2) == pytest.approx(2 * (f1 + 4 * f2))
+    assert fedzo.step_forwards(f1, f2) == 6 and decomfl.step_forwards(f1, f2) == 10
+    assert replace(spzo, variant="clean").step_forwards(f1, f2) == pytest.approx(f1 + 2 + 8 * f2)
+
+
+def test_the_required_sweep_fits_the_cpu_budget():
+    s = sweeps.SETTINGS
+    specs = {r.key: r for name in sweeps.SWEEPS for r in sweeps.build_sweep(s, name, {})}
+    assert sum(r.est_cpu_s for r in specs.values()) / 3600 <= 10.0
+    main = sweeps.build_sweep(s, "main", {})
+    for task, seeds in (("sst2", 3), ("rte", 3), ("boolq", 1), ("wic", 1)):
+        assert len({r.seed for r in main if r.task == task}) >= seeds
+    assert all(2 <= r.eval_count <= 10 for r in main)
+
+
+def test_grid_winner_and_target_arithmetic():
+    s = sweeps.SETTINGS
+    grid = [r for r in sweeps.grid_runs(s) if r.name == "spzo"]
+    rows = {r.key: {"final_accuracy": 0.80, "best_accuracy": 0.81} for r in grid}
+    rows[grid[2].key] = {"final_accuracy": 0.83, "best_accuracy": 0.83}
+    winners = sweeps.choose_winners(s, rows)
+    assert (winners["spzo"]["lr"], winners["spzo"]["eps"]) == (grid[2].lr, grid[2].eps) and winners["spzo"]["source"] == "grid"
+    assert winners["fedzo"]["source"] == "fallback"
+    row = {"flops": 30.0, "curve": [{"accuracy": 0.70, "flops": 0.0}, {"accuracy": 0.72, "flops": 10.0},
+                                    {"accuracy": 0.76, "flops": 20.0}, {"accuracy": 0.75, "flops": 30.0}]}
+    hit = compare_report.flops_to_target(row, 0.04)  # +4 points: between 10 (+2) and 20 (+6) FLOPs
+    assert hit.reached and hit.flops == pytest.approx(15.0)
+    miss = compare_report.flops_to_target(row, 0.07)
+    assert not miss.reached and miss.flops == 30.0
+    value, bound = compare_report.ratio(hit, miss)
+    assert value == pytest.approx(2.0) and bound == ">"
