@@ -148,7 +148,7 @@ def resolve_backend(requested: str, model: str | None, memory_mb: float | None =
     """``choose_backend`` for a ``--model`` argument; ``memory_mb`` defaults to what is free now."""
     if requested != "auto":
         return choose_backend(requested, 0.0, None)
-    from edgezo.backends.torch.loading import resolve_model
+    from edgezo.backends.hf.source import resolve_model
 
     weights = fp32_weight_mb(resolve_model(model).folder)
     return choose_backend("auto", weights, memory_mb if memory_mb is not None else available_memory_mb())

@@ -50,7 +50,7 @@ def model_arg(variant: str) -> str | None:
     """int8-q8 quantizes the fp32 folder; the others load the default model (its GGUF)."""
     if variant != "int8-q8":
         return None
-    from edgezo.backends.torch.loading import resolve_model
+    from edgezo.backends.hf.source import resolve_model
 
     return str(resolve_model(None).folder)
 
@@ -60,7 +60,8 @@ def child(variant: str, steps: int, batch_size: int) -> None:
 
     import edgezo.backends.choice as choice
     from edgezo.config import JobConfig
-    from edgezo.estimators import ProbeConfig, local_round
+    from edgezo.estimators import ProbeConfig
+    from edgezo.methods import method_of
     from edgezo.tasks import get_task, load_examples
 
     task = get_task("sst2")
@@ -69,7 +70,7 @@ def child(variant: str, steps: int, batch_size: int) -> None:
     importlib.import_module(f"edgezo.backends.{backend}.factory")  # the framework and its model code
     from transformers import AutoConfig
 
-    from edgezo.backends.torch.loading import resolve_model
+    from edgezo.backends.hf.source import resolve_model
 
     AutoConfig.from_pretrained(resolve_model(model_arg(variant)).folder)  # imports transformers' model machinery (~90 MiB)
     before = _rss_mib()  # the runtime: interpreter, framework, transformers, edgezo; no weights yet
@@ -85,12 +86,12 @@ def child(variant: str, steps: int, batch_size: int) -> None:
     probe = ProbeConfig("spzo", 1, 4, 1e-3)
     start = ex.snapshot()
     if variant != "mlx":  # MLX on a Linux CPU takes minutes a step: its first step is timed too
-        local_round(ex, batches[:1], probe, 1e-4, 0, 1)  # warm-up
+        method_of("spzo").local_round(ex, batches[:1], probe, 1e-4, 0, 1)  # warm-up
     times = []
     for b in batches[1:]:
         ex.restore(start)
         t = time.perf_counter()
-        local_round(ex, [b], probe, 1e-4, 0, 1)
+        method_of("spzo").local_round(ex, [b], probe, 1e-4, 0, 1)
         times.append(time.perf_counter() - t)
     mem = getattr(ex, "memory", None)  # int8: its quantized and float32 weight bytes
     weights = mem.total_bytes / 2**20 if mem else 4 * sum(_numel(a) for a in _all_weights(ex)) / 2**20

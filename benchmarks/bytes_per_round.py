@@ -6,8 +6,9 @@ This checks it on the real wire format rather than on a formula. Every FedSPZO f
 length of a message built with ``edgezo.coordinator.messages`` and encoded exactly as the
 coordinator and devices encode it:
 
-* up: the device's ``Result`` (K*P1*P2 float32 scalars in ``probe_directions`` order, plus its
-  envelope: run, round, device, counters, the replica's 64-character fingerprint);
+* up: the device's ``Result`` (K*P1*P2 float32 scalars in the order of the method's
+  ``directions``, plus its envelope: run, round, device, counters, the replica's 64-character
+  fingerprint);
 * down: the round's ``Assign`` and ``Update`` (K*(P1*P2 + P1) rows: block-2 and block-1
   coefficients, built with ``edgezo.estimators.update_rule`` from averaged scalars), plus the
   ``Announce`` the coordinator re-publishes (retained) after every round, which devices stay
@@ -25,7 +26,7 @@ same envelope (``Result``/``Update`` with the delta in the bytes field) and the 
 
 Trainable-parameter counts come from the real model (SmolLM2-135M-Instruct via
 ``load_model(None)``; the cached conversion loads in about a second) and the real selection code
-(``edgezo.backends.torch.trainable``).
+(``edgezo.backends.hf.trainable``).
 
     python benchmarks/bytes_per_round.py [--k 10 --p1 1 --p2 8] [--mqtt 5|3.1.1]
 """
@@ -36,11 +37,12 @@ import argparse
 
 import numpy as np
 
-from edgezo.config import JobConfig
+from edgezo.config import JobConfig, probe_config
 from edgezo.coordinator import messages as m
 from edgezo.coordinator.server import shared_job
 from edgezo.coordinator.topics import Topics
-from edgezo.estimators import ProbeConfig, probe_directions, update_rule
+from edgezo.estimators import update_rule
+from edgezo.methods import method_of
 
 FAKE_HEX = "f" * 64  # SHA-256 fingerprints and digests travel as 64 hex characters
 PUBACK = 4  # QoS 1 acknowledgement (MQTT 3.1.1; MQTT 5 with reason "success" and no properties)
@@ -81,8 +83,7 @@ def with_blob(empty_message_len: int, blob: int) -> int:
 
 def build_messages(cfg: JobConfig, run: str, device: str, rnd: int):
     """The round's real messages for one device (Result up; Assign, Update, Announce down)."""
-    probe = ProbeConfig(cfg.method, cfg.p1, cfg.p2, cfg.eps, cfg.variant, cfg.difference)
-    order = probe_directions(probe, cfg.seed, rnd, cfg.local_steps)
+    order = method_of(cfg.method).directions(probe_config(cfg), cfg.seed, rnd, cfg.local_steps)
     rng = np.random.default_rng(0)
     scalars = rng.standard_normal(len(order)).astype(np.float32)
     result = m.Result(
@@ -120,9 +121,10 @@ def trainable_counts(model_id: str | None, seed: int) -> tuple[str, int, dict[st
     """Parameters in each trainable set of the model (LoRA adapters built as a job builds them)."""
     import transformers
 
-    from edgezo.backends.torch.adapters import make_adapter
+    from edgezo.backends.hf.arch import make_adapter
+    from edgezo.backends.hf.lora import add_lora
+    from edgezo.backends.hf.trainable import parse_trainable, select_trainable
     from edgezo.backends.torch.loading import load_model
-    from edgezo.backends.torch.trainable import add_lora, parse_trainable, select_trainable
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -177,7 +179,7 @@ def main() -> None:
     topics = Topics(args.run)
     order, update, result, upd = build_messages(cfg, args.run, device, args.round)
     model_name, layers, counts = trainable_counts(args.model, cfg.seed)
-    from edgezo.backends.torch.factory import default_split
+    from edgezo.backends.hf.factory import default_split
 
     announce = announce_message(cfg, args.run, args.round, model_name, default_split(layers))
     assign1 = assign_message(cfg, args.run, args.round, [device])

@@ -20,7 +20,8 @@ from edgezo.backends.torch.factory import build_torch_executor
 from edgezo.backends.torch.profiling import median_seconds, model_shape, profile_torch, rss_mb, synthetic_batch
 from edgezo.config import JobConfig
 from edgezo.costmodel import Predictor, Work, relative_error
-from edgezo.estimators import ProbeConfig, local_round
+from edgezo.estimators import ProbeConfig
+from edgezo.methods import method_of
 from edgezo.tasks import get_task, load_examples
 
 CONFIGS = [(1, 8, 12), (2, 4, 6), (1, 16, 3), (2, 2, 24), (3, 6, 10)]  # (P1, P2, batch); none measured
@@ -47,7 +48,7 @@ def main():
         start = ex.snapshot()
 
         def step():
-            local_round(ex, [data_batch], probe, 1e-4, 0, 1)
+            method_of("spzo").local_round(ex, [data_batch], probe, 1e-4, 0, 1)
             ex.restore(start)
 
         measured = median_seconds(step, args.repeats, warm_up=False)

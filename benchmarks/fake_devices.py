@@ -4,7 +4,7 @@ Each device does what ``edgezo join`` does on the wire and nothing else: it conn
 retained last will (Status "offline"), publishes a retained Status "online" on
 ``edgezo/<run>/status/<device>``, subscribes to the round, update and announce topics (QoS 1, as
 ``MqttLink`` does), and answers each Assign that lists it with one Result holding the right number
-of random float32 scalars (``probe_directions`` for its task) and the fingerprint of the global
+of random float32 scalars (the method's ``directions`` for its task) and the fingerprint of the global
 model the round starts from (learnt from the Announce and Update messages, as a replica that
 follows the job has it). Updates and announcements are otherwise only counted.
 
@@ -34,7 +34,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgezo.coordinator import messages as m
 from edgezo.coordinator.topics import Topics
-from edgezo.estimators import ProbeConfig, probe_directions
+from edgezo.estimators import ProbeConfig
+from edgezo.methods import method_of
 
 FAKE_FINGERPRINT = "0" * 64  # sent only if the round's starting fingerprint is unknown (the coordinator rejects it)
 
@@ -56,7 +57,7 @@ class DeviceProcess:
         self.devices = devices
         self.k, self.p1, self.p2, self.batch, self.seed = k, p1, p2, batch, seed
         self.jitter, self.keepalive, self.report = jitter, keepalive, report
-        self.count = len(probe_directions(ProbeConfig("spzo", p1, p2), seed, 1, k))  # scalars a device owes
+        self.count = len(method_of("spzo").directions(ProbeConfig("spzo", p1, p2), seed, 1, k))  # scalars a device owes
         self.sel = selectors.DefaultSelector()
         self.clients: dict[str, mqtt.Client] = {}
         self.wants: set[mqtt.Client] = set()

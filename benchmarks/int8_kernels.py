@@ -122,7 +122,8 @@ def rss_mb() -> float:
 
 def step(kind: str) -> None:
     from edgezo.config import JobConfig
-    from edgezo.estimators import ProbeConfig, local_round
+    from edgezo.estimators import ProbeConfig
+    from edgezo.methods import method_of
     from edgezo.jobdata import load_job_data, make_batcher
 
     cfg = JobConfig(model=None, trainable="norm", batch_size=16, p1=1, p2=4)
@@ -152,7 +153,7 @@ def step(kind: str) -> None:
     times = []
     for rnd in (1, 2):
         t0 = time.perf_counter()
-        local_round(ex, [batch], probe, cfg.lr, run_seed=0, rnd=rnd)
+        method_of("spzo").local_round(ex, [batch], probe, cfg.lr, run_seed=0, rnd=rnd)
         times.append(time.perf_counter() - t0)
     done.set()
     sampler.join()

@@ -20,7 +20,8 @@ def child(mode: str, trainable: str, batch_size: int) -> None:
 
     from edgezo.backends.torch.factory import build_torch_executor
     from edgezo.config import JobConfig
-    from edgezo.estimators import ProbeConfig, local_round
+    from edgezo.estimators import ProbeConfig
+    from edgezo.methods import method_of
     from edgezo.tasks import get_task, load_examples
 
     task = get_task("sst2")
@@ -32,7 +33,7 @@ def child(mode: str, trainable: str, batch_size: int) -> None:
     if mode == "inference":
         ex.forward_block2(ex.forward_block1(batch), batch)
     else:
-        local_round(ex, [batch], ProbeConfig("spzo", 1, 4, 1e-3), 1e-4, 0, 1)
+        method_of("spzo").local_round(ex, [batch], ProbeConfig("spzo", 1, 4, 1e-3), 1e-4, 0, 1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"loaded_kib": loaded, "peak_kib": peak}))
 

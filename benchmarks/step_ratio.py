@@ -18,7 +18,8 @@ import numpy as np
 
 from edgezo.backends.torch.factory import build_torch_executor
 from edgezo.config import JobConfig
-from edgezo.estimators import ProbeConfig, zo_step
+from edgezo.estimators import ProbeConfig
+from edgezo.methods import method_of
 from edgezo.tasks import get_task, load_examples
 
 
@@ -45,8 +46,8 @@ def main():
             runs.append(time.perf_counter() - t)
         return statistics.median(runs), out
 
-    t_spzo, r_spzo = timed(lambda: zo_step(ex, batch, spzo, 0, 1, 0))
-    t_mezo, r_mezo = timed(lambda: zo_step(ex, batch, mezo, 0, 1, 0))
+    t_spzo, r_spzo = timed(lambda: method_of("spzo").step(ex, batch, spzo, 0, 1, 0))
+    t_mezo, r_mezo = timed(lambda: method_of("mezo").step(ex, batch, mezo, 0, 1, 0))
     t1, _ = timed(lambda: ex.forward_block1(batch))
     act = ex.forward_block1(batch)
     t2, _ = timed(lambda: ex.forward_block2(act, batch))

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgezo.config import JobConfig
+from edgezo.config import JobConfig, config_keys, probe_config
+from edgezo.engine import device_batch_indices
 from edgezo.errors import EdgezoError
-from edgezo.estimators import ProbeConfig, local_round, probe_directions
 from edgezo.jobdata import device_shards, load_job_data, make_batcher
 from edgezo.keys import fnv1a64
-from edgezo.simulation import device_batch_indices
+from edgezo.methods import method_of
 
 from edgezo.coordinator import messages as m
 from edgezo.coordinator.checkpoint import checkpoint_worth_it, download_checkpoint
@@ -98,9 +98,14 @@ class Device:
     def _setup(self, ann: m.Announce) -> None:
         if ann.v != m.PROTOCOL_VERSION:
             raise EdgezoError(f"the coordinator speaks protocol {ann.v}, this edgezo {m.PROTOCOL_VERSION}; install the same edgezo version")
-        job = dict(ann.job)
+        known = set(config_keys())
+        unknown = sorted(set(ann.job) - known)
+        if unknown:  # PROTOCOL.md: a newer coordinator's keys are ignored, not fatal
+            log.info("ignoring job settings this edgezo does not know (from a newer coordinator): %s", ", ".join(unknown))
+        job = {k: v for k, v in ann.job.items() if k in known}
         cfg = JobConfig(**{**job, "model": self.s.model, "data": self.s.data}).validate()
         self.cfg = cfg
+        self.method = method_of(cfg.method)
         self.topics = Topics(ann.run)
         data = load_job_data(cfg, self.s.train_samples, need_dev=False)
         if self.s.shard:
@@ -130,7 +135,7 @@ class Device:
     def _publish_status(self, state: str = "online") -> None:
         online = state == "online"  # the profile rides on the online status (the coordinator plans from it)
         status = m.Status(v=m.PROTOCOL_VERSION, run=self.topics.run, device=self.s.device_id, state=state,
-                          replica_round=self.replica_round, examples=len(self.shard), backend=getattr(self.ex, "backend", "torch"),
+                          replica_round=self.replica_round, examples=len(self.shard), backend=self.ex.backend,
                           profile=self.s.profile if online else {}, memory_gb=self.s.memory_gb if online else 0.0)
         self.link.publish(self.topics.status(self.s.device_id), m.encode(status), retain=True)
 
@@ -213,19 +218,19 @@ class Device:
         self.link.publish(self.topics.result(self.s.device_id), m.encode(result))
 
     def _work(self, assign: m.Assign, task: m.DeviceTask) -> m.Result:
-        cfg = self.cfg
-        probe = ProbeConfig(cfg.method, task.p1, task.p2 if cfg.method == "spzo" else 1, cfg.eps, cfg.variant, cfg.difference)
-        stream = 1 + [t.device for t in assign.tasks].index(task.device) if cfg.method == "fedzo" else 0
+        cfg, method = self.cfg, self.method
+        probe = probe_config(cfg, task.p1, task.p2)
+        stream = method.stream(1 + [t.device for t in assign.tasks].index(task.device))
         t0 = time.perf_counter()
         indices = device_batch_indices(self.shard, task.batch, task.k, cfg.seed, assign.round, self.index)
         batches = [self.make_batch(ix) for ix in indices]
         before = self.ex.snapshot()
         fingerprint = self.ex.fingerprint()
         try:
-            out = local_round(self.ex, batches, probe, assign.lr, cfg.seed, assign.round, stream)
+            out = method.local_round(self.ex, batches, probe, assign.lr, cfg.seed, assign.round, stream)
         finally:
             self.ex.restore(before)
-        order = probe_directions(probe, cfg.seed, assign.round, task.k, stream)
+        order = method.directions(probe, cfg.seed, assign.round, task.k, stream)
         seconds = time.perf_counter() - t0
         loss = sum(out.losses) / len(out.losses)
         self.say(f"round {assign.round}: {len(order)} scalars (K {task.k}, P1 {task.p1}, P2 {task.p2}, batch {task.batch}) "
@@ -259,7 +264,7 @@ class Device:
         if self.s.catch_up != "auto":
             return self.s.catch_up == "checkpoint"
         cfg = self.cfg
-        directions = cfg.local_steps * cfg.p1 * (cfg.p2 + 1 if cfg.method == "spzo" else 1)
+        directions = self.method.update_directions(cfg.local_steps, cfg.p1, cfg.p2)
         return checkpoint_worth_it(missing, directions, self.ex.trainable_numel(1) + self.ex.trainable_numel(2))
 
     def _load_checkpoint(self, url: str) -> None:

@@ -3,8 +3,8 @@ them field by field for implementers in other languages).
 
 Every message names its run, and every round message its round (and attempt), so a receiver can
 bind it to (run, round, device) and drop anything stale or misaddressed. Scalars travel as bare
-little-endian float32 in the canonical order of ``edgezo.estimators.probe_directions`` (the
-assignment fixes which directions a device owes, so keys need not travel); updates travel as
+little-endian float32 in the canonical order of the method's ``directions`` (``edgezo.methods``;
+the assignment fixes which directions a device owes, so keys need not travel); updates travel as
 packed rows of (step, block, i, j, stream, coefficient as float64), the exact coefficients every
 replica applies.
 """
@@ -77,7 +77,7 @@ class Result(msgspec.Struct, tag="result"):
     round: int
     attempt: int
     device: str
-    scalars: bytes  # float32 little-endian, in probe_directions order
+    scalars: bytes  # float32 little-endian, in the order of the method's directions
     examples: int
     loss: float
     forwards1: int

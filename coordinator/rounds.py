@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgezo.aggregate import robust_average
-from edgezo.estimators import LocalRound, ProbeConfig, probe_directions, update_rule
+from edgezo.aggregate import Aggregation
+from edgezo.estimators import ProbeConfig
 from edgezo.keys import Direction
-from edgezo.simulation import global_update
+from edgezo.methods import method_of
 
 from edgezo.coordinator.messages import DeviceTask, Result, unpack_scalars, BadMessage
-
-AGGREGATIONS = ("mean", "median", "trimmed")
 
 
 @dataclass
@@ -30,9 +28,7 @@ class RoundPolicy:
 
     timeout_s: float = 300.0  # deadline after the assignment
     quorum: float = 1.0  # close early once this fraction of the assigned devices answered
-    clip: float | None = None  # clip each scalar to [-clip, clip] (robustness to outliers)
-    aggregation: str = "mean"  # mean (weighted by examples), median, trimmed
-    trim: float = 0.1  # fraction cut at each end for "trimmed"
+    aggregation: Aggregation = field(default_factory=Aggregation)  # clipping and the per-direction rule
 
 
 def sample_devices(online: list[str], count: int, seed: int, rnd: int, attempt: int) -> list[str]:
@@ -69,22 +65,17 @@ class RoundCollector:
     gone: set[str] = field(default_factory=set)
 
     def __post_init__(self):
+        self.method = method_of(self.probe.method)
         self._by_device = {t.device: t for t in self.tasks}
         self._expected: dict[str, list[Direction]] = {}
         shared: dict[tuple, list[Direction]] = {}  # shared seeds: devices with the same task owe the same list
-        for stream, t in enumerate(self.tasks, start=1):
-            s = stream if self.probe.method == "fedzo" else 0
-            key = (t.k, t.p1, t.p2, s)
+        for position, t in enumerate(self.tasks, start=1):
+            stream = self.method.stream(position)
+            key = (t.k, t.p1, t.p2, stream)
             if key not in shared:
-                probe = ProbeConfig(self.probe.method, t.p1, t.p2, self.probe.eps, self.probe.variant, self.probe.difference)
-                shared[key] = probe_directions(probe, self.run_seed, self.round, t.k, s)
+                probe = self.method.probe(t.p1, t.p2, self.probe.eps, self.probe.variant, self.probe.difference)
+                shared[key] = self.method.directions(probe, self.run_seed, self.round, t.k, stream)
             self._expected[t.device] = shared[key]
-
-    def stream_of(self, device: str) -> int:
-        """FedZO's per-device stream (1-based position in the assignment); 0 for shared seeds."""
-        if self.probe.method != "fedzo":
-            return 0
-        return 1 + [t.device for t in self.tasks].index(device)
 
     def offer(self, topic_device: str, result: Result, payload_bytes: int = 0) -> str | None:
         """Take a result; returns None if it counts, else why it was rejected (for the log)."""
@@ -112,9 +103,8 @@ class RoundCollector:
             return "non-finite scalars"
         if not (0 < result.examples <= task.k * task.batch) or not math.isfinite(result.loss):
             return f"implausible example count {result.examples} or loss {result.loss}"
-        if self.policy.clip is not None:
-            values = np.clip(values, -self.policy.clip, self.policy.clip)
-        self.answers[result.device] = Answer(result, dict(zip(expected, map(float, values))), payload_bytes)
+        scalars = self.policy.aggregation.clipped(dict(zip(expected, map(float, values))))
+        self.answers[result.device] = Answer(result, scalars, payload_bytes)
         return None
 
     def device_gone(self, device: str) -> None:
@@ -131,9 +121,7 @@ class RoundCollector:
         return now >= self.opened_at + self.policy.timeout_s
 
     def update(self, lr: float) -> list[tuple[Direction, float]]:
-        """The round's update from the counted answers: per-direction average (or the robust rule)
-        then ``update_rule``; FedZO, with per-device seeds, takes the weighted union instead."""
+        """The round's update from the counted answers (in device order, so arrival order does not
+        matter), by the method's aggregation under the policy's rule."""
         contributions = [(self.answers[d].scalars, float(self.answers[d].result.examples)) for d in sorted(self.answers)]
-        if self.probe.method == "fedzo":
-            return global_update("fedzo", [(LocalRound(scalars=s), w) for s, w in contributions], lr, self.probe.variant)
-        return update_rule(robust_average(contributions, self.policy.aggregation, self.policy.trim), lr, self.probe.variant)
+        return self.method.aggregate(contributions, lr, self.probe.variant, self.policy.aggregation)

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from edgezo.config import JobConfig, lr_at, probe_config
+from edgezo.config import JobConfig, probe_config
+from edgezo.engine import RoundRecord, Totals, evaluation_due
 from edgezo.errors import EdgezoError
 from edgezo.seedlog import LogEntry, SeedLog, replay
-from edgezo.simulation import RoundRecord, Totals
 
 from edgezo.coordinator import messages as m
 from edgezo.coordinator.checkpoint import CheckpointServer, latest_checkpoint, write_checkpoint
@@ -140,8 +140,7 @@ class Coordinator:
 
     def continue_totals(self, last: dict) -> None:
         """After a restart, cumulative counters continue from the last recorded round."""
-        self.totals = Totals(last.get("forwards_block1", 0), last.get("forwards_block2", 0), last.get("flops", 0.0),
-                             last.get("bytes_up", 0.0), last.get("bytes_down", 0.0))
+        self.totals = Totals.from_record(last)
 
     # -- publishing -------------------------------------------------------------------------
     def announce(self, state: str = "running") -> int:
@@ -338,7 +337,7 @@ class Coordinator:
             self._pump(None, 0.5)
 
     def _one_round(self, rnd: int) -> None:
-        lr = lr_at(self.cfg.lr, self.cfg.lr_schedule, rnd, self.cfg.rounds, decay_rounds=self.cfg.lr_decay_rounds)
+        lr = self.cfg.round_lr(rnd)
         probe = probe_config(self.cfg)
         for attempt in range(self.s.max_attempts):
             self._wait_for_devices()
@@ -372,23 +371,13 @@ class Coordinator:
         self.link.publish(self.topics.update, payload)
         self._checkpoint()
         announce_bytes = self.announce()
-        answers = collector.answers.values()
-        t = self.totals
-        t.forwards1 += sum(a.result.forwards1 for a in answers)
-        t.forwards2 += sum(a.result.forwards2 for a in answers)
-        t.flops += sum(a.result.flops for a in answers)
-        t.bytes_up += sum(a.payload_bytes for a in answers) / len(collector.answers)
-        t.bytes_down += assign_bytes + len(payload) + announce_bytes
-        due = rnd == self.cfg.rounds or (self.cfg.eval_every and rnd % self.cfg.eval_every == 0)
-        loss = sum(a.result.loss for a in answers) / len(collector.answers)
-        record = self._record(rnd, loss, self.evaluate() if due else None, len(collector.answers), len(collector.tasks))
-        self.on_record(record)
+        answers = list(collector.answers.values())
+        bytes_up = sum(a.payload_bytes for a in answers) / len(answers)  # measured payloads, per device
+        self.totals.add_round([a.result for a in answers], bytes_up, assign_bytes + len(payload) + announce_bytes)
+        loss = sum(a.result.loss for a in answers) / len(answers)
+        accuracy = self.evaluate() if evaluation_due(self.cfg, rnd) else None
+        self.on_record(self._record(rnd, loss, accuracy, len(answers), len(collector.tasks)))
 
-    def _record(self, rnd, loss, acc, answered, assigned) -> RoundRecord:
-        t = self.totals
-        return RoundRecord(
-            round=rnd, method=self.cfg.method, train_loss=loss, eval_accuracy=acc,
-            forwards_block1=t.forwards1, forwards_block2=t.forwards2, flops=t.flops,
-            bytes_up=t.bytes_up, bytes_down=t.bytes_down, wall_s=round(time.perf_counter() - self.started, 3),
-            devices=answered, assigned=assigned, fingerprint=self.fingerprint,
-        )
+    def _record(self, rnd, loss, accuracy, answered, assigned) -> RoundRecord:
+        return self.totals.record(rnd, self.cfg.method, loss, accuracy, round(time.perf_counter() - self.started, 3),
+                                  answered, assigned, self.fingerprint)

@@ -1,6 +1,7 @@
-"""Job configuration: one dataclass shared by ``simulate`` (and later ``coordinate``), from CLI
-options or a TOML file with the same keys. Defaults are the ones measured to work on
-SmolLM2-135M-Instruct and SST-2 (see the README's table of the grid that chose them)."""
+"""Job configuration: one dataclass shared by ``simulate``, ``coordinate`` and ``join`` (which gets
+it in the job's announcement), from CLI options or a TOML file with the same keys. Defaults are the
+ones measured to work on SmolLM2-135M-Instruct and SST-2 (see the README's table of the grid that
+chose them)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from edgezo.costmodel import Work
 from edgezo.errors import EdgezoError
-from edgezo.estimators import DEFAULT_DIFFERENCE, METHODS, VARIANTS, ProbeConfig
+from edgezo.estimators import VARIANTS, ProbeConfig
+from edgezo.methods import DEFAULT_METHOD, method_of
 from edgezo.perturb import DISTRIBUTIONS
 
 PARTITIONS = ("iid", "dirichlet")
@@ -41,7 +43,7 @@ class JobConfig:
     model: str | None = None  # hub id, local folder or .gguf; None: SmolLM2-135M-Instruct
     task: str = "sst2"
     data: str | None = None  # task folder (original TSV/JSONL files); None: ../shared/data/<task> or $EDGEZO_DATA
-    method: str = "spzo"
+    method: str = DEFAULT_METHOD
     clients: int = 4
     rounds: int = 30
     local_steps: int = 2
@@ -66,8 +68,7 @@ class JobConfig:
     distribution: str = "rademacher"
 
     def validate(self) -> "JobConfig":
-        if self.method not in METHODS:
-            raise EdgezoError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+        method = method_of(self.method)
         for name in ("clients", "rounds", "local_steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise EdgezoError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
@@ -90,23 +91,28 @@ class JobConfig:
         if self.distribution not in DISTRIBUTIONS:
             raise EdgezoError(f"unknown distribution {self.distribution!r}; use rademacher or gaussian")
         if self.difference is None:
-            self.difference = DEFAULT_DIFFERENCE.get(self.method, "central")
+            self.difference = method.default_difference
+        method.check_difference(self.difference)
         return self
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def round_lr(self, rnd: int) -> float:
+        """The learning rate of round ``rnd`` (1-based) under the job's schedule."""
+        return lr_at(self.lr, self.lr_schedule, rnd, self.rounds, decay_rounds=self.lr_decay_rounds)
 
-def probe_config(cfg: JobConfig) -> ProbeConfig | None:
-    """How the job probes the loss (None for FedAvg, which backpropagates)."""
-    if cfg.method == "fedavg":
-        return None
-    return ProbeConfig(cfg.method, cfg.p1, cfg.p2 if cfg.method == "spzo" else 1, cfg.eps, cfg.variant, cfg.difference)
+
+def probe_config(cfg: JobConfig, p1: int | None = None, p2: int | None = None) -> ProbeConfig | None:
+    """How a device probes the loss with the job's P1 and P2, or its own (None for a method that
+    backpropagates)."""
+    return method_of(cfg.method).probe(cfg.p1 if p1 is None else p1, cfg.p2 if p2 is None else p2, cfg.eps, cfg.variant, cfg.difference)
 
 
 def job_work(cfg: JobConfig) -> Work:
     """What the job asks of each device in a round (the planner's starting point and caps)."""
-    return Work(cfg.local_steps, cfg.p1, cfg.p2 if cfg.method == "spzo" else 1, cfg.batch_size, cfg.method, cfg.variant, cfg.difference)
+    p2 = method_of(cfg.method).effective_p2(cfg.p2)
+    return Work(cfg.local_steps, cfg.p1, p2, cfg.batch_size, cfg.method, cfg.variant, cfg.difference)
 
 
 def config_keys() -> list[str]:

@@ -4,18 +4,17 @@ Everything here is a pure function of three things: the model's shape (``ModelSh
 from the loaded model), what a device's backend can do (``edgezo.profiles.BackendProfile``,
 measured by ``edgezo profile`` or a reference estimate), and the work asked of it (``Work``).
 
-Time of one SPZO step (joint variant, DESIGN section 3)::
+A step's time is the method's (``Method.step_seconds``) from the block costs of its batch
+(``StepCosts``): ``t_b`` the forward time of block b on the batch, ``c_b`` the time to generate a
+perturbed copy of block b's trainable tensors and ``u_b`` the time to add one direction to them.
+For a joint SPZO step, for instance::
 
     step = P1 * (2 * t1 + 2 * P2 * t2)                      block forwards
          + (2*P1 * c1 + 2*P1*P2 * c2)                       perturbed copies, one per perturbed forward
          + (P1 * u1 + P1*P2 * u2)                           the local update (P1 directions on block 1,
                                                             P1*P2 on block 2)
 
-with ``t_b`` the forward time of block b on the batch, ``c_b`` the time to generate a perturbed
-copy of block b's trainable tensors and ``u_b`` the time to add one direction to them. A round is
-K steps plus applying the round's global update. The clean variant adds one unperturbed block-1
-forward and full forwards for block 1's probes; single-block methods (MeZO, DeComFL, FedZO) do
-``P`` full forwards twice (central) or ``P + 1`` times (forward difference).
+A round is K steps plus applying the round's global update (``Method.update_seconds``).
 
 Forward time: when the profile measured this very model and split, ``t_b = a_b + s_b * FLOPs_b``
 fitted to its measured rows (so batch sizes it did not measure are interpolated along the FLOPs);
@@ -32,7 +31,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+from edgezo.methods import DEFAULT_METHOD, method_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgezo.profiles import BackendProfile
@@ -103,14 +104,26 @@ class Work:
     p1: int = 1
     p2: int = 4
     batch: int = 16
-    method: str = "spzo"
+    method: str = DEFAULT_METHOD
     variant: str = "joint"
     difference: str = "central"
 
     @property
     def estimates(self) -> int:
         """Full-model directional estimates the round produces (SPZO: each (i, j) is one)."""
-        return self.k * self.p1 * (self.p2 if self.method == "spzo" else 1)
+        return method_of(self.method).estimates(self.k, self.p1, self.p2)
+
+
+class StepCosts(NamedTuple):
+    """Seconds of the parts of a step on one batch, per block b: ``t`` a forward, ``c`` a perturbed
+    copy of the block's trainable tensors, ``u`` adding one direction to them."""
+
+    t1: float
+    t2: float
+    c1: float
+    c2: float
+    u1: float
+    u2: float
 
 
 def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -171,23 +184,17 @@ class Predictor:
         b = self.backend
         return self.shape.trainable_tensors[block - 1] * b.call_us / 1e6 + self.shape.trainable[block - 1] / (b.update_melems_s * 1e6)
 
+    def step_costs(self, batch: int) -> StepCosts:
+        return StepCosts(self.forward_s(1, batch), self.forward_s(2, batch), self.perturb_s(1), self.perturb_s(2),
+                         self.update_s(1), self.update_s(2))
+
     def step_s(self, w: Work) -> float:
-        t1, t2 = self.forward_s(1, w.batch), self.forward_s(2, w.batch)
-        c1, c2, u1, u2 = self.perturb_s(1), self.perturb_s(2), self.update_s(1), self.update_s(2)
-        if w.method != "spzo":
-            full = t1 + t2 + c1 + c2
-            forwards = 2 * w.p1 if w.difference == "central" else w.p1 + 1
-            base = 0.0 if w.difference == "central" else c1 + c2  # the unperturbed forward copies nothing
-            return forwards * full - base + w.p1 * (u1 + u2)
-        probes = w.p1 * (2 * t1 + 2 * c1) + w.p1 * w.p2 * (2 * t2 + 2 * c2)
-        if w.variant == "clean":
-            probes += t1 + w.p1 * 2 * (t2 + c2)  # the clean forward, and block 1 probed with full forwards
-        return probes + w.p1 * u1 + w.p1 * w.p2 * u2
+        return method_of(w.method).step_seconds(self.step_costs(w.batch), w)
 
     def round_s(self, w: Work) -> float:
         """K local steps, then the round's global update (about this device's own directions)."""
-        apply = w.k * w.p1 * (self.update_s(1) + (w.p2 if w.method == "spzo" else 0) * self.update_s(2))
-        return w.k * self.step_s(w) + apply
+        method, costs = method_of(w.method), self.step_costs(w.batch)
+        return w.k * method.step_seconds(costs, w) + method.update_seconds(costs, w)
 
     # -- memory -----------------------------------------------------------------------------
     def weights_mb(self) -> float:

@@ -1,21 +1,13 @@
-"""Zero-order gradient estimators, written against the executor protocol (no tensors here).
+"""The pieces every zero-order method's step is built from, written against the executor
+protocol (no tensors here, and no method's name: the methods in ``edgezo.methods`` compose them).
 
 A step evaluates the loss along canonical directions and returns *projected gradients*: one
 scalar per probed direction. The update is linear in those scalars (``update_rule``), so a client's
 whole contribution to a round is a list of (direction, scalar) pairs, and the coordinator can
 average scalars per direction over devices before turning them into an update.
 
-Methods:
-
-* ``spzo`` (FedSPZO, Ahmed et al. 2025): the model is split in two blocks; block 2 gets ``P2``
-  perturbations per block-1 perturbation. Variant ``joint`` (default) probes block 2 on the
-  *perturbed* block-1 activations a± (each (i, j) is a full-model SPSA estimate along (z1_i, z2_ij)
-  and the block-2 forwards reuse a±); variant ``clean`` probes block 2 on unperturbed activations
-  and block 1 with full forwards.
-* ``mezo``, ``decomfl``, ``fedzo``: one block (the whole model, ``Direction.block == 0``), ``P``
-  perturbations, central or forward difference.
-
-Forward passes are counted per block, so compute is comparable across methods in FLOPs.
+Forward passes are counted per block (``ForwardCounter``), so compute is comparable across
+methods in FLOPs.
 """
 
 from __future__ import annotations
@@ -23,22 +15,20 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from edgezo.errors import EdgezoError
 from edgezo.executor import Executor, Perturbation
 from edgezo.keys import WHOLE_MODEL, Direction
 
-ZO_METHODS = ("spzo", "mezo", "decomfl", "fedzo")
-METHODS = ZO_METHODS + ("fedavg",)
 VARIANTS = ("joint", "clean")
 DIFFERENCES = ("central", "forward")
-DEFAULT_DIFFERENCE = {"spzo": "central", "mezo": "central", "decomfl": "central", "fedzo": "forward"}
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """How one step probes the loss."""
+    """How one step probes the loss: the method (by name), its counts and scale. Built from a job
+    or a device's task by ``Method.probe``."""
 
     method: str = "spzo"
     p1: int = 1
@@ -48,18 +38,18 @@ class ProbeConfig:
     difference: str = "central"
 
     def __post_init__(self):
-        if self.method not in ZO_METHODS:
-            raise EdgezoError(f"unknown zero-order method {self.method!r}; use one of {', '.join(ZO_METHODS)}")
+        from edgezo.methods import method_of  # the methods are built on this module
+
+        method = method_of(self.method)
+        if method.backprop:
+            raise EdgezoError(f"{self.method} backpropagates: it has no zero-order probe")
         if self.p1 < 1 or self.p2 < 1:
             raise EdgezoError(f"P1 and P2 must be at least 1 (got P1={self.p1}, P2={self.p2})")
         if not (self.eps > 0 and math.isfinite(self.eps)):
             raise EdgezoError(f"eps must be a positive number (got {self.eps})")
         if self.variant not in VARIANTS:
             raise EdgezoError(f"unknown SPZO variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
-        if self.difference not in DIFFERENCES:
-            raise EdgezoError(f"unknown difference {self.difference!r}; use central or forward")
-        if self.method == "spzo" and self.difference != "central":
-            raise EdgezoError("SPZO uses central differences; --difference forward is for mezo/decomfl/fedzo")
+        method.check_difference(self.difference)
 
 
 @dataclass
@@ -74,7 +64,7 @@ class StepResult:
 
 
 @dataclass
-class _Counter:
+class ForwardCounter:
     """Counts block forwards and their FLOPs for one batch."""
 
     flops1: float
@@ -93,7 +83,7 @@ class _Counter:
         return self.forwards1 * self.flops1 + self.forwards2 * self.flops2
 
 
-def _check_finite(*losses: float) -> None:
+def check_finite(*losses: float) -> None:
     for loss in losses:
         if not math.isfinite(loss):
             raise EdgezoError(
@@ -101,92 +91,13 @@ def _check_finite(*losses: float) -> None:
             )
 
 
-def _full_loss(ex: Executor, batch: Any, perturbation: Perturbation, count: _Counter) -> float:
+def full_loss(ex: Executor, batch: Any, perturbation: Perturbation, count: ForwardCounter) -> float:
+    """The loss of the whole model (block 1 then block 2) under one perturbation."""
     act = ex.forward_block1(batch, perturbation)
     loss = ex.forward_block2(act, batch, perturbation)
     count.one()
     count.two()
     return loss
-
-
-def spzo_step(ex: Executor, batch: Any, cfg: ProbeConfig, run_seed: int, rnd: int, step: int) -> StepResult:
-    """One FedSPZO step: P1 block-1 probes, each with P2 block-2 probes (DESIGN section 3)."""
-    count = _Counter(*ex.forward_flops(batch))
-    scalars: dict[Direction, float] = {}
-    losses: list[float] = []
-    eps = cfg.eps
-    if cfg.variant == "clean":
-        base = ex.forward_block1(batch)
-        count.one()
-    for i in range(cfg.p1):
-        d1 = Direction(run_seed, rnd, step, 1, i)
-        if cfg.variant == "joint":
-            a_plus = ex.forward_block1(batch, [(d1, eps)])
-            a_minus = ex.forward_block1(batch, [(d1, -eps)])
-            count.one(2)
-        else:
-            lp = _full_loss(ex, batch, [(d1, eps)], count)
-            lm = _full_loss(ex, batch, [(d1, -eps)], count)
-            _check_finite(lp, lm)
-            scalars[d1] = (lp - lm) / (2 * eps)
-            a_plus = a_minus = base
-        for j in range(cfg.p2):
-            d2 = Direction(run_seed, rnd, step, 2, i, j)
-            lp = ex.forward_block2(a_plus, batch, [(d2, eps)])
-            lm = ex.forward_block2(a_minus, batch, [(d2, -eps)])
-            count.two(2)
-            _check_finite(lp, lm)
-            scalars[d2] = (lp - lm) / (2 * eps)
-            losses.append(0.5 * (lp + lm))
-    return StepResult(scalars, sum(losses) / len(losses), count.forwards1, count.forwards2, count.flops)
-
-
-def single_block_step(
-    ex: Executor, batch: Any, cfg: ProbeConfig, run_seed: int, rnd: int, step: int, stream: int = 0
-) -> StepResult:
-    """MeZO / DeComFL / FedZO: P1 whole-model probes, central (2P forwards) or forward (P+1)."""
-    count = _Counter(*ex.forward_flops(batch))
-    scalars: dict[Direction, float] = {}
-    losses: list[float] = []
-    base = None
-    if cfg.difference == "forward":
-        base = _full_loss(ex, batch, (), count)
-        _check_finite(base)
-        losses.append(base)
-    for i in range(cfg.p1):
-        d = Direction(run_seed, rnd, step, WHOLE_MODEL, i, 0, stream)
-        lp = _full_loss(ex, batch, [(d, cfg.eps)], count)
-        if base is None:
-            lm = _full_loss(ex, batch, [(d, -cfg.eps)], count)
-            _check_finite(lp, lm)
-            scalars[d] = (lp - lm) / (2 * cfg.eps)
-            losses.append(0.5 * (lp + lm))
-        else:
-            _check_finite(lp)
-            scalars[d] = (lp - base) / cfg.eps
-    return StepResult(scalars, sum(losses) / len(losses), count.forwards1, count.forwards2, count.flops)
-
-
-def zo_step(ex: Executor, batch: Any, cfg: ProbeConfig, run_seed: int, rnd: int, step: int, stream: int = 0) -> StepResult:
-    if cfg.method == "spzo":
-        return spzo_step(ex, batch, cfg, run_seed, rnd, step)
-    return single_block_step(ex, batch, cfg, run_seed, rnd, step, stream)
-
-
-def probe_directions(cfg: ProbeConfig, run_seed: int, rnd: int, steps: int, stream: int = 0) -> list[Direction]:
-    """The directions ``steps`` local steps probe, sorted: the scalars a device owes for an
-    assignment, so a coordinator can check a result and a device can send bare values in this
-    order."""
-    out: list[Direction] = []
-    for step in range(steps):
-        for i in range(cfg.p1):
-            if cfg.method != "spzo":
-                out.append(Direction(run_seed, rnd, step, WHOLE_MODEL, i, 0, stream))
-                continue
-            if cfg.variant == "clean":
-                out.append(Direction(run_seed, rnd, step, 1, i))
-            out += [Direction(run_seed, rnd, step, 2, i, j) for j in range(cfg.p2)]
-    return sorted(out)
 
 
 def update_rule(scalars: dict[Direction, float], lr: float, variant: str = "joint") -> list[tuple[Direction, float]]:
@@ -234,30 +145,3 @@ class LocalRound:
     forwards2: int = 0
     flops: float = 0.0
     examples: int = 0
-    deltas: Any = None  # FedAvg only: the full model delta the device uploads
-
-
-def local_round(
-    ex: Executor,
-    batches: Sequence[Any],
-    cfg: ProbeConfig,
-    lr: float,
-    run_seed: int,
-    rnd: int,
-    stream: int = 0,
-) -> LocalRound:
-    """K local steps (one per batch): probe, then apply this device's own update locally.
-
-    The caller restores the round's starting weights afterwards (the global model moves by the
-    aggregate of all devices' scalars, not by this device's local steps).
-    """
-    out = LocalRound()
-    for step, batch in enumerate(batches):
-        result = zo_step(ex, batch, cfg, run_seed, rnd, step, stream)
-        ex.apply_update(update_rule(result.scalars, lr, cfg.variant))
-        out.scalars.update(result.scalars)
-        out.losses.append(result.loss)
-        out.forwards1 += result.forwards1
-        out.forwards2 += result.forwards2
-        out.flops += result.flops
-    return out

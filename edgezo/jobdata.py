@@ -62,7 +62,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def prompts_for(ex, task: Task, examples: list[Example]) -> list[str]:
     """Each example's prompt in the executor's model kind (causal or masked LM)."""
-    mask = getattr(getattr(ex, "tokenizer", None), "mask_token", None)
+    mask = ex.tokenizer.mask_token
     return [task.prompt(e, ex.kind, mask) for e in examples]
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 from edgezo.config import JobConfig
+from edgezo.engine import RoundRecord
 from edgezo.plot import plot_accuracy_vs_flops
-from edgezo.simulation import RoundRecord
 
 
 def round_line(record: RoundRecord, rounds: int, extra: str = "") -> str:

@@ -3,7 +3,8 @@ instead of copying them. They return what they measured; the tests assert on it.
 
 from __future__ import annotations
 
-from edgezo.estimators import LocalRound, ProbeConfig, local_round
+from edgezo.estimators import LocalRound, ProbeConfig
+from edgezo.methods import method_of
 from edgezo.tasks import get_task, load_examples
 
 
@@ -15,6 +16,6 @@ def sst2_loss_before_and_after_spzo(executor, sst2_dir, rounds: int = 3) -> tupl
     batch = executor.encode([task.prompt(e, "causal") for e in train], [e.label for e in train])
     start = executor.forward_block2(executor.forward_block1(batch), batch)
     cfg = ProbeConfig("spzo", 2, 4, 1e-2)
-    outs = [local_round(executor, [batch, batch], cfg, 5.0, run_seed=1, rnd=rnd) for rnd in range(1, rounds + 1)]
+    outs = [method_of("spzo").local_round(executor, [batch, batch], cfg, 5.0, run_seed=1, rnd=rnd) for rnd in range(1, rounds + 1)]
     end = executor.forward_block2(executor.forward_block1(batch), batch)
     return start, end, outs

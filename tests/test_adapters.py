@@ -29,8 +29,10 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
-from edgezo.backends.torch.adapters import Hidden, make_adapter, reference_logits
+from edgezo.backends.hf.arch import make_adapter
+from edgezo.backends.hf.arch.base import Hidden
 from edgezo.errors import EdgezoError
+from support.hf_reference import all_units_logits, reference_logits
 
 VOCAB = 300
 SMALL = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, vocab_size=VOCAB)
@@ -128,7 +130,7 @@ def test_split_equals_unsplit(name):
             got = split_logits(adapter, ids, mask, targets, split=split)
             assert got.shape == (3, VOCAB)
             torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
-        torch.testing.assert_close(adapter.run(ids, mask, targets), ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(all_units_logits(adapter, ids, mask, targets), ref, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["llama", "opt", "roberta"])

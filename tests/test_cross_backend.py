@@ -19,10 +19,9 @@ import pytest
 
 from edgezo.backends.choice import build_executor
 from edgezo.config import JobConfig
-from edgezo.estimators import ProbeConfig
 from edgezo.jobdata import make_batcher
 from edgezo.seedlog import SeedLog, replay
-from edgezo.simulation import Simulation
+from edgezo.simulation import SimulatedDevice, run_simulation
 from edgezo.tasks import get_task, load_examples
 
 BACKENDS = ("torch", "mlx", "int8")
@@ -95,11 +94,9 @@ def _fit_one_batch(executors, task, train, rounds=6):
         losses.append(primary.forward_block2(primary.forward_block1(fixed), fixed))
         return 0.0
 
-    Simulation(
-        executor=primary, shards=[list(range(16))] * 3, make_batch=batchers[id(primary)], evaluate=evaluate, method="spzo",
-        rounds=rounds, local_steps=2, lr=5.0, probe=ProbeConfig("spzo", 2, 4, 1e-2), batch_size=16, seed=1, eval_every=1,
-        device_executors=executors, device_batchers=[batchers[id(e)] for e in executors],
-    ).run()
+    cfg = JobConfig(method="spzo", clients=len(executors), rounds=rounds, local_steps=2, lr=5.0, lr_schedule="constant", p1=2, p2=4,
+                    eps=1e-2, batch_size=16, seed=1, eval_every=1).validate()
+    run_simulation(cfg, [SimulatedDevice(list(range(16)), e, batchers[id(e)]) for e in executors], primary, evaluate)
     return losses
 
 

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from edgezo.aggregate import average_scalars
+from edgezo.aggregate import Aggregation, average_scalars
 from edgezo.errors import EdgezoError
-from edgezo.estimators import ProbeConfig, local_round, update_rule, zo_step
+from edgezo.estimators import ProbeConfig, update_rule
 from edgezo.keys import Direction
-from edgezo.simulation import global_update
+from edgezo.methods import method_of
 from toy_executor import QuadraticExecutor, estimated_gradient
 
 CASES = [
@@ -25,7 +25,7 @@ def test_gradient_estimate_is_unbiased(cfg):
     true = ex.gradient()
     estimates = []
     for seed in range(1500):
-        result = zo_step(ex, 0.0, cfg, run_seed=seed, rnd=1, step=0)
+        result = method_of(cfg.method).step(ex, 0.0, cfg, run_seed=seed, rnd=1, step=0)
         estimates.append(estimated_gradient(result.scalars, lambda s: update_rule(s, 1.0, cfg.variant), ex))
     mean = np.mean(estimates, axis=0)
     assert np.linalg.norm(mean - true) / np.linalg.norm(true) < 0.12
@@ -35,11 +35,12 @@ def test_gradient_estimate_is_unbiased(cfg):
 
 def test_forward_counts():
     ex = QuadraticExecutor()
-    joint = zo_step(ex, 0.0, ProbeConfig("spzo", p1=2, p2=8), 0, 1, 0)
+    spzo, fedzo = method_of("spzo"), method_of("fedzo")
+    joint = spzo.step(ex, 0.0, ProbeConfig("spzo", p1=2, p2=8), 0, 1, 0)
     assert (joint.forwards1, joint.forwards2) == (4, 32)  # 2*P1 block-1, 2*P1*P2 block-2
-    clean = zo_step(ex, 0.0, ProbeConfig("spzo", p1=2, p2=8, variant="clean"), 0, 1, 0)
+    clean = spzo.step(ex, 0.0, ProbeConfig("spzo", p1=2, p2=8, variant="clean"), 0, 1, 0)
     assert (clean.forwards1, clean.forwards2) == (1 + 4, 4 + 32)
-    fwd = zo_step(ex, 0.0, ProbeConfig("fedzo", p1=5, difference="forward"), 0, 1, 0)
+    fwd = fedzo.step(ex, 0.0, ProbeConfig("fedzo", p1=5, difference="forward"), 0, 1, 0)
     assert (fwd.forwards1, fwd.forwards2) == (6, 6)  # P+1 full forwards
     assert joint.flops == 4 * 6 + 32 * 10
 
@@ -49,7 +50,7 @@ def test_local_rounds_decrease_the_loss(cfg):
     ex = QuadraticExecutor(seed=2)
     start = ex.loss()
     for rnd in range(1, 41):
-        local_round(ex, [0.0] * 3, cfg, lr=0.05, run_seed=5, rnd=rnd)
+        method_of(cfg.method).local_round(ex, [0.0] * 3, cfg, lr=0.05, run_seed=5, rnd=rnd)
     assert ex.loss() < 0.5 * start
 
 
@@ -75,29 +76,26 @@ def test_average_scalars_per_direction_over_devices_that_evaluated_it():
 
 def test_mixed_p2_aggregate_is_unbiased():
     ex = QuadraticExecutor(seed=3)
+    spzo = method_of("spzo")
     true = ex.gradient()
     estimates = []
     for seed in range(1500):
         results = []
         for p2 in (1, 4):
-            r = zo_step(ex, 0.0, ProbeConfig("spzo", p1=1, p2=p2), seed, 1, 0)
-            results.append((r, 1.0))
-        estimates.append(estimated_gradient(None, lambda _: global_update("spzo", [(_Wrap(r.scalars), w) for r, w in results], 1.0, "joint"), ex))
+            r = spzo.step(ex, 0.0, ProbeConfig("spzo", p1=1, p2=p2), seed, 1, 0)
+            results.append((r.scalars, 1.0))
+        estimates.append(estimated_gradient(None, lambda _: spzo.aggregate(results, 1.0, "joint", Aggregation()), ex))
     assert np.linalg.norm(np.mean(estimates, axis=0) - true) / np.linalg.norm(true) < 0.12
-
-
-class _Wrap:
-    def __init__(self, scalars):
-        self.scalars = scalars
 
 
 def test_fedzo_update_is_the_mean_of_device_updates():
     ex = QuadraticExecutor(seed=4)
     cfg = ProbeConfig("fedzo", p1=2, difference="forward")
-    results = [(_Wrap(zo_step(ex, 0.0, cfg, 0, 1, 0, stream=k + 1).scalars), 1.0) for k in range(3)]
-    update = global_update("fedzo", results, 0.1, "joint")
+    fedzo = method_of("fedzo")
+    results = [(fedzo.step(ex, 0.0, cfg, 0, 1, 0, stream=k + 1).scalars, 1.0) for k in range(3)]
+    update = fedzo.aggregate(results, 0.1, "joint", Aggregation())
     assert len(update) == 6 and {d.stream for d, _ in update} == {1, 2, 3}
-    alone = dict(update_rule(results[0][0].scalars, 0.1))
+    alone = dict(update_rule(results[0][0], 0.1))
     for d, c in update:
         if d.stream == 1:
             assert c == pytest.approx(alone[d] / 3)
@@ -113,4 +111,4 @@ def test_nan_loss_is_a_clear_error():
     ex = QuadraticExecutor()
     ex.theta["block2.w"][0] = np.nan
     with pytest.raises(EdgezoError, match="NaN"):
-        zo_step(ex, 0.0, ProbeConfig("spzo"), 0, 1, 0)
+        method_of("spzo").step(ex, 0.0, ProbeConfig("spzo"), 0, 1, 0)

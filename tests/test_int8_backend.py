@@ -12,21 +12,22 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as GT
 from gguf import quants
 
+from edgezo.backends.hf.source import ModelInfo, ModelSource, default_gguf_path
 from edgezo.backends.int8 import modules as qm
 from edgezo.backends.int8 import quant
 from edgezo.backends.int8.factory import build_int8_executor
 from edgezo.backends.int8.gguf_file import GGUFFile
 from edgezo.backends.int8.modules import QuantEmbedding, QuantLinear
 from edgezo.backends.int8.quant import FORMATS, QuantTensor, dequantize, quantize
-from edgezo.backends.torch.adapters import reference_logits
 from edgezo.backends.torch.factory import build_torch_executor
-from edgezo.backends.torch.loading import ModelInfo, ModelSource, default_gguf_path
 from edgezo.config import JobConfig
 from edgezo.errors import EdgezoError
 from edgezo.keys import Direction
 from edgezo.tasks import get_task, load_examples
 
 from executor_checks import sst2_loss_before_and_after_spzo
+from support.hf_reference import reference_logits
+from support.quant_blocks import to_blocks
 
 GGML = {"q8_0": GT.Q8_0, "q4_0": GT.Q4_0, "q4_1": GT.Q4_1}
 PROMPTS = ["Review: a great movie . Sentiment:", "Review: bad , boring and too long . It was", "the film", "Review: ."]
@@ -81,9 +82,9 @@ def test_quant_round_trip_bit_exact_with_gguf(qtype, monkeypatch):
     x = awkward_matrix()
     ref = quants.quantize(x, GGML[qtype])
     qt = quantize(torch.from_numpy(x), qtype)
-    assert np.array_equal(qt.to_blocks(), ref)  # same bytes
+    assert np.array_equal(to_blocks(qt), ref)  # same bytes
     monkeypatch.setattr(quant, "QUANTIZE_CHUNK", 300)  # a row or two at a time: the same bytes
-    assert np.array_equal(quantize(torch.from_numpy(x), qtype).to_blocks(), ref)
+    assert np.array_equal(to_blocks(quantize(torch.from_numpy(x), qtype)), ref)
     back = QuantTensor.from_blocks(qtype, ref, x.shape[1])
     assert all(torch.equal(a, b) for a, b in zip(back.tensors().values(), qt.tensors().values()))
     ours = dequantize(back).numpy()

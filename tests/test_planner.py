@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
+from edgezo.config import JobConfig
 from edgezo.costmodel import ModelShape, Predictor, Work, linear_fit, suggest_split
 from edgezo.errors import EdgezoError
-from edgezo.estimators import ProbeConfig
 from edgezo.planner import Budget, Limits, NothingFits, fixed_plan, plan_device
 from edgezo.profiles import BackendProfile, ForwardTiming, ModelMeasurement, Profile
-from edgezo.simulation import SimulatedClock, Simulation
+from edgezo.simulation import SimulatedClock, SimulatedDevice, run_simulation
 from tests.toy_executor import QuadraticExecutor
 
 SHAPE = ModelShape(
@@ -187,7 +187,7 @@ def test_simulated_clock_waits_for_the_slowest_or_the_deadline():
 
 
 class ToyBatch(float):
-    """The toy executor's batch (a target shift of 0) with a size, as Simulation expects."""
+    """The toy executor's batch (a target shift of 0) with a size, as the simulation expects."""
 
     def __new__(cls, size: int):
         obj = super().__new__(cls, 0.0)
@@ -197,13 +197,12 @@ class ToyBatch(float):
 
 def run_toy(works, clock=None, rounds=40, seed=3):
     ex = QuadraticExecutor(n1=8, n2=12, seed=seed)
-    shards = [list(range(20 * d, 20 * d + 20)) for d in range(len(works) if works else 3)]
-    sim = Simulation(
-        executor=ex, shards=shards, make_batch=lambda ix: ToyBatch(len(ix)), evaluate=lambda: 0.0, method="spzo", rounds=rounds,
-        local_steps=2, lr=0.05, probe=ProbeConfig("spzo", 1, 4, 1e-3), batch_size=4, seed=seed, works=works, clock=clock,
-    )
+    works = works or [None] * 3
+    devices = [SimulatedDevice(list(range(20 * d, 20 * d + 20)), ex, lambda ix: ToyBatch(len(ix)), w) for d, w in enumerate(works)]
+    cfg = JobConfig(method="spzo", clients=len(works), rounds=rounds, local_steps=2, lr=0.05, lr_schedule="constant", p1=1, p2=4,
+                    eps=1e-3, batch_size=4, seed=seed).validate()
     start = ex.loss()
-    records = sim.run()
+    records = run_simulation(cfg, devices, ex, evaluate=lambda: 0.0, clock=clock)
     return ex, start, records
 
 

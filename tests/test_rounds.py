@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from edgezo.aggregate import average_scalars, robust_average
+from edgezo.aggregate import Aggregation, average_scalars, robust_average
 from edgezo.coordinator import messages as m
 from edgezo.coordinator.rounds import RoundCollector, RoundPolicy, sample_devices
-from edgezo.estimators import ProbeConfig, local_round, probe_directions
+from edgezo.estimators import ProbeConfig
 from edgezo.keys import Direction
+from edgezo.methods import method_of
 from toy_executor import QuadraticExecutor
 
 RUN, SEED, RND = "r", 7, 3
@@ -30,11 +31,11 @@ def collector(devices=("a", "b"), policy=None, probe=PROBE) -> RoundCollector:
 
 
 @pytest.mark.parametrize("method,variant", [("spzo", "joint"), ("spzo", "clean"), ("mezo", "joint"), ("fedzo", "joint")])
-def test_probe_directions_are_the_keys_a_local_round_produces(method, variant):
+def test_a_methods_directions_are_the_keys_its_local_round_produces(method, variant):
     ex = QuadraticExecutor()
     cfg = ProbeConfig(method, 2, 3, 1e-3, variant, "forward" if method == "fedzo" else "central")
-    out = local_round(ex, [ex.encode([""] * 4, [0] * 4)] * 3, cfg, 1e-3, SEED, RND, stream=5 if method == "fedzo" else 0)
-    assert sorted(out.scalars) == probe_directions(cfg, SEED, RND, 3, 5 if method == "fedzo" else 0)
+    out = method_of(method).local_round(ex, [ex.encode([""] * 4, [0] * 4)] * 3, cfg, 1e-3, SEED, RND, stream=5 if method == "fedzo" else 0)
+    assert sorted(out.scalars) == method_of(method).directions(cfg, SEED, RND, 3, 5 if method == "fedzo" else 0)
 
 
 def test_messages_round_trip_and_bad_payloads_are_refused():
@@ -101,7 +102,7 @@ def test_the_update_is_the_per_direction_weighted_mean_in_any_arrival_order():
             assert c.offer(d, result(device=d, values=list(values[d]), examples={"a": 8, "b": 4, "c": 2}[d])) is None
         updates.append(c.update(1e-3))
     assert updates[0] == updates[1]
-    keys = probe_directions(PROBE, SEED, RND, 2)
+    keys = method_of("spzo").directions(PROBE, SEED, RND, 2)
     expected = {k: (8 * np.float32(values["a"][n]) + 4 * np.float32(values["b"][n]) + 2 * np.float32(values["c"][n])) / 14 for n, k in enumerate(keys)}
     block2 = {d: coef for d, coef in updates[0] if d.block == 2}
     for k, v in expected.items():
@@ -116,7 +117,7 @@ def test_clipping_and_robust_aggregation_resist_an_outlier():
     assert average_scalars(contributions)[d] > 1e5
     assert robust_average(contributions, "median")[d] == 1.1
     assert robust_average(contributions, "trimmed", trim=0.2)[d] == pytest.approx(1.1)
-    c = collector(("a", "b"), RoundPolicy(timeout_s=10, clip=2.0))
+    c = collector(("a", "b"), RoundPolicy(timeout_s=10, aggregation=Aggregation(clip=2.0)))
     c.offer("a", result(values=[50.0] * 8))
     assert all(v == 2.0 for v in c.answers["a"].scalars.values())
 

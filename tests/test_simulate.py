@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from edgezo.config import JobConfig
 from edgezo.costmodel import Work
 from edgezo.estimators import ProbeConfig
 from edgezo.seedlog import SeedLog, replay
-from edgezo.simulation import Simulation
+from edgezo.simulation import SimulatedDevice, run_simulation
 from edgezo.tasks import get_task, load_examples
 
 KEYS = {"round", "method", "train_loss", "forwards_block1", "forwards_block2", "flops", "bytes_up", "bytes_down", "wall_s"}
@@ -95,8 +96,11 @@ def _fit_one_batch(ex, train, method, probe, lr, rounds=6, works=None):
         losses.append(ex.forward_block2(ex.forward_block1(fixed), fixed))
         return 0.0
 
-    shards = [list(range(16))] * (len(works) if works else 2)
-    Simulation(ex, shards, make_batch, evaluate, method, rounds, 2, lr, probe, batch_size=16, seed=1, eval_every=1, works=works).run()
+    works = works or [None] * 2
+    counts = {} if probe is None else {k: v for k, v in asdict(probe).items() if k != "method"}
+    cfg = JobConfig(method=method, clients=len(works), rounds=rounds, local_steps=2, lr=lr, lr_schedule="constant", batch_size=16,
+                    seed=1, eval_every=1, **counts).validate()
+    run_simulation(cfg, [SimulatedDevice(list(range(16)), ex, make_batch, w) for w in works], ex, evaluate)
     return losses
 
 
@@ -139,6 +143,7 @@ BAD = [
     (["--p1", "0"], "P1"),
     (["--p2", "0"], "P2"),
     (["--lr", "1e38", "--eps", "1e30"], "NaN"),
+    (["--aggregation", "trimmed", "--trim", "0.7"], "--trim"),
 ]
 
 

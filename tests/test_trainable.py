@@ -1,4 +1,4 @@
-"""Trainable selection and LoRA (edgezo.backends.torch.trainable) on tiny offline models."""
+"""Trainable selection and LoRA (edgezo.backends.hf.trainable, edgezo.backends.hf.lora) on tiny offline models."""
 
 from __future__ import annotations
 
@@ -10,16 +10,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, RobertaConfig, RobertaForMaskedLM
 
 from edgezo import perturb
-from edgezo.backends.torch.trainable import (
-    LoRALinear,
-    TrainableSpec,
-    add_lora,
-    lora_init,
-    merge_lora,
-    parse_trainable,
-    prepare_trainable,
-    select_trainable,
-)
+from edgezo.backends.hf.lora import LoRALinear, add_lora, lora_init, merge_lora
+from edgezo.backends.hf.trainable import TrainableSpec, parse_trainable, prepare_trainable, select_trainable
 from edgezo.errors import EdgezoError
 from edgezo.keys import Direction
 

@@ -4,6 +4,7 @@ generator, for unit tests of the estimators and aggregation (exact gradients are
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from edgezo.keys import Direction
 
 class QuadraticExecutor:
     """L(θ1, θ2) = ½‖θ1 − t1‖² + ½‖θ2 − t2‖² + c·Σ θ1[:m]·θ2[:m]; the batch shifts the targets."""
+
+    kind = "causal"  # prompts are built as for a causal LM (the batch ignores them)
+    tokenizer = SimpleNamespace(mask_token=None)
 
     def __init__(self, n1=6, n2=10, coupling=0.3, seed=0, distribution=perturb.RADEMACHER):
         rng = np.random.default_rng(seed)

@@ -19,31 +19,20 @@ machine; ``benchmarks/int8_kernels.py --step``). ``memory`` holds the figures of
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 
+from edgezo.backends.hf.arch.base import Hidden
 from edgezo.backends.int8.model import weight_memory
 from edgezo.backends.int8.modules import QuantLinear, quant_modules
-from edgezo.backends.torch.adapters import Hidden
 from edgezo.backends.torch.executor import TorchExecutor
 from edgezo.executor import Perturbation
-from edgezo.perturb import RADEMACHER
 
 
 class Int8Executor(TorchExecutor):
     backend = "int8"
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        split: int,
-        trainable: Sequence[str],
-        verbalizers: Sequence[str],
-        max_length: int = 128,
-        distribution: str = RADEMACHER,
-    ):
+    def __init__(self, model, *args, **kwargs):
+        """The torch executor's arguments, ``model`` a quantized model (``model.build_quantized_model``)."""
         # Logical size of each quantized matrix, under the first module that holds it (a tied head
         # shares the embedding's blocks, as named_parameters lists a tied weight once).
         self._quant_numel: dict[str, int] = {}
@@ -51,29 +40,24 @@ class Int8Executor(TorchExecutor):
         for name, module in quant_modules(model):
             if id(module.qs) not in seen:
                 seen.add(id(module.qs))
-                self._quant_numel[name + "."] = module.weight_numel()
-        super().__init__(model, tokenizer, split, trainable, verbalizers, max_length, distribution)
+                self._quant_numel[f"{name}.weight"] = module.weight_numel()
+        super().__init__(model, *args, **kwargs)
         head = model.get_output_embeddings()
         self._quant_head = head if isinstance(head, QuantLinear) else None
         self.memory = weight_memory(model)
 
-    def _weight_numel(self, prefixes: tuple[str, ...]) -> int:
-        quantized = sum(n for name, n in self._quant_numel.items() if name.startswith(prefixes))
-        return super()._weight_numel(prefixes) + quantized
+    def _weight_numel(self) -> dict[str, int]:
+        return {**self._parameter_numel(), **self._quant_numel}
 
-    def _head_is_tied(self) -> bool:
+    def head_is_tied(self) -> bool:
         out, emb = self.model.get_output_embeddings(), self.model.get_input_embeddings()
         if isinstance(out, QuantLinear):
             return getattr(emb, "qs", None) is out.qs
-        return super()._head_is_tied()
+        return super().head_is_tied()
 
-    def _block2_logits(self, h: Hidden, perturbation: Perturbation) -> torch.Tensor:
-        head = self._quant_head
-        if head is None:
-            return super()._block2_logits(h, perturbation)
-        a = self.adapter
-        for i in range(self.split, a.num_layers):
-            h = self._run_unit(f"layers.{i}", perturbation, a.layer, i, h)
-        with head.select_rows(self.verbalizer_ids):
-            logits = self._run_unit("head", perturbation, a.head, h)
+    def _verbalizer_logits(self, h: Hidden, perturbation: Perturbation) -> torch.Tensor:
+        if self._quant_head is None:
+            return super()._verbalizer_logits(h, perturbation)
+        with self._quant_head.select_rows(self.verbalizer_ids):
+            logits = self._run_unit("head", perturbation, self._head, h)
         return logits.float()

@@ -22,14 +22,15 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
 
-from edgezo.backends.int8.modules import QuantEmbedding, QuantLinear, QuantLoRALinear, quant_modules
+from edgezo.backends.hf.configs import model_class
+from edgezo.backends.hf.trainable import TrainableSpec
+from edgezo.backends.int8.modules import QuantEmbedding, QuantLinear, quant_modules
 from edgezo.backends.int8.quant import BLOCK, check_format
-from edgezo.backends.torch.trainable import LoRALinear, TrainableSpec, _target_matches, lora_init
 from edgezo.errors import EdgezoError
 
 
@@ -79,15 +80,6 @@ def weight_memory(model: nn.Module) -> WeightMemory:
             mem.float_bytes += tensor.numel() * tensor.element_size()
     mem.formats = dict(formats)
     return mem
-
-
-def model_class(config):
-    """AutoModelForMaskedLM for BERT-family encoders, AutoModelForCausalLM otherwise (as torch loads them)."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
-    from edgezo.backends.torch.loading import MASKED_LM_TYPES
-
-    return AutoModelForMaskedLM if config.model_type in MASKED_LM_TYPES else AutoModelForCausalLM
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -192,28 +184,3 @@ def _materialize(model: nn.Module, source) -> None:
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if _is_meta(t)]
     if left:
         raise EdgezoError(f"the int8 model still has unloaded tensors {left[:3]}")  # pragma: no cover - a bug
-
-
-def add_quant_lora(model: nn.Module, rank: int, alpha: float, targets: Sequence[str], seed: int) -> list[str]:
-    """LoRA on every linear layer named by ``targets``, quantized or not, initialised like
-    ``edgezo.backends.torch.trainable.add_lora`` (same names, same ``lora_init``): every backend
-    builds bit-identical adapters. Returns the new parameter names."""
-    linear_names, found = [], []
-    for name, module in model.named_modules():
-        if isinstance(module, (QuantLoRALinear, LoRALinear)):
-            raise EdgezoError(f"the model already has LoRA adapters ({name}); add them once")
-        if isinstance(module, (QuantLinear, nn.Linear)):
-            linear_names.append(name)
-            if _target_matches(name, targets):
-                found.append((name, module))
-    if not found:
-        leaves = sorted({n.rpartition(".")[2] for n in linear_names})
-        raise EdgezoError(f"LoRA targets {'+'.join(targets)} match no linear layer; this model has: {', '.join(leaves)}")
-    new_names = []
-    for name, module in found:
-        lora = QuantLoRALinear(module, rank, alpha) if isinstance(module, QuantLinear) else LoRALinear(module, rank, alpha)
-        with torch.no_grad():
-            lora.lora_A.copy_(lora_init(f"{name}.lora_A", tuple(lora.lora_A.shape), seed))
-        _set_module(model, name, lora)
-        new_names += [f"{name}.lora_A", f"{name}.lora_B"]
-    return new_names

@@ -5,7 +5,7 @@
 weights exist at a time; the bias stays a float32 ``nn.Parameter`` (BitFit can train it).
 ``QuantEmbedding`` dequantizes only the rows its input ids gather. A tied LM head is a
 ``QuantLinear`` over the embedding's own buffers. ``QuantLoRALinear`` adds float32 LoRA factors
-to a ``QuantLinear`` with the same names and formula as ``edgezo.backends.torch.trainable.LoRALinear``.
+to a ``QuantLinear`` with the same names and formula as ``edgezo.backends.hf.lora.LoRALinear``.
 
 Kernel: the whole layer is dequantized, then one ``F.linear`` (benchmarks/int8_kernels.py on the
 development machine's CPU: AMD EPYC, 2 cores, AVX2/FMA, no AVX-512/VNNI; ms per call, median of 15,
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgezo.backends.hf.lora import LoRAModule, linear_lora_wrappers
 from edgezo.backends.int8.quant import QuantTensor, dequantize
 
 CHUNK_ABOVE = 1 << 21  # weights above which a full-width forward dequantizes in row chunks
@@ -100,18 +101,16 @@ class QuantLinear(_QuantWeight):
         return f"in={self.in_features}, out={self.out_features}, {self.qtype}, bias={self.bias is not None}"
 
 
-class QuantLoRALinear(QuantLinear):
+class QuantLoRALinear(QuantLinear, LoRAModule):
     """A ``QuantLinear`` plus ``(x A^T B^T) * alpha/r`` with float32 ``lora_A``/``lora_B``."""
 
     def __init__(self, base: QuantLinear, rank: int, alpha: float):
         super().__init__(base.quant, base.bias)
-        self.rank, self.alpha, self.scaling = rank, alpha, alpha / rank
-        self.lora_A = nn.Parameter(torch.zeros(rank, self.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank))
+        self._add_factors(rank, alpha, self.in_features, self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lora_b = self.lora_B if self.rows is None else self.lora_B[self.rows]
-        return super().forward(x) + F.linear(F.linear(x, self.lora_A), lora_b) * self.scaling
+        return super().forward(x) + self.lora_term(x, lora_b)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, r={self.rank}, alpha={self.alpha:g}"
@@ -138,3 +137,9 @@ class QuantEmbedding(_QuantWeight):
 def quant_modules(model: nn.Module):
     """``(name, module)`` of every quantized module, in ``named_modules`` order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, _QuantWeight)]
+
+
+def quant_lora_wrappers():
+    """LoRA on the quantized model: a ``QuantLinear`` becomes a ``QuantLoRALinear``, a linear
+    layer kept in float32 a plain ``LoRALinear`` (``edgezo.backends.hf.lora.add_lora``)."""
+    return {QuantLinear: QuantLoRALinear, **linear_lora_wrappers()}

@@ -70,16 +70,6 @@ class QuantTensor:
         return dequantize(self, dtype)
 
     # -- GGUF byte layout ----------------------------------------------------------------------------
-    def to_blocks(self) -> np.ndarray:
-        """The GGUF/gguf-py byte layout: uint8 ``[rows, cols // 32 * block_bytes]``."""
-        rows, cols = self.shape
-        nb = cols // BLOCK
-        parts = [self.d.reshape(rows, nb, 1).view(torch.uint8)]
-        if self.m is not None:
-            parts.append(self.m.reshape(rows, nb, 1).view(torch.uint8))
-        parts.append(self.qs.reshape(rows, nb, -1).view(torch.uint8))
-        return torch.cat(parts, dim=2).reshape(rows, -1).numpy()
-
     @classmethod
     def from_blocks(cls, qtype: str, blocks: np.ndarray | torch.Tensor, cols: int) -> "QuantTensor":
         """Split GGUF blocks (uint8, ``rows x (cols // 32 * block_bytes)``) into a ``QuantTensor``.

@@ -1,12 +1,13 @@
 """Load a Hugging Face safetensors folder into mlx-lm's model definitions, in float32.
 
-The folder is the one ``edgezo.backends.torch.loading.resolve_model`` gives for a ``--model``
-argument (a converted GGUF, a saved folder or a hub snapshot), so both backends read the same
-bytes and report the same ``ModelInfo``. The model's configuration is read with transformers'
-``AutoConfig`` (its defaults, not mlx-lm's, decide missing fields such as ``tie_word_embeddings``),
-and transformers 5's ``rope_parameters`` are translated to the ``rope_theta``/``rope_scaling``
-fields mlx-lm 0.32 reads. mlx-lm names its parameters as transformers does
-(``model.layers.N.self_attn.q_proj.weight``), which is what makes perturbation keys agree.
+The folder is the one ``edgezo.backends.hf.source.resolve_model`` gives for a ``--model``
+argument (a converted GGUF, a saved folder or a hub snapshot), so every backend reads the same
+bytes and reports the same ``ModelInfo``. The model's configuration is transformers'
+(``edgezo.backends.hf.configs.hf_config``: its defaults, not mlx-lm's, decide missing fields such
+as ``tie_word_embeddings``), and transformers 5's ``rope_parameters`` are translated to the
+``rope_theta``/``rope_scaling`` fields mlx-lm 0.32 reads. mlx-lm names its parameters as
+transformers does (``model.layers.N.self_attn.q_proj.weight``), which is what makes perturbation
+keys agree.
 """
 
 from __future__ import annotations
@@ -16,23 +17,11 @@ from typing import Any
 
 import mlx.core as mx
 
+from edgezo.backends.hf.configs import hf_config
 from edgezo.errors import EdgezoError
 
 # model_type -> the mlx-lm module that defines it (a layer is called as ``layer(x, mask, cache)``).
 SUPPORTED_MODEL_TYPES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
-
-
-def hf_config(folder: Path):
-    """transformers' configuration of the model in ``folder``."""
-    from transformers import AutoConfig
-
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise EdgezoError(f"{folder} has no config.json: pass a folder saved by save_pretrained, a .gguf file or a hub id")
-    try:
-        return AutoConfig.from_pretrained(folder, local_files_only=True)
-    except Exception as error:  # noqa: BLE001 - unknown model type, bad JSON
-        raise EdgezoError(f"could not read {folder / 'config.json'} ({type(error).__name__}: {error}); re-save the model") from error
 
 
 def check_supported(model_type: str) -> None:
@@ -86,24 +75,3 @@ def load_mlx_model(folder: Path, config=None):
         raise EdgezoError(f"the weights in {folder} do not fit mlx-lm's {config.model_type} model ({error}); re-save the model") from error
     mx.eval(model.parameters())
     return model, config
-
-
-def load_tokenizer(folder: Path):
-    """The same tokenizer the torch backend uses (a pad token for causal models that lack one)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(Path(folder), local_files_only=True)
-    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def hf_meta_model(config):
-    """transformers' model for ``config`` on the meta device (no memory): its parameter names, in
-    ``named_parameters`` order, are the canonical order (fingerprints), and the torch trainable
-    rules (``select_trainable``, ``add_lora``) run on it unchanged."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)

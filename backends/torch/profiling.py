@@ -20,9 +20,11 @@ from typing import Callable
 import torch
 
 from edgezo.backends.torch import perturb as tz
-from edgezo.backends.torch.executor import TorchBatch, TorchExecutor
+from edgezo.backends.hf.split_executor import Batch
+from edgezo.backends.torch.executor import TorchExecutor
 from edgezo.costmodel import MIB, ModelShape, linear_fit
-from edgezo.estimators import ProbeConfig, spzo_step
+from edgezo.estimators import ProbeConfig
+from edgezo.methods.spzo import spzo_step
 from edgezo.keys import Direction
 from edgezo.profiles import BackendProfile, ForwardTiming, MemoryPoint, ModelMeasurement
 
@@ -35,30 +37,30 @@ def model_shape(ex: TorchExecutor, name: str, digest: str = "") -> ModelShape:
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or hidden // heads
     intermediate = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or 4 * hidden
-    n = ex.adapter.num_layers
-    head = ex._unit_numel["head"]
-    if head == 0 or ex._head_is_tied():
+    n = ex.num_layers
+    head = ex.unit_numel["head"]
+    if head == 0 or ex.head_is_tied():
         head += hidden * cfg.vocab_size
-    unit_trainable = [sum(ex.params[nm].numel() for nm in names) for names in ex.unit_tensors.values()]
+    unit_trainable = [sum(ex.tensor_numel[nm] for nm in names) for names in ex.unit_tensors.values()]
     total = sum(p.numel() for p in {id(p): p for p in ex.model.parameters()}.values())
     tensors = tuple(sum(1 for nm in ex.names if ex.name_block[nm] == b) for b in (1, 2))
     return ModelShape(
         name=name, layers=n, split=ex.split,
-        layer_params=tuple(ex._unit_numel[f"layers.{i}"] for i in range(n)),
+        layer_params=tuple(ex.unit_numel[f"layers.{i}"] for i in range(n)),
         head_params=head, hidden=hidden, intermediate=intermediate, heads=heads, kv_hidden=kv_heads * head_dim,
         vocab=cfg.vocab_size, total_params=total, trainable=(ex.trainable_numel(1), ex.trainable_numel(2)),
         trainable_tensors=tensors, largest_unit_trainable=max(unit_trainable, default=0), digest=digest,
     )
 
 
-def synthetic_batch(ex: TorchExecutor, batch: int, tokens: int, seed: int = 0) -> TorchBatch:
+def synthetic_batch(ex: TorchExecutor, batch: int, tokens: int, seed: int = 0) -> Batch:
     """``batch`` sequences of exactly ``tokens`` random tokens (the mask token last for masked LMs)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(100, min(ex.model.config.vocab_size, 30000), (batch, tokens), generator=g)
     if ex.kind == "mlm":
         ids[:, -1] = ex.tokenizer.mask_token_id
     mask = torch.ones_like(ids)
-    return TorchBatch(ids, mask, torch.full((batch,), tokens - 1), torch.zeros(batch, dtype=torch.long))
+    return Batch(ids, mask, torch.full((batch,), tokens - 1), torch.zeros(batch, dtype=torch.long))
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warm_up: bool = True) -> float:

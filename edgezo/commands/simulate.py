@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import click
 from tqdm.auto import tqdm
 
-from edgezo.commands.options import JOB_OPTIONS, TRAIN_SAMPLES, apply
-from edgezo.config import build_config, load_toml, lr_at, probe_config
+from edgezo.commands.options import AGGREGATION_OPTIONS, JOB_OPTIONS, TRAIN_SAMPLES, aggregation_for, apply
+from edgezo.config import build_config, load_toml
+from edgezo.engine import RoundRecord
 from edgezo.errors import EdgezoError
 from edgezo.evaluate import make_evaluator
 from edgezo.jobdata import device_shards, load_job_data, make_batcher
 from edgezo.outputs import RunOutputs, round_line
 from edgezo.seedlog import SeedLog
-from edgezo.simulation import RoundRecord, Simulation
+from edgezo.simulation import SimulatedDevice, run_simulation
 
 
 @click.command(context_settings={"show_default": True})
-@apply(JOB_OPTIONS + [TRAIN_SAMPLES])
+@apply(JOB_OPTIONS + [TRAIN_SAMPLES] + AGGREGATION_OPTIONS)
 @click.option("--devices", "devices_spec", help="Heterogeneous devices from profiles: NAME:COUNT,... (measured or reference names, or files) or a TOML file of [[devices]] profile/count; sets --clients. Each device's round time is simulated from its profile.")
 @click.option("--round-seconds", type=float, help="Round deadline in simulated seconds (with --devices): devices that cannot answer in time are left out of the round; the planning budget of --plan.")
 @click.option("--plan", is_flag=True, help="Give each device of --devices its own K, P1, P2 and batch from its profile and --round-seconds (otherwise everyone does the job's).")
@@ -26,7 +28,7 @@ from edgezo.simulation import RoundRecord, Simulation
 @click.option("--max-p2", type=int, default=16, help="Most P2 a planned device gets.")
 @click.option("--backend", "backend_spec", default="auto", help="Executor of the devices: auto, torch, mlx or int8, or a comma-separated list given to the devices in turn (torch,mlx,int8: a mixed-backend job). auto: torch here (mlx on Apple silicon); with --devices, each device's planned backend when it is installed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_p1, max_p2, backend_spec, quiet, **options):
+def simulate(config_file, train_samples, rule, trim, clip, devices_spec, round_seconds, plan, max_p1, max_p2, backend_spec, quiet, **options):
     """Fine-tune a model with N virtual devices in one process.
 
     Evaluates before training (round 0) and after the last round, and writes to --out:
@@ -67,6 +69,7 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
     for backend in set(requested) - {"auto"}:
         require(backend)  # a missing extra fails before any data or model is read
     cfg = build_config(load_toml(config_file) if config_file else {}, options)
+    aggregation = aggregation_for(cfg, rule, trim, clip)
     if train_samples is not None and train_samples < cfg.clients:
         raise EdgezoError(f"--train-samples {train_samples} is fewer than --clients {cfg.clients}")
     data = load_job_data(cfg, train_samples)
@@ -82,14 +85,14 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
         f"{ex.trainable_numel(1):,} + {ex.trainable_numel(2):,} parameters (block 1 + block 2); "
         f"{len(data.train):,} train examples over {cfg.clients} devices, {len(data.dev)} validation"
     )
-    works = clock = None
-    extra = {}
+    works, clock = [None] * cfg.clients, None
+    extra = {"aggregation": asdict(aggregation)}
     if fleet is not None:
         plans, clock = _plan_fleet(cfg, ex, info, data, fleet, round_seconds, plan, max_p1, max_p2, say)
         works = [p.work for p in plans]
-        extra = {"planned": plan, "round_seconds": round_seconds,
-                 "devices": [{"device": p.device, "backend": p.backend, "k": p.work.k, "p1": p.work.p1, "p2": p.work.p2,
-                              "batch": p.work.batch, "predicted_round_s": round(p.round_s, 3)} for p in plans]}
+        extra |= {"planned": plan, "round_seconds": round_seconds,
+                  "devices": [{"device": p.device, "backend": p.backend, "k": p.work.k, "p1": p.work.p1, "p2": p.work.p2,
+                               "batch": p.work.batch, "predicted_round_s": round(p.round_s, 3)} for p in plans]}
         device_backends = [_planned_backend(p.backend, requested, d, say) for d, p in enumerate(plans)]
     else:
         device_backends = [requested[d % len(requested)] for d in range(cfg.clients)]
@@ -110,27 +113,10 @@ def simulate(config_file, train_samples, devices_spec, round_seconds, plan, max_
         say(round_line(record, cfg.rounds))
 
     started = time.perf_counter()
-    sim = Simulation(
-        executor=ex,
-        shards=shards,
-        make_batch=executors.batcher(ex, data.train),
-        evaluate=make_evaluator(ex, data.task, data.dev, quiet),
-        method=cfg.method,
-        rounds=cfg.rounds,
-        local_steps=cfg.local_steps,
-        lr=lambda rnd: lr_at(cfg.lr, cfg.lr_schedule, rnd, cfg.rounds, decay_rounds=cfg.lr_decay_rounds),
-        probe=probe_config(cfg),
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        eval_every=cfg.eval_every,
-        on_round=on_round,
-        on_device=lambda: bar.update(1),
-        works=works,
-        clock=clock,
-        device_executors=device_executors if mixed else None,
-        device_batchers=[executors.batcher(e, data.train) for e in device_executors] if mixed else None,
-    )
-    sim.run()
+    devices = [SimulatedDevice(shard, e, executors.batcher(e, data.train), work)
+               for shard, e, work in zip(shards, device_executors, works)]
+    run_simulation(cfg, devices, ex, make_evaluator(ex, data.task, data.dev, quiet), aggregation, clock,
+                   on_round=on_round, on_device=lambda: bar.update(1))
     bar.close()
     if clock is not None:
         extra["sim_time_s"] = round(clock.now, 3)

@@ -1,0 +1,1 @@
+"""Test-only helpers (import as ``support.<module>``: tests/conftest.py puts tests/ on sys.path)."""
