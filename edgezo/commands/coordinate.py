@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from tqdm.auto import tqdm
 
-from edgezo.commands.options import AGGREGATION_OPTIONS, BROKER_OPTIONS, JOB_OPTIONS, aggregation_for, apply, broker_settings
+from edgezo.commands.options import AGGREGATION_OPTIONS, BROKER_OPTIONS, JOB_OPTIONS, PLAN_CAP_OPTIONS, aggregation_for, apply, broker_settings
 from edgezo.config import build_config, job_work, load_toml
 from edgezo.errors import EdgezoError
 from edgezo.evaluate import make_evaluator
@@ -35,8 +35,7 @@ from edgezo.outputs import RunOutputs, round_line
 @click.option("--http-port", type=int, default=0, help="Port of the checkpoint HTTP server (0: any free port).")
 @click.option("--advertise-host", help="Host name devices use to reach the checkpoint server. [default: the broker host, or 127.0.0.1]")
 @click.option("--plan", is_flag=True, help="Plan each device's work from its profile (edgezo join --profile): the batch (the job's, lowered only if memory requires), K (up to --local-steps), P1 and P2 (up to --max-p1/--max-p2) that fit --round-timeout and the device's memory budget. A device nothing fits is left out of rounds. Without --plan every device gets the job's --local-steps, --p1, --p2 and --batch-size.")
-@click.option("--max-p1", type=int, default=2, help="With --plan: most block-1 perturbations per step a device is given.")
-@click.option("--max-p2", type=int, default=16, help="With --plan: most block-2 perturbations per block-1 perturbation a device is given.")
+@apply(PLAN_CAP_OPTIONS)
 @click.option("--default-profile", help="With --plan: profile (a .toml file, or a measured or reference name such as pi5) for devices that send none. [default: such devices get the job's fixed K, P1, P2 and batch]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def coordinate(config_file, broker, embedded_port, run_name, state, min_devices, devices_per_round, round_timeout, quorum,

@@ -9,6 +9,7 @@ import click
 from edgezo.aggregate import AGGREGATIONS, Aggregation
 from edgezo.config import JobConfig
 from edgezo.methods import METHODS, method_of
+from edgezo.planner import Limits
 from edgezo.tasks import TASKS
 
 D = JobConfig()
@@ -90,3 +91,11 @@ def broker_settings(broker: str | None, default_port: int, username, password, t
     host, port = parse_broker(broker, default_port) if broker else ("127.0.0.1", default_port)
     return BrokerSettings(host=host, port=port, username=username, password=password, tls_ca=tls_ca,
                           tls_cert=tls_cert, tls_key=tls_key, tls_insecure=tls_insecure)
+
+
+# The caps a planned device's perturbation counts get (simulate --devices, coordinate and profile
+# --plan); the defaults are the planner's own.
+PLAN_CAP_OPTIONS = [
+    click.option("--max-p1", type=int, default=Limits.p1, help="With --plan: most block-1 perturbations per step a device is given."),
+    click.option("--max-p2", type=int, default=Limits.p2, help="With --plan: most block-2 perturbations per block-1 perturbation a device is given."),
+]

@@ -13,6 +13,8 @@ from tqdm.auto import tqdm
 
 from edgezo import __version__
 from edgezo.errors import EdgezoError
+from edgezo.commands.options import PLAN_CAP_OPTIONS
+from edgezo.config import JobConfig
 
 QUICK_BATCHES = (1, 8)
 FULL_BATCHES = (1, 2, 4, 8, 16)
@@ -42,10 +44,9 @@ def plan_options(f):
         click.option("--plan", is_flag=True, help="Also print the work the planner gives this device for the budgets below."),
         click.option("--round-seconds", type=float, default=60.0, help="Round-time budget for --plan: the coordinator's round deadline."),
         click.option("--memory-gb", "memory_gb_budget", type=float, help="Memory budget for --plan. [default: the memory available when profiled]"),
-        click.option("--local-steps", type=int, default=2, help="Most local steps K a device is given (the job's K)."),
-        click.option("--batch-size", type=int, default=16, help="Most examples per step (the job's batch); lowered only when memory requires."),
-        click.option("--max-p1", type=int, default=2, help="Most block-1 perturbations per step."),
-        click.option("--max-p2", type=int, default=16, help="Most block-2 perturbations per block-1 perturbation."),
+        click.option("--local-steps", type=int, default=JobConfig.local_steps, help="Most local steps K a device is given (the job's K)."),
+        click.option("--batch-size", type=int, default=JobConfig.batch_size, help="Most examples per step (the job's batch); lowered only when memory requires."),
+        *PLAN_CAP_OPTIONS,
     ]):
         f = option(f)
     return f
@@ -79,7 +80,6 @@ def profile(model, split, trainable, seq_len, batch_sizes, repeats, quick, name,
 
     from edgezo.backends.torch.factory import build_torch_executor
     from edgezo.backends.torch.profiling import model_shape, rss_mb
-    from edgezo.config import JobConfig
     from edgezo.profiles import resolve_profile, save_profile, user_profile_dir
     from edgezo.tasks import get_task
 

@@ -8,7 +8,7 @@ from dataclasses import asdict
 import click
 from tqdm.auto import tqdm
 
-from edgezo.commands.options import AGGREGATION_OPTIONS, JOB_OPTIONS, TRAIN_SAMPLES, aggregation_for, apply
+from edgezo.commands.options import AGGREGATION_OPTIONS, JOB_OPTIONS, PLAN_CAP_OPTIONS, TRAIN_SAMPLES, aggregation_for, apply
 from edgezo.config import build_config, load_toml
 from edgezo.engine import RoundRecord
 from edgezo.errors import EdgezoError
@@ -24,8 +24,7 @@ from edgezo.simulation import SimulatedDevice, run_simulation
 @click.option("--devices", "devices_spec", help="Heterogeneous devices from profiles: NAME:COUNT,... (measured or reference names, or files) or a TOML file of [[devices]] profile/count; sets --clients. Each device's round time is simulated from its profile.")
 @click.option("--round-seconds", type=float, help="Round deadline in simulated seconds (with --devices): devices that cannot answer in time are left out of the round; the planning budget of --plan.")
 @click.option("--plan", is_flag=True, help="Give each device of --devices its own K, P1, P2 and batch from its profile and --round-seconds (otherwise everyone does the job's).")
-@click.option("--max-p1", type=int, default=2, help="Most P1 a planned device gets.")
-@click.option("--max-p2", type=int, default=16, help="Most P2 a planned device gets.")
+@apply(PLAN_CAP_OPTIONS)
 @click.option("--backend", "backend_spec", default="auto", help="Executor of the devices: auto, torch, mlx or int8, or a comma-separated list given to the devices in turn (torch,mlx,int8: a mixed-backend job). auto: torch here (mlx on Apple silicon); with --devices, each device's planned backend when it is installed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def simulate(config_file, train_samples, rule, trim, clip, devices_spec, round_seconds, plan, max_p1, max_p2, backend_spec, quiet, **options):
