@@ -6,12 +6,19 @@ late, or missed rounds while offline) catches up before working: it replays the 
 fetched over MQTT in bounded chunks, or, when replay would cost more than a download, loads the
 coordinator's hash-checked checkpoint over HTTP and replays only what follows it.
 
+A device that leaves for any reason (the job ended, NaN loss, a diverged replica, a failed
+catch-up, any exception) publishes its offline status and disconnects, so the coordinator stops
+assigning it at once instead of waiting out deadlines. A device refuses to work when its trainable
+tensors differ from the announced ones, when another process is online under its device id, and
+says the job is over (exit 0) when it wakes after the job ended.
+
 All work runs on the caller's thread; the MQTT network thread only queues messages.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,18 +55,25 @@ class DeviceSettings:
     log_timeout: float = 30.0
     profile: dict = field(default_factory=dict)  # this device's profile (Profile.to_dict()), sent in its status; {}: none
     memory_gb: float = 0.0  # memory budget for training sent with it (0: the profile's memory_available_gb)
+    id_check_s: float = 1.0  # how long to wait for the retained status of this id (is it already online?)
+
+
+class DuplicateDevice(EdgezoError):
+    """Another process is online under this device id."""
 
 
 def find_job(link, run: str | None, timeout: float, stay: bool = False) -> m.Announce:
-    """The running job announced on the broker (the named one, or the only one)."""
+    """The running job announced on the broker (the named one, or the only one); without ``stay``,
+    the finished one when that is all there is (its ``state`` says so)."""
     pattern = f"{ROOT}/{run}/announce" if run else f"{ROOT}/+/announce"
     link.subscribe(pattern)
     deadline = time.monotonic() + timeout
     seen: dict[str, m.Announce] = {}
+    finished: dict[str, m.Announce] = {}
     while time.monotonic() < deadline:
         msg = link.get(0.5)
         if msg is None:
-            if seen:
+            if seen or (run and finished):
                 break  # retained announcements arrive together, right after subscribing
             continue
         if not msg.topic.endswith("/announce") or not msg.payload:
@@ -71,8 +85,10 @@ def find_job(link, run: str | None, timeout: float, stay: bool = False) -> m.Ann
             continue
         if ann.state == "running":
             seen[ann.run] = ann
-        elif run and ann.run == run and not stay:
-            raise EdgezoError(f"job {ann.run!r} has already finished; pass --stay to wait for the next one")
+        elif not stay and (run is None or ann.run == run):
+            finished[ann.run] = ann
+    if not seen and len(finished) == 1:
+        return next(iter(finished.values()))  # the job is over: the caller says so and exits 0
     if not seen:
         where = f"job {run!r}" if run else "any job"
         raise EdgezoError(f"no coordinator announced {where} on the broker within {timeout:.0f} s; start `edgezo coordinate` first (or check --run)")
@@ -90,6 +106,8 @@ class Device:
         self.announcement: m.Announce | None = None
         self.answered: dict[int, m.Result] = {}  # round -> result (a re-opened round is answered again)
         self.connections_seen = 0
+        self.instance = secrets.token_hex(6)  # tells this process apart from another using the same id
+        self.status_published = False
 
     # -- setup ------------------------------------------------------------------------------
     def _wait_announcement(self) -> m.Announce:
@@ -123,28 +141,80 @@ class Device:
             )
         if self.ex.split != ann.split:
             raise EdgezoError(f"the job splits at layer {ann.split}, this device's executor at {self.ex.split}")
+        check_trainable(ann.trainable, trainable_layout(self.ex))
         self.make_batch = make_batcher(self.ex, data.task, data.train)
         self.replica_round = 0
         self.say(f"joined job {ann.run!r} as {self.s.device_id}: {info.name}, {len(self.shard):,} local examples, round {ann.round}/{ann.rounds}")
 
     def leave(self) -> None:
-        """Tell the coordinator this device is gone (it stops assigning work to it)."""
-        if self.ex is not None:
-            self._publish_status("offline")
+        """Tell the coordinator this device is gone (it stops assigning work to it); once."""
+        if self.status_published:
+            self.status_published = False
+            try:
+                self._publish_status("offline")
+            except Exception as e:  # leaving must not hide why we leave
+                log.warning("could not publish the offline status: %s", e)
 
     def _publish_status(self, state: str = "online") -> None:
         online = state == "online"  # the profile rides on the online status (the coordinator plans from it)
         status = m.Status(v=m.PROTOCOL_VERSION, run=self.topics.run, device=self.s.device_id, state=state,
                           replica_round=self.replica_round, examples=len(self.shard), backend=self.ex.backend,
-                          profile=self.s.profile if online else {}, memory_gb=self.s.memory_gb if online else 0.0)
+                          profile=self.s.profile if online else {}, memory_gb=self.s.memory_gb if online else 0.0,
+                          instance=self.instance)
         self.link.publish(self.topics.status(self.s.device_id), m.encode(status), retain=True)
+        if online:
+            self.status_published = True
+
+    def _check_id_free(self) -> None:
+        """Refuse to go online under an id another process holds: its retained status says online
+        with another instance. (A device whose power failed stays "online" until the broker's
+        keepalive fires its last will, about 1.5 keepalives: retry after that.)"""
+        topic = self.topics.status(self.s.device_id)
+        self.link.subscribe(topic)
+        deadline = time.monotonic() + self.s.id_check_s
+        while time.monotonic() < deadline:
+            msg = self.link.get(0.1)
+            if msg is None:
+                continue
+            if msg.topic != topic:
+                self.deferred.append(msg)
+                continue
+            if not msg.payload:
+                continue
+            try:
+                status = m.decode(msg.payload, m.Status)
+            except m.BadMessage:
+                continue
+            if status.state == "online" and status.instance != self.instance:
+                raise DuplicateDevice(
+                    f"device id {self.s.device_id!r} is already online in job {self.topics.run!r} (another device or "
+                    "process uses it); give this device its own --device-id (if that device lost power, retry in "
+                    "about 90 s, when the broker has marked it offline)"
+                )
+            if status.state == "offline":
+                return
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> int:
+        """Serve jobs until the job ends (0); whatever ends it, the coordinator is told we left
+        and the link is closed."""
+        try:
+            return self._run()
+        finally:
+            self.leave()
+            close = getattr(self.link, "close", None)
+            if close is not None:
+                close()
+
+    def _run(self) -> int:
         while True:
             ann = self._wait_announcement()
+            if ann.state == "finished":
+                self.say(f"job {ann.run!r} is over (it finished after round {ann.round}/{ann.rounds}); nothing to do")
+                return 0
             self._setup(ann)
             t = self.topics
+            self._check_id_free()
             for topic in (t.round, t.update, t.log(self.s.device_id)):
                 self.link.subscribe(topic)
             self.connections_seen = getattr(self.link, "connections", 0)
@@ -153,8 +223,8 @@ class Device:
             finished = self._serve()
             self.say(f"job {self.topics.run!r} finished: replica at round {self.replica_round}, fingerprint {self.ex.fingerprint()}")
             if finished and not self.s.stay:
-                self._publish_status("offline")
                 return 0
+            self.leave()
             self.say("job finished; waiting for the next one (--stay)")
 
     def _serve(self) -> bool:
@@ -181,6 +251,11 @@ class Device:
 
     def _handle_announce(self, ann: m.Announce) -> bool:
         self.announcement = ann
+        if ann.state == "finished" and ann.round > self.replica_round:
+            # Woken after the job ended (asleep, or cut off): the coordinator is gone, so is the log.
+            self.say(f"job {ann.run!r} is over (it finished after round {ann.round}/{ann.rounds}) while this device "
+                     f"was away; its replica stays at round {self.replica_round}")
+            return True
         if ann.round > self.replica_round:
             self._catch_up(ann.round)
         return ann.state == "finished"
@@ -197,8 +272,8 @@ class Device:
         self.replica_round = update.round
         if update.fingerprint and self.ex.fingerprint() != update.fingerprint:
             raise EdgezoError(
-                f"replica diverged at round {update.round}: fingerprint {self.ex.fingerprint()[:12]} != the coordinator's "
-                f"{update.fingerprint[:12]}; restart the device to resynchronise"
+                f"replica diverged at seed-log entry {update.round}: fingerprint {self.ex.fingerprint()[:12]} != the "
+                f"coordinator's {update.fingerprint[:12]}; restart the device to resynchronise"
             )
 
     # -- work -------------------------------------------------------------------------------
@@ -304,3 +379,30 @@ class Device:
                     raise EdgezoError(f"the coordinator has only {chunk.last} rounds, but round {first} was announced")
                 return
         raise EdgezoError(f"no seed-log entries from the coordinator within {self.s.log_timeout:.0f} s (asked for rounds {first}-{last})")
+
+
+def trainable_layout(ex) -> list[tuple[str, int, int]]:
+    """This executor's trained tensors as announced (``LogService`` builds the same list)."""
+    from edgezo.coordinator.log_service import trainable_layout as layout
+
+    return layout(ex)
+
+
+def check_trainable(announced, own) -> None:
+    """The device trains the announced tensors, in the announced order and blocks, or refuses:
+    otherwise every direction would be applied to other numbers (names key the perturbation)."""
+    if not announced or not own:
+        return  # an older coordinator, or an executor outside the shared model layer: nothing to compare
+    announced = [tuple(x) for x in announced]
+    own = [tuple(x) for x in own]
+    if announced == own:
+        return
+    for k, (a, b) in enumerate(zip(announced, own)):
+        if a != b:
+            raise EdgezoError(
+                f"trainable tensors differ from the job's at position {k}: the coordinator trains {a[0]} (block {a[1]}, "
+                f"{a[2]:,} elements), this device {b[0]} (block {b[1]}, {b[2]:,} elements); use the job's model and "
+                "edgezo version"
+            )
+    n, mine = len(announced), len(own)
+    raise EdgezoError(f"the job trains {n} tensors, this device selected {mine}; use the job's model and edgezo version")

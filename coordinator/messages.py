@@ -46,6 +46,9 @@ class Announce(msgspec.Struct, tag="announce"):
     log_chunk: int  # most entries per catch-up reply
     checkpoint_url: str = ""
     checkpoint_round: int = 0
+    # The trained tensors in fingerprint order, as [name, block, numel] (PROTOCOL.md section 9.2):
+    # a device checks its own selection against it before working. []: not announced (not checked).
+    trainable: list[tuple[str, int, int]] = []
 
 
 class DeviceTask(msgspec.Struct, frozen=True):
@@ -111,6 +114,7 @@ class Status(msgspec.Struct, tag="status"):
     backend: str = ""
     profile: dict[str, Any] = {}  # the device's profile (edgezo.profiles.Profile.to_dict()); {}: none
     memory_gb: float = 0.0  # memory the device lets training use; 0: the profile's memory_available_gb
+    instance: str = ""  # random per device process: two processes claiming one device id are told apart
 
 
 class LogRequest(msgspec.Struct, tag="logreq"):
