@@ -5,16 +5,22 @@ passes ``now``), so every rule here is unit-tested without a broker.
 A result counts only if it is for this run, round and attempt, from an assigned device, on that
 device's own topic, with exactly the scalars the assignment asked for, all finite, and a
 plausible example count. The first valid result of a device counts; duplicates are ignored.
+
+Closing a round (``RoundCollector.review``) leaves the out-of-bound scalars out, checks the update
+before it may be appended to the seed log, and names the devices at fault; ``OffenderLedger``
+counts those faults over rounds and says when a device must be dropped from the job.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgezo.aggregate import Aggregation
+from edgezo.engine import RoundReview, review_round
 from edgezo.estimators import ProbeConfig
 from edgezo.keys import Direction
 from edgezo.methods import method_of
@@ -63,6 +69,7 @@ class RoundCollector:
     fingerprint: str = ""  # the global model the round starts from; results must be computed on it
     answers: dict[str, Answer] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
+    faults: dict[str, str] = field(default_factory=dict)  # assigned devices whose result was refused for its scalars
 
     def __post_init__(self):
         self.method = method_of(self.probe.method)
@@ -100,6 +107,7 @@ class RoundCollector:
         if len(values) != len(expected):
             return f"{len(values)} scalars; the assignment asked for {len(expected)}"
         if not np.all(np.isfinite(values)):
+            self.faults.setdefault(result.device, f"sent {int((~np.isfinite(values)).sum())} non-finite scalars of {len(values)}")
             return "non-finite scalars"
         if not (0 < result.examples <= task.k * task.batch) or not math.isfinite(result.loss):
             return f"implausible example count {result.examples} or loss {result.loss}"
@@ -125,3 +133,64 @@ class RoundCollector:
         matter), by the method's aggregation under the policy's rule."""
         contributions = [(self.answers[d].scalars, float(self.answers[d].result.examples)) for d in sorted(self.answers)]
         return self.method.aggregate(contributions, lr, self.probe.variant, self.policy.aggregation)
+
+    def review(self, lr: float) -> RoundReview:
+        """The round's update, checked before it may be appended: ``review.update`` is what to apply
+        and log (the same as ``update(lr)`` when accepted), ``review.refused`` why not (then
+        append nothing and re-open the round without the devices to blame), and
+        ``review.offenders()`` every device at fault, for the ledger, including those whose result
+        was refused for non-finite scalars."""
+        names = sorted(self.answers)
+        contributions = [(self.answers[d].scalars, float(self.answers[d].result.examples)) for d in names]
+        review = review_round(self.method, names, contributions, lr, self.probe.variant, self.policy.aggregation)
+        for device, why in self.faults.items():
+            review.cut.setdefault(device, why + "; its result was refused")
+        return review
+
+
+@dataclass(frozen=True)
+class Drop:
+    """A device the ledger says to drop from the job, and why (for the log and the device)."""
+
+    device: str
+    reason: str
+
+
+@dataclass
+class OffenderLedger:
+    """Per device, the rounds whose scalars were out of bound (or refused): a device at fault in
+    ``strikes`` of the last ``window`` rounds it took part in is dropped from the job. A window,
+    not a run of consecutive rounds, so a device cannot dodge it by lying every other round, and
+    an honest device cut once by bad luck is forgiven. Pure: the coordinator feeds it each closed
+    round and acts on what it returns."""
+
+    strikes: int = 3
+    window: int = 10
+    history: dict[str, deque] = field(default_factory=dict)  # device -> (round, reason or "") of its last rounds
+    dropped: dict[str, str] = field(default_factory=dict)  # device -> why it was dropped
+
+    def __post_init__(self):
+        if not 1 <= self.strikes <= self.window:
+            raise ValueError(f"strikes ({self.strikes}) must be between 1 and the window ({self.window})")
+
+    def record(self, rnd: int, participants: list[str], offenders: dict[str, str]) -> list[Drop]:
+        """Round ``rnd``'s verdict on each participant (``offenders``: those at fault, with the
+        reason); returns the devices to drop now (each once)."""
+        drops = []
+        for device in sorted(set(participants) | set(offenders)):
+            if device in self.dropped:
+                continue
+            past = self.history.setdefault(device, deque(maxlen=self.window))
+            past.append((rnd, offenders.get(device, "")))
+            faults = [(r, why) for r, why in past if why]
+            if len(faults) >= self.strikes:
+                last_round, last_why = faults[-1]
+                reason = (f"out of bound in {len(faults)} of its last {len(past)} rounds "
+                          f"({', '.join(str(r) for r, _ in faults)}); last: {last_why}")
+                self.dropped[device] = reason
+                drops.append(Drop(device, reason))
+        return drops
+
+    def allowed(self, devices: list[str]) -> list[str]:
+        """``devices`` less those dropped: the ones a round may be assigned to."""
+        return [d for d in devices if d not in self.dropped]

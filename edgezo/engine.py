@@ -4,12 +4,15 @@ process, ``edgezo.coordinator`` over MQTT), so both count, batch and record it t
 A device's batches are a function of (run seed, round, device), the round's record carries the
 cumulative totals of every device's work, and a simulated device's bytes are those its messages
 would carry. The aggregation rules are ``edgezo.aggregate``'s, the update each method's
-(``edgezo.methods``).
+(``edgezo.methods``). Before a round's update is applied (and appended to the seed log), both
+check it with ``review_round``: the devices the screening cut, and a refusal of an update that
+would break the model (``check_update``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
@@ -17,6 +20,7 @@ import numpy as np
 from edgezo.keys import Direction
 
 if TYPE_CHECKING:  # pragma: no cover
+    from edgezo.aggregate import Aggregation
     from edgezo.config import JobConfig
     from edgezo.methods.base import Method
 
@@ -39,9 +43,14 @@ class RoundRecord:
     assigned: int = 0  # devices asked (over MQTT some may miss the deadline)
     fingerprint: str = ""  # of the global model after this round: a replica compares against it
     sim_time_s: float | None = None  # simulated wall clock of heterogeneous devices (from their profiles)
+    cut: dict[str, str] | None = None  # devices whose scalars were left out (some or all), and why
+    refused: str | None = None  # why the round's update was refused (the model did not move)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if not (v is None and k in ("eval_accuracy", "sim_time_s"))}
+        return {k: v for k, v in self.__dict__.items() if not (v is None and k in OPTIONAL_FIELDS)}
+
+
+OPTIONAL_FIELDS = ("eval_accuracy", "sim_time_s", "cut", "refused")  # left out of a metrics row when None
 
 
 class DeviceWork(Protocol):
@@ -107,3 +116,120 @@ def simulated_bytes(method: Method, scalars: Sequence[dict[Direction, float]], t
     up = sum(len(s) for s in scalars) / len(scalars)
     down = len(set().union(*scalars))
     return method.bytes_per_device(up, down, trainable)
+
+
+# An update is refused when it could move one weight by more than MAX_STEP_GAIN times the
+# learning rate per local step. The bound is on the sum of |coefficient| (with Rademacher
+# directions, exactly the most any single weight can move): an honest step moves a weight by
+# about lr times the typical |scalar|, single digits to hundreds; 1e4 is far beyond what trains.
+MAX_STEP_GAIN = 1e4
+
+
+@dataclass(frozen=True)
+class UpdateVerdict:
+    """Whether an update may be applied, and if not, why (one line each)."""
+
+    accepted: bool
+    reasons: tuple[str, ...] = ()
+
+
+def check_update(update: Sequence[tuple[Direction, float]], lr: float, max_gain: float = MAX_STEP_GAIN) -> UpdateVerdict:
+    """Refuse an update with a non-finite coefficient, or whose step (the sum of |coefficient|
+    per local step) exceeds ``max_gain * lr``: applied, it would break the model for good, since
+    the seed log keeps it. Pure, so the coordinator and the simulation refuse the same rounds."""
+    reasons = []
+    coefficients = np.array([c for _, c in update], dtype=np.float64)
+    bad = int((~np.isfinite(coefficients)).sum())
+    if bad:
+        reasons.append(f"{bad} of its {len(update)} coefficients are not finite")
+    steps = len({(d.step, d.stream) for d, _ in update}) or 1
+    finite = coefficients[np.isfinite(coefficients)]
+    move = float(np.abs(finite).sum()) / steps if finite.size else 0.0
+    limit = max_gain * abs(lr)
+    if not move <= limit:
+        reasons.append(f"it would move a weight by up to {move:.3g} per local step, more than {max_gain:g} x lr = {limit:.3g}")
+    return UpdateVerdict(not reasons, tuple(reasons))
+
+
+@dataclass
+class RoundReview:
+    """What became of a round's results: the update to apply and log (empty when refused), the
+    devices whose scalars were left out and why (``cut``), and the refusal's reasons. ``blamed``
+    are the devices whose own scalars alone would have been refused: the likely cause of a refusal."""
+
+    update: list[tuple[Direction, float]]
+    cut: dict[str, str] = field(default_factory=dict)
+    refused: tuple[str, ...] = ()
+    blamed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return not self.refused
+
+    def offenders(self) -> dict[str, str]:
+        """Every device this round found at fault, with the reason (for a ledger)."""
+        return {**self.cut, **self.blamed}
+
+    def describe(self, rnd: int) -> list[str]:
+        """Log lines naming the cut and blamed devices and the refusal (none for a clean round)."""
+        lines = [f"round {rnd}: {name}: {why}" for name, why in sorted(self.cut.items())]
+        if self.refused:
+            lines.append(f"round {rnd}: update refused, the model stays where it was: {'; '.join(self.refused)}")
+            lines += [f"round {rnd}: {name}: {why}" for name, why in sorted(self.blamed.items())]
+        return lines
+
+    def annotate(self, record: RoundRecord) -> RoundRecord:
+        """Put the cut devices and the refusal into the round's record (nothing to say: the
+        metrics row stays as it was)."""
+        record.cut = {**dict(sorted(self.cut.items())), **dict(sorted(self.blamed.items()))} or None
+        record.refused = "; ".join(self.refused) or None
+        return record
+
+
+def review_round(method: Method, names: Sequence[str], contributions: Sequence[tuple[dict[Direction, float], float]],
+                 lr: float, variant: str, aggregation: Aggregation, max_gain: float = MAX_STEP_GAIN) -> RoundReview:
+    """The round's update by the method's aggregation (which leaves out-of-bound scalars out),
+    the devices the screening cut, and ``check_update``'s verdict on the result. A refused round's
+    update is empty; the devices to blame are those whose scalars alone would be refused.
+
+    ``names[k]`` names the device of ``contributions[k]``; both in a fixed order (device order), so
+    the review does not depend on the order results arrived in."""
+    screening = aggregation.screen(contributions)
+    cut = {names[k]: why for k, why in screening.outliers.items()}
+    update = method.aggregate(contributions, lr, variant, aggregation)
+    verdict = check_update(update, lr, max_gain)
+    if verdict.accepted:
+        return RoundReview(update, cut)
+    blamed = {}
+    for name, (scalars, w) in zip(names, contributions):
+        alone = check_update(method.aggregate([(scalars, w)], lr, variant, aggregation), lr, max_gain)
+        if not alone.accepted and name not in cut:
+            blamed[name] = "its scalars alone would be refused: " + "; ".join(alone.reasons)
+    return RoundReview([], cut, verdict.reasons, blamed)
+
+
+def apply_reviewed(method: Method, replicas: Sequence[tuple], results: Sequence[tuple], names: Sequence[str], lr: float,
+                   variant: str, aggregation: Aggregation) -> tuple[list | None, RoundReview | None]:
+    """A simulated round's close: ``review_round`` on the devices' results (``names[k]`` names
+    ``results[k]``), then every replica moved to the new global model by ``method.apply_round``,
+    or, if the update is refused, put back where the round started (its seed-log entry is empty).
+    Returns the update (None for a method without a seed log) and the review (None: nothing
+    reviewed, a first-order method), after logging the review's lines as warnings."""
+    if method.backprop:
+        return method.apply_round(replicas, results, lr, variant, aggregation), None
+    review = review_round(method, names, [(r.scalars, w) for r, w in results], lr, variant, aggregation)
+    if review.accepted:
+        update = method.apply_round(replicas, results, lr, variant, aggregation)
+    else:
+        update = review.update
+        for replica, weights in replicas:
+            replica.restore(weights)
+    return update, review
+
+
+def log_review(review: RoundReview | None, rnd: int) -> None:
+    """Warn (logger ``edgezo``) of the devices a round cut or blamed and of a refusal."""
+    import logging
+
+    for line in review.describe(rnd) if review is not None else ():
+        logging.getLogger("edgezo").warning(line)

@@ -1,5 +1,6 @@
 """`simulate` aggregates with the coordinator's rules: a device whose scalars are far off drags
-the example-weighted mean, but neither the median, the trimmed mean nor clipping lets it."""
+the plain example-weighted mean, but neither the default (the mean after screening out-of-bound
+scalars), the median, the trimmed mean nor clipping lets it."""
 
 from __future__ import annotations
 
@@ -36,9 +37,9 @@ def loss_after(aggregation: Aggregation, rounds: int = 30) -> tuple[float, float
 
 
 def test_robust_rules_resist_a_device_the_mean_follows():
-    start, dragged = loss_after(Aggregation())
-    assert dragged > start  # the mean follows the outlier
-    for robust in (Aggregation("median"), Aggregation("trimmed", trim=0.2), Aggregation(clip=5.0)):
+    start, dragged = loss_after(Aggregation(bound=None))
+    assert dragged > start  # the unscreened mean follows the outlier
+    for robust in (Aggregation(), Aggregation("median"), Aggregation("trimmed", trim=0.2), Aggregation(clip=5.0, bound=None)):
         _, loss = loss_after(robust)
         assert loss < 0.5 * start, robust
 
@@ -50,3 +51,56 @@ def test_a_rule_a_method_cannot_use_is_a_clear_error():
         Aggregation("trimmed", trim=0.5)
     with pytest.raises(EdgezoError, match="--clip"):
         Aggregation(clip=-1.0)
+
+
+# -- hostile participants under the default settings, on a tiny model and real SST-2 -----------
+
+from support.hostile import KINDS, simulate_job  # noqa: E402
+
+HOSTILE = 3  # the hostile device's index among ten
+SHORT = dict(rounds=3, eval_samples=200)  # seconds per job; benchmarks/reliability.py runs longer ones
+
+
+@pytest.fixture(scope="module")
+def jobs(tiny_llama, sst2_dir):
+    """The clean job, the job whose device 3 sends nothing (a perfect defence), one per hostile kind."""
+    runs = {"clean": simulate_job(tiny_llama, sst2_dir, **SHORT),
+            "silent": simulate_job(tiny_llama, sst2_dir, {HOSTILE: "silent"}, **SHORT)}
+    for kind in KINDS:
+        runs[kind] = simulate_job(tiny_llama, sst2_dir, {HOSTILE: kind}, **SHORT)
+    return runs
+
+
+def test_the_clean_job_names_no_device_and_refuses_no_round(jobs):
+    clean = jobs["clean"]
+    assert clean.finite and not clean.named
+    assert all(r.refused is None for r in clean.records)
+    assert clean.fingerprint != jobs["silent"].fingerprint  # the tenth device's scalars do count when honest
+
+
+@pytest.mark.parametrize("kind", ["huge", "nan", "random"])
+def test_a_huge_nan_or_garbage_device_is_named_every_round_and_gets_nothing_in(jobs, kind):
+    run = jobs[kind]
+    assert run.finite, f"{kind}: the global model has non-finite weights"
+    assert all(r.refused is None for r in run.records), kind
+    assert run.named == {f"device {HOSTILE}"}  # named, and no honest device with it
+    assert all(f"device {HOSTILE}" in r.cut for r in run.records[1:])
+    assert run.fingerprint == jobs["silent"].fingerprint  # bit for bit the model the nine honest devices make
+    assert run.accuracy == jobs["silent"].accuracy
+
+
+def test_a_sign_flipping_device_is_outvoted_without_being_named(jobs):
+    """Its scalars are in bound (a sign flip is not an outlier): kept, and it pulls against nine."""
+    run = jobs["flip"]
+    assert run.finite and not run.named and all(r.refused is None for r in run.records)
+    assert run.fingerprint not in (jobs["clean"].fingerprint, jobs["silent"].fingerprint)
+
+
+def test_without_the_screening_the_update_check_refuses_the_poisoned_rounds(tiny_llama, sst2_dir):
+    """The plain mean takes the 1e30 in; the check refuses every such round, so the model stays
+    finite at its start and the device is blamed by name."""
+    run = simulate_job(tiny_llama, sst2_dir, {HOSTILE: "huge"}, Aggregation(bound=None), rounds=2, eval_samples=200)
+    assert run.finite
+    assert all("would move a weight" in r.refused for r in run.records[1:])
+    assert run.named == {f"device {HOSTILE}"}
+    assert run.accuracy == run.records[0].eval_accuracy

@@ -9,7 +9,7 @@ import pytest
 
 from edgezo.aggregate import Aggregation, average_scalars, robust_average
 from edgezo.coordinator import messages as m
-from edgezo.coordinator.rounds import RoundCollector, RoundPolicy, sample_devices
+from edgezo.coordinator.rounds import OffenderLedger, RoundCollector, RoundPolicy, sample_devices
 from edgezo.estimators import ProbeConfig
 from edgezo.keys import Direction
 from edgezo.methods import method_of
@@ -128,3 +128,45 @@ def test_device_sampling_is_seeded_and_takes_everyone_by_default():
     picked = sample_devices(online, 4, 1, 5, 0)
     assert len(picked) == 4 and picked == sample_devices(list(reversed(online)), 4, 1, 5, 0)
     assert picked != sample_devices(online, 4, 1, 6, 0) or picked != sample_devices(online, 4, 1, 7, 0)
+
+
+def test_closing_a_round_cuts_a_hostile_device_names_it_and_keeps_the_honest_mean():
+    honest = {"a": np.linspace(-1, 1, 8), "b": np.linspace(1, -0.5, 8), "c": np.linspace(0.2, 0.9, 8)}
+    c = collector(("a", "b", "c", "evil", "broken"))
+    for d, v in honest.items():
+        assert c.offer(d, result(device=d, values=list(v))) is None
+    assert c.offer("evil", result(device="evil", values=[1e30] * 8)) is None  # finite: it counts, then is screened
+    assert "non-finite" in c.offer("broken", result(device="broken", values=[math.nan] * 8))
+    review = c.review(1e-3)
+    assert review.accepted and sorted(review.offenders()) == ["broken", "evil"]
+    assert "out of bound" in review.cut["evil"] and "non-finite" in review.cut["broken"]
+    plain = collector(("a", "b", "c"))
+    for d, v in honest.items():
+        plain.offer(d, result(device=d, values=list(v)))
+    assert review.update == plain.update(1e-3) == c.update(1e-3)  # the screened default: evil got nothing in
+
+
+def test_a_round_that_would_break_the_model_is_refused_and_its_cause_blamed():
+    c = collector(("a", "evil"))  # two devices: no majority to screen by, the update check decides
+    c.offer("a", result(values=[0.5] * 8))
+    c.offer("evil", result(device="evil", values=[1e30] * 8))
+    review = c.review(1e-3)
+    assert not review.accepted and review.update == []
+    assert list(review.blamed) == ["evil"] and "would move a weight" in review.refused[0]
+
+
+def test_the_ledger_drops_a_repeated_offender_once_with_a_reason_and_forgives_a_slip():
+    ledger = OffenderLedger(strikes=3, window=10)
+    devices = ["a", "b", "evil"]
+    assert ledger.record(1, devices, {"b": "1 out of bound"}) == []
+    drops = []
+    for rnd in range(2, 6):
+        drops += ledger.record(rnd, devices, {"evil": f"8 out of bound (round {rnd})"} if rnd % 2 == 0 or rnd == 5 else {})
+    assert [d.device for d in drops] == ["evil"]
+    assert "3 of its last 5 rounds (2, 4, 5)" in drops[0].reason and "round 5" in drops[0].reason
+    assert ledger.record(6, devices, {"evil": "again"}) == []  # dropped once
+    assert ledger.allowed(devices) == ["a", "b"]
+    for rnd in range(7, 30):
+        assert ledger.record(rnd, ["a", "b"], {"b": "slip"} if rnd in (12, 25) else {}) == []  # two slips far apart
+    with pytest.raises(ValueError):
+        OffenderLedger(strikes=11, window=10)
