@@ -8,7 +8,7 @@ all. Aim: 1,000 devices with under 2 s of coordinator overhead per round.
 
 What runs:
 
-* the broker: ``edgezo.coordinator.broker.MosquittoBroker`` (a private mosquitto with raised
+* the broker: ``tests/support/mosquitto.py``'s ``MosquittoBroker`` (a private mosquitto with raised
   queue and connection limits);
 * the coordinator: the real ``Coordinator`` (``coordinator/server.py``) over a real ``MqttLink``,
   with a real torch executor on the tiny LLaMA of ``tests/tiny.py`` (trainable ``norm``);
@@ -248,6 +248,16 @@ def instrumented_classes():
 # -- one N ---------------------------------------------------------------------------------------------
 
 
+def worker_address(broker, i: int) -> tuple[str, int]:
+    """The broker node device process ``i`` connects to: the one mosquitto, or the cluster's nodes in turn
+    (devices spread over every node; the coordinator is on node 0 and mirrors its retained messages)."""
+    nodes = getattr(broker, "nodes", None)
+    if nodes:
+        node = nodes[i % len(nodes)]
+        return node.host, node.mqtt_port
+    return broker.host, broker.port
+
+
 def run_one(n: int, args, broker, tiny: Path, work: Path) -> SweepResult:
     import fake_devices
 
@@ -275,7 +285,7 @@ def run_one(n: int, args, broker, tiny: Path, work: Path) -> SweepResult:
     try:
         for i in range(nprocs):
             p = ctx.Process(target=fake_devices.run_worker, name=f"fake-devices-{i}", daemon=True,
-                            args=(i, broker.host, broker.port, run, devices[i::nprocs], args.k, args.p1, args.p2,
+                            args=(i, *worker_address(broker, i), run, devices[i::nprocs], args.k, args.p1, args.p2,
                                   args.batch_size, args.seed, args.jitter, args.keepalive, report, stop))
             p.start()
             procs.append(p)
@@ -550,6 +560,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=doc_head, epilog=doc_rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", default="10,100,1000", help="comma-separated numbers of devices N")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--broker", choices=("mosquitto", "rabbitmq"), default="mosquitto",
+                    help="one private mosquitto, or a private two-node RabbitMQ cluster (MQTT 3.1.1; tests/support/rabbitmq.py)")
     ap.add_argument("--procs", type=int, default=4, help="device worker processes (each hosts N/procs MQTT clients)")
     ap.add_argument("--k", type=int, default=10, help="local steps K")
     ap.add_argument("--p1", type=int, default=1)
@@ -585,22 +597,27 @@ def main() -> None:
     import transformers
     from tiny import save_tiny
 
-    from edgezo.coordinator.broker import MosquittoBroker
+    from support.mosquitto import MosquittoBroker
+    from support.rabbitmq import RabbitCluster
+
+    if args.broker == "rabbitmq":
+        os.environ["EDGEZO_FAKE_MQTT"] = "3.1.1"  # the spawned device processes inherit it
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     results: list[SweepResult] = []
-    with tempfile.TemporaryDirectory(prefix="edgezo-scale-") as tmp, MosquittoBroker() as broker:
+    with tempfile.TemporaryDirectory(prefix="edgezo-scale-") as tmp, \
+            (RabbitCluster(nodes=2) if args.broker == "rabbitmq" else MosquittoBroker()) as broker:
         work = Path(tmp)
         tiny = save_tiny(work / "tiny", "llama")
-        print(f"mosquitto on {broker.address} (pid {broker.pid}); open-files limit {nofile}", flush=True)
+        print(f"{args.broker} on {broker.address}; open-files limit {nofile}", flush=True)
         for n in sizes:
             r = run_one(n, args, broker, tiny, work)
             results.append(r)
             if r.error:
                 print(f"  N={n}: {r.error}", flush=True)
             if not broker.running:
-                print(f"mosquitto died: {broker._log_tail()}", flush=True)
+                print(f"the broker died: {broker.log_tail()}", flush=True)
                 break
         if models:
             print("device side: applying the captured Updates on replicas ...", flush=True)

@@ -22,6 +22,7 @@ after a uniform random delay up to ``jitter`` seconds.
 from __future__ import annotations
 
 import heapq
+import os
 import random
 import resource
 import selectors
@@ -69,6 +70,7 @@ class DeviceProcess:
         self._assign_payload: bytes | None = None
         self._assign: m.Assign | None = None
         self._assigned: set[str] = set()
+        self._announced: set[str] = set()
         self._seq = 0
         self._seen: dict[str, bytes] = {}  # kind -> last payload decoded (devices of a process share it)
         self.fingerprints: dict[int, str] = {}  # round -> the global model's fingerprint after it
@@ -79,7 +81,10 @@ class DeviceProcess:
 
     # -- clients ------------------------------------------------------------------------------
     def _new_client(self, device: str) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv5, userdata=device)
+        # EDGEZO_FAKE_MQTT=3.1.1: for brokers without MQTT 5 (RabbitMQ 3.10's MQTT plugin)
+        v311 = os.environ.get("EDGEZO_FAKE_MQTT") == "3.1.1"
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device, protocol=mqtt.MQTTv311 if v311 else mqtt.MQTTv5,
+                        userdata=device, **({"clean_session": True} if v311 else {}))
         offline = m.Status(v=m.PROTOCOL_VERSION, run=self.run, device=device, state="offline")
         c.will_set(self.topics.status(device), m.encode(offline), qos=1, retain=True)
         c.on_connect = self._on_connect
@@ -103,9 +108,12 @@ class DeviceProcess:
             return
         t = self.topics
         client.subscribe([(t.round, 1), (t.update, 1), (t.announce, 1)])
+        self._publish_status(client, device)
+
+    def _publish_status(self, client, device: str) -> None:
         status = m.Status(v=m.PROTOCOL_VERSION, run=self.run, device=device, state="online",
                           examples=self.k * self.batch * 10, backend="fake")
-        client.publish(t.status(device), m.encode(status), qos=1, retain=True)
+        client.publish(self.topics.status(device), m.encode(status), qos=1, retain=True)
 
     def _on_subscribe(self, client, device, mid, reasons, props) -> None:
         if any(r.is_failure for r in reasons):
@@ -127,6 +135,9 @@ class DeviceProcess:
             self.stats["bytes_update"] += len(payload)
             self._note_fingerprint(kind, payload, m.Update)
         elif kind == "announce":
+            if device not in self._announced:  # as `edgezo join`: online once the job is announced (a
+                self._announced.add(device)   # coordinator started later never sees an earlier status on a
+                self._publish_status(client, device)  # broker without retained wildcard deliveries)
             self.stats["announces"] += 1
             self.stats["bytes_announce"] += len(payload)
             self._note_fingerprint(kind, payload, m.Announce)
@@ -186,7 +197,8 @@ class DeviceProcess:
         for device in self.devices:
             c = self._new_client(device)
             try:
-                c.connect(self.host, self.port, keepalive=self.keepalive, clean_start=True)
+                c.connect(self.host, self.port, keepalive=self.keepalive,
+                          **({} if os.environ.get("EDGEZO_FAKE_MQTT") == "3.1.1" else {"clean_start": True}))
             except OSError as e:
                 self.stats["errors"].append(f"{device}: connect failed: {e}")
                 continue

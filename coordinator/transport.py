@@ -26,10 +26,20 @@ Design choices, and why:
   v5 — the embedded amqtt broker (amqtt 0.12) only speaks 3.1.1. Nothing here
   needs a v5-only feature; v5 only buys better diagnostics (a broker can say
   *why* it rejected a publish or a subscription, and MqttLink logs it).
+* **Several addresses: the nodes of one clustered broker** (``--broker a:1883,b:1883``).
+  ``connect`` takes the first node that accepts; after a connection loss the link
+  reconnects to the next node in turn, so clients fail over when a node stops.
+  Clustered brokers keep retained messages per node (RabbitMQ's MQTT plugin does, and
+  delivers none for wildcard subscriptions), so a link with several nodes also
+  publishes each retained message through a side connection to every other node
+  ("retained mirrors"): whichever node a client subscribes on holds the current
+  retained state, and nothing depends on a retained message crossing nodes. The price:
+  subscribers get a retained message once per node (the protocol is idempotent).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import queue
@@ -92,6 +102,17 @@ class BrokerSettings:
     tls_key: str | None = None
     tls_insecure: bool = False
     keepalive: int = 15
+    fallbacks: tuple[tuple[str, int], ...] = ()  # the other nodes of a clustered broker, tried in turn
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every node: (host, port) first, then the fallbacks."""
+        return [(self.host, self.port), *self.fallbacks]
+
+    def node(self, index: int) -> "BrokerSettings":
+        """These settings for node ``index`` of :attr:`addresses` alone."""
+        host, port = self.addresses[index]
+        return dataclasses.replace(self, host=host, port=port, fallbacks=())
 
     @property
     def use_tls(self) -> bool:
@@ -148,6 +169,27 @@ def parse_broker(text: str, default_port: int = 1883) -> tuple[str, int]:
     return host, (_parse_port(text, port_text) if sep else default_port)
 
 
+def parse_brokers(text: str, default_port: int = 1883) -> list[tuple[str, int]]:
+    """Parse ``--broker``: one address, or the comma-separated nodes of one clustered broker
+    (``10.0.0.1:1883,10.0.0.2:1883``), each in a form :func:`parse_broker` accepts."""
+    parts = [part.strip() for part in (text.split(",") if isinstance(text, str) else [text])]
+    if len(parts) > 1 and not all(parts):
+        raise _bad_broker(text, "an empty address between commas")
+    addresses = [parse_broker(part, default_port) for part in parts]
+    repeated = sorted({format_address(*a) for a in addresses if addresses.count(a) > 1})
+    if repeated:
+        raise _bad_broker(text, f"{', '.join(repeated)} is listed twice")
+    return addresses
+
+
+def broker_settings_for(text: str | None, default_port: int = 1883, **options) -> BrokerSettings:
+    """:class:`BrokerSettings` for a ``--broker`` value (None: 127.0.0.1), with the other
+    options (username=..., tls_ca=...) as given."""
+    addresses = parse_brokers(text, default_port) if text else [("127.0.0.1", default_port)]
+    (host, port), rest = addresses[0], tuple(addresses[1:])
+    return BrokerSettings(host=host, port=port, fallbacks=rest, **options)
+
+
 def _parse_port(text: str, port_text: str) -> int:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise _bad_broker(text, f"port {port_text!r} is not a number from 1 to 65535")
@@ -163,7 +205,8 @@ def _check_ipv6(text: str, host: str) -> None:
 
 def _bad_broker(text: object, why: str) -> EdgezoError:
     return EdgezoError(
-        f"bad broker address {text!r}: {why}; give HOST, HOST:PORT or [IPv6]:PORT (e.g. 192.168.1.10:1883)"
+        f"bad broker address {text!r}: {why}; give HOST, HOST:PORT or [IPv6]:PORT (e.g. 192.168.1.10:1883), "
+        "or a clustered broker's nodes separated by commas"
     )
 
 
@@ -191,6 +234,10 @@ class MqttLink:
     ``protocol``: ``"auto"`` (MQTT 5 if the broker speaks it, found by a probe
     connection, else 3.1.1), ``"5"`` or ``"3.1.1"``. After :meth:`connect`,
     :attr:`protocol` is the one in use.
+
+    With ``settings.fallbacks`` (a clustered broker), :attr:`settings` is the node in use
+    (it changes on failover) and :attr:`cluster` all of them; ``mirror_retained`` (on by
+    default for several nodes) publishes retained messages through every node.
     """
 
     def __init__(
@@ -199,10 +246,15 @@ class MqttLink:
         client_id: str,
         will: tuple[str, bytes, bool] | None = None,
         protocol: str = "auto",
+        mirror_retained: bool | None = None,
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
-        self.settings = settings
+        self.cluster = settings
+        self._node = 0
+        self.settings = settings.node(0)  # the node in use
+        self.mirror_retained = len(settings.addresses) > 1 if mirror_retained is None else mirror_retained
+        self._mirrors: list[_RetainedMirror] = []
         self.client_id = client_id
         self.will = will
         self.requested_protocol = protocol
@@ -215,6 +267,7 @@ class MqttLink:
         self._sub_mids: dict[int, str] = {}  # SUBSCRIBE mid -> filter, to name refused ones
         self._unacked: dict[int, str] = {}  # mid -> topic of QoS>0 publishes the broker has not acknowledged
         self._acked_early: dict[int, float] = {}  # mid -> time: acks that beat publish() to recording the mid
+        self._mirror_after_ack: dict[int, tuple[str, bytes, int]] = {}  # mid -> retained copy for the other nodes
         self._before_connect: list[tuple[str, bytes, int, bool]] = []
         self._up = threading.Event()
         self._closing = False
@@ -229,10 +282,6 @@ class MqttLink:
     def connected(self) -> bool:
         return self._up.is_set()
 
-    def wait_connected(self, timeout: float | None) -> bool:
-        """Block until connected (True) or ``timeout`` seconds pass (False)."""
-        return self._up.wait(timeout)
-
     def connect(self, timeout: float = 10.0) -> None:
         """Connect, block until the broker accepted us, then keep the link up in the background.
 
@@ -243,6 +292,30 @@ class MqttLink:
         """
         if self._client is not None:
             raise RuntimeError("MqttLink.connect() called twice")
+        nodes = len(self.cluster.addresses)
+        failures = []
+        for index in range(nodes):
+            self._use_node(index)
+            try:
+                self._connect_node(timeout)
+                break
+            except EdgezoError as exc:
+                if nodes == 1 or not _worth_next_node(exc):
+                    raise
+                failures.append(str(exc).split(";")[0])
+                log.warning("%s; trying the next broker node", failures[-1])
+        else:
+            raise BrokerUnreachable(f"no node of the MQTT broker accepted the connection ({'; '.join(failures)}); "
+                                    "is the cluster running? check --broker")
+        if self.mirror_retained:
+            self._mirrors = [_RetainedMirror(self, i) for i in range(nodes) if i != self._node]
+
+    def _use_node(self, index: int) -> None:
+        self._node = index
+        self.settings = self.cluster.node(index)
+
+    def _connect_node(self, timeout: float) -> None:
+        """connect() to the node in :attr:`settings`."""
         deadline = time.monotonic() + timeout
         version = self.requested_protocol
         if version == "auto":
@@ -291,8 +364,23 @@ class MqttLink:
             return
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise EdgezoError(f"cannot publish to {topic}: {mqtt.error_string(info.rc)}")
+        copy = (topic, payload, qos) if retain and self._mirrors else None
         if qos > 0:
-            self._track_unacked(info.mid, topic)
+            self._track_unacked(info.mid, topic, copy)
+        elif copy is not None:
+            self._to_mirrors(copy)
+
+    def _to_mirrors(self, copy: tuple[str, bytes, int]) -> None:
+        """Publish a retained message's copy through every other node. Called once the broker
+        acknowledged the original: it has then routed it, and everything published before it, to
+        every subscriber, so a copy (which takes a shorter path to the subscribers of its node)
+        never overtakes an earlier message (an ``update`` must not arrive after the ``announce``
+        that follows it)."""
+        for mirror in list(self._mirrors):
+            try:
+                mirror.publish(*copy)
+            except RuntimeError:  # closed meanwhile (the link is closing)
+                log.debug("retained copy to %s dropped: the link is closing", mirror.settings.address)
 
     def flush(self, timeout: float) -> bool:
         """Wait until the broker acknowledged every QoS >= 1 publish (True) or ``timeout`` passes (False)."""
@@ -312,15 +400,6 @@ class MqttLink:
         except queue.Empty:
             return None
 
-    def drain(self) -> list[Message]:
-        """Every message received so far, without waiting."""
-        out = []
-        while True:
-            try:
-                out.append(self._inbox.get_nowait())
-            except queue.Empty:
-                return out
-
     def close(self, flush_timeout: float = 2.0) -> None:
         """Disconnect cleanly (the broker does NOT send the will) and stop the network thread.
 
@@ -334,6 +413,9 @@ class MqttLink:
         with self._lock:
             self._closing = True
             client, self._client, self._live = self._client, None, None
+            mirrors, self._mirrors = self._mirrors, []
+        for mirror in mirrors:
+            mirror.close(flush_timeout)
         if client is not None:
             client.disconnect()
             client.loop_stop()
@@ -490,7 +572,7 @@ class MqttLink:
         for topic, payload, qos, retain in held:
             self.publish(topic, payload, qos, retain)
 
-    def _track_unacked(self, mid: int, topic: str) -> None:
+    def _track_unacked(self, mid: int, topic: str, copy: tuple[str, bytes, int] | None = None) -> None:
         """Remember a QoS>0 publish until its ack (see :meth:`flush`).
 
         Never hold ``self._lock`` while calling into paho: paho runs ``on_publish``
@@ -500,6 +582,11 @@ class MqttLink:
         with self._lock:
             if self._acked_early.pop(mid, None) is None:
                 self._unacked[mid] = topic
+                if copy is not None:
+                    self._mirror_after_ack[mid] = copy
+                return
+        if copy is not None:  # acknowledged already
+            self._to_mirrors(copy)
 
     def _send_subscribe(self, client: mqtt.Client, topic_filter: str, qos: int) -> None:
         rc, mid = client.subscribe(topic_filter, qos)
@@ -516,6 +603,7 @@ class MqttLink:
         if not _is_success(reason_code):
             if self._ever_connected:
                 log.error("MQTT broker %s refused the reconnect: %s; retrying", self.settings.address, reason_code)
+                self._fail_over(client)
             self._finish_attempt(reason_code)
             return
         # Mark the link up before taking the snapshot: a subscribe() racing with us is then
@@ -545,6 +633,7 @@ class MqttLink:
             self._outage_logged = True
         else:
             log.debug("reconnect to MQTT broker %s failed; retrying", self.settings.address)
+        self._fail_over(client)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was_up = self._up.is_set()
@@ -558,11 +647,30 @@ class MqttLink:
                 self.settings.address,
                 reason_code,
             )
+        if not self._closing and self._ever_connected:
+            self._fail_over(client)
+
+    def _fail_over(self, client: mqtt.Client) -> None:
+        """The next reconnect goes to the next node of a clustered broker (paho's thread reads the
+        client's host and port on each attempt; they may change while no connection is open)."""
+        nodes = self.cluster.addresses
+        if len(nodes) < 2 or client is not self._client:
+            return
+        self._use_node((self._node + 1) % len(nodes))
+        try:
+            client.host, client.port = self.settings.host, self.settings.port
+        except RuntimeError:  # paho still counts the dying socket as open
+            client._host, client._port = self.settings.host, self.settings.port
+        log.info("next reconnect attempt: broker node %s", self.settings.address)
 
     def _on_message(self, client, userdata, message) -> None:
         self._inbox.put(Message(message.topic, bytes(message.payload), bool(message.retain)))
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            copy = self._mirror_after_ack.pop(mid, None)
+        if copy is not None:  # before the ack counts: flush() then covers the copies too
+            self._to_mirrors(copy)
         with self._lock:
             topic = self._unacked.pop(mid, None)
             if topic is None:  # QoS 0 "acks" land here too; old entries are pruned so mids can be reused
@@ -605,6 +713,50 @@ class _Handshake:
         if not self.done.is_set():
             self.reason = reason
             self.done.set()
+
+
+class _RetainedMirror:
+    """A side connection to one other node of a clustered broker, through which a link also
+    publishes its retained messages (so that node's retained store holds them too).
+
+    It connects in the background and keeps trying while the node is down; what is published
+    before it connects waits in its link and goes out, in order, once it does.
+    """
+
+    def __init__(self, owner: MqttLink, index: int):
+        self.settings = owner.cluster.node(index)
+        protocol = owner.protocol or owner.requested_protocol
+        self.link = MqttLink(self.settings, f"{owner.client_id}-m{index}"[:64], protocol=protocol, mirror_retained=False)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._connect_loop, name="edgezo-mqtt-mirror", daemon=True)
+        self._thread.start()
+
+    def _connect_loop(self) -> None:
+        delay = 0.5
+        while not self._closed.is_set():
+            try:
+                self.link.connect(timeout=5.0)
+                return
+            except EdgezoError as exc:
+                log.debug("retained mirror to %s not connected yet: %s", self.settings.address, exc)
+            if self._closed.wait(delay):
+                return
+            delay = min(delay * 2, 10.0)
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        self.link.publish(topic, payload, qos, retain=True)  # held until connected; paho keeps QoS 1 across outages
+
+    def close(self, flush_timeout: float) -> None:
+        self._closed.set()
+        self._thread.join(6.0)
+        self.link.close(flush_timeout)
+
+
+def _worth_next_node(exc: EdgezoError) -> bool:
+    """Whether another node of the same cluster might accept where this one did not: not for
+    bad credentials or TLS files, which every node would refuse alike."""
+    text = str(exc)
+    return isinstance(exc, BrokerUnreachable) or "did not accept the connection within" in text or "closed the connection" in text
 
 
 def _drop(client: mqtt.Client) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgezo.coordinator.broker import MosquittoBroker, find_mosquitto
+from support.mosquitto import MosquittoBroker, find_mosquitto
+
 from edgezo.errors import EdgezoError
 
 
@@ -43,3 +44,17 @@ def mosquitto_factory():
     yield make
     for broker in started:
         broker.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def rabbit_cluster():
+    """A two-node RabbitMQ cluster with the MQTT plugin, private to the test module (each node
+    its own name and ports). A test that stops a node leaves it stopped: ``ensure_running``."""
+    from support.rabbitmq import RabbitCluster, find_rabbitmq
+
+    try:
+        find_rabbitmq()
+    except EdgezoError as exc:
+        pytest.fail(f"{exc} (.ci/run installs it)")
+    with RabbitCluster(nodes=2) as cluster:
+        yield cluster

@@ -30,4 +30,4 @@ def tiny_models(tmp_path_factory, sst2_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     return {arch: save_tiny(root / f"tiny-{arch}", arch) for arch in ("llama", "opt", "roberta")}
 
-from brokers import mosquitto, mosquitto_factory  # noqa: E402,F401
+from brokers import mosquitto, mosquitto_factory, rabbit_cluster  # noqa: E402,F401

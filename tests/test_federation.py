@@ -20,46 +20,12 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgezo.coordinator import messages as m
+from support.procs import TIMEOUT, Procs
 
-TIMEOUT = 240
 
 
 def job_options(tiny: Path, data: Path) -> list[str]:
     return ["--model", str(tiny), "--data", str(data), "--batch-size", "4", "--max-length", "32", "--eval-samples", "40", "--seed", "3"]
-
-
-class Procs:
-    """Started edgezo processes, each logging to a file; all killed at the end of the test."""
-
-    def __init__(self, root: Path, broker):
-        self.root, self.broker, self.procs = root, broker, {}
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-    def start(self, name: str, *args: str, broker: str | None = "default") -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "w")
-        address = self.broker.address if broker == "default" else broker
-        cmd = [sys.executable, "-m", "edgezo", *args, *(["--broker", address] if address else [])]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.root)
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.root / f"{name}.log").read_text(errors="replace")
-
-    def wait(self, *names: str, timeout: float = TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        for name in names:
-            try:
-                code = self.procs[name].wait(max(1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"{name} did not finish in {timeout} s; its log ends:\n{self.log(name)[-3000:]}")
-            assert code == 0, f"{name} exited {code}:\n{self.log(name)[-3000:]}"
-
-    def kill_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture
@@ -192,6 +158,41 @@ def test_a_killed_coordinator_resumes_to_the_same_model(procs, tmp_path, tiny_ll
     assert simulate_fingerprint(tmp_path, tiny_llama, sst2_dir, 2, rounds, 200) == summary["fingerprint"]
 
 
+@pytest.mark.parametrize("point", [pytest.param(p, marks=[] if p == "appended" else [pytest.mark.slow])
+                                   for p in ("appended", "published", "checkpointed", "announced", "recorded")])
+def test_a_crash_after_the_seed_log_append_loses_no_round(procs, tmp_path, tiny_llama, sst2_dir, point):
+    """Killed (SIGKILL, from the crash hook) right after a durable write of round 2, the resumed job
+    finishes that round's work exactly once: a complete metrics.jsonl, the uninterrupted model."""
+    from edgezo.seedlog import SeedLog
+
+    job = job_options(tiny_llama, sst2_dir)
+    out = tmp_path / "coord"
+    rounds = 4
+    coordinator = ["coordinate", *job, "--run", f"durable-{point}", "--rounds", str(rounds), "--min-devices", "2",
+                   "--checkpoint-every", "2", "--out", str(out), "--quiet"]
+    procs.env["EDGEZO_CRASH_AT"] = f"{point}:2"
+    first = procs.start("coordinator", *coordinator)
+    del procs.env["EDGEZO_CRASH_AT"]
+    for i in range(2):
+        procs.start(f"dev{i}", "join", "--run", f"durable-{point}", "--device-id", f"dev{i}", "--model", str(tiny_llama),
+                    "--data", str(sst2_dir), "--shard", f"{i}/2", "--train-samples", "200")
+    assert first.wait(TIMEOUT) == -signal.SIGKILL, procs.log("coordinator")[-3000:]
+    assert len(list(SeedLog(out / "state" / "seedlog.jsonl").entries())) == 2, "the crash came after round 2's append"
+    procs.start("coordinator2", *coordinator)
+    procs.wait("coordinator2", "dev0", "dev1")
+    rows = metrics(out)
+    assert [r["round"] for r in rows] == list(range(rounds + 1)), "each round recorded exactly once"
+    assert rows[2]["devices"] == 2 and rows[2]["train_loss"] is not None
+    if point != "recorded":
+        assert "round 2 was logged but not recorded before the restart" in procs.log("coordinator2")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_completed"] == rounds
+    assert final_fingerprint(procs.log("dev0")) == summary["fingerprint"]
+    assert simulate_fingerprint(tmp_path, tiny_llama, sst2_dir, 2, rounds, 200) == summary["fingerprint"]
+    simulated = metrics(tmp_path / "simulated")
+    assert [r["fingerprint"] for r in rows] == [r["fingerprint"] for r in simulated]
+
+
 class Adversary:
     """A plain MQTT client that watches real results and publishes bad ones."""
 
@@ -218,12 +219,14 @@ def test_late_devices_catch_up_by_replay_and_checkpoint_and_bad_messages_are_rej
     run = "late"
     # A "ghost" device that is online but never answers paces the rounds at the deadline, so the
     # late devices join mid-job; it leaves once they have caught up, and the job runs to its end.
+    # (--max-missed 0: a silent device would otherwise be dropped after 3 rounds, see
+    # test_federation_hardening.py.)
     ghost = Adversary(mosquitto, run)
     status = m.Status(v=m.PROTOCOL_VERSION, run=run, device="ghost", state="online", examples=10)
     ghost.client.publish(f"edgezo/{run}/status/ghost", m.encode(status), qos=1, retain=True).wait_for_publish(5)
     try:
         procs.start("coordinator", "coordinate", *job, "--run", run, "--rounds", "30", "--min-devices", "2",
-                    "--round-timeout", "2", "--checkpoint-every", "2", "--out", str(out))
+                    "--round-timeout", "2", "--checkpoint-every", "2", "--max-missed", "0", "--out", str(out))
         device = ["join", "--run", run, "--model", str(tiny_llama), "--data", str(sst2_dir), "--train-samples", "200"]
         procs.start("a", *device, "--device-id", "a")
         wait_until("a's first result", lambda: ghost.results, procs)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from edgezo.coordinator.broker import EmbeddedBroker, find_mosquitto, free_port
+from support.mosquitto import drain, find_mosquitto, wait_connected
+
+from edgezo.coordinator.broker import EmbeddedBroker, free_port
 from edgezo.coordinator.transport import BrokerSettings, Message, MqttLink, parse_broker
 from edgezo.errors import EdgezoError
 
@@ -122,7 +124,7 @@ def test_roundtrip_and_protocol(broker, links):
     # amqtt only speaks 3.1.1; "auto" must have fallen back to it there, and used v5 on mosquitto.
     assert sub.protocol == ("3.1.1" if isinstance(broker, EmbeddedBroker) else "5")
     assert pub.flush(5)
-    assert sub.drain() == []
+    assert drain(sub) == []
 
 
 def test_retained_reaches_late_subscriber(broker, links):
@@ -223,7 +225,7 @@ def test_reconnects_and_resubscribes_after_broker_restart(mosquitto_factory, lin
     assert not sub.connected
     sub.publish("r/queued", b"sent while the broker was down")  # QoS 1: paho keeps it
     broker.restart()
-    assert sub.wait_connected(10), "link did not reconnect"
+    assert wait_connected(sub, 10), "link did not reconnect"
     # Its own queued message comes back: re-subscribed before paho re-sent the publish.
     assert wait_for(sub, "r/queued").payload == b"sent while the broker was down"
     pub = links(broker.settings())
@@ -347,7 +349,7 @@ def test_acl_example_confines_devices_to_their_topics(mosquitto_factory, links):
     dev_a.publish("edgezo/run1/result/dev-a", b"mine")
     # Same client, same order: once "mine" arrived, the forged ones would have arrived before it.
     got = [wait_for(coord, "edgezo/run1/result/dev-a")]
-    got += coord.drain()
+    got += drain(coord)
     assert [(m.topic, m.payload) for m in got] == [("edgezo/run1/result/dev-a", b"mine")]
     # Reading: the device gets the round and its own log, not another device's log.
     coord.publish("edgezo/run1/log/dev-b", b"not for a")
@@ -355,4 +357,4 @@ def test_acl_example_confines_devices_to_their_topics(mosquitto_factory, links):
     coord.publish("edgezo/run1/log/dev-a", b"for a")
     assert wait_for(dev_a, "edgezo/run1/round").payload == b"round 1"
     assert wait_for(dev_a, "edgezo/run1/log/dev-a").payload == b"for a"
-    assert dev_a.drain() == []
+    assert drain(dev_a) == []
