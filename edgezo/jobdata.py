@@ -61,13 +61,25 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def prompts_for(ex, task: Task, examples: list[Example]) -> list[str]:
-    """Each example's prompt in the executor's model kind (causal or masked LM)."""
+    """Each example's prompt in the executor's model kind (causal or masked LM); for a generation
+    task, prompt and response together (what the executor reads)."""
+    if task.kind == "generation":
+        return [p + r for p, r in pairs_for(ex, task, examples)]
     mask = ex.tokenizer.mask_token
     return [task.prompt(e, ex.kind, mask) for e in examples]
 
 
+def pairs_for(ex, task, examples: list[Example]) -> list[tuple[str, str]]:
+    """A generation task's (prompt, response) text per example, through the model's chat template."""
+    return [task.render(ex.tokenizer, e) for e in examples]
+
+
 def make_batcher(ex, task: Task, examples: list[Example]):
-    """indices -> an executor batch (prompts are built once, tokenised per batch)."""
+    """indices -> an executor batch (prompts are built once, tokenised per batch). A generation
+    task's batch is (prompt, response) pairs."""
+    if task.kind == "generation":
+        pairs = pairs_for(ex, task, examples)
+        return lambda indices: ex.encode([pairs[k][0] for k in indices], [pairs[k][1] for k in indices])
     prompts = prompts_for(ex, task, examples)
     labels = [e.label for e in examples]
     return lambda indices: ex.encode([prompts[k] for k in indices], [labels[k] for k in indices])

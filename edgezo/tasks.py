@@ -17,6 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edgezo.errors import EdgezoError
 
@@ -47,6 +48,18 @@ class Task:
     causal_verbalizers: tuple[str, ...]
     mlm_template: str  # contains "{mask}"
     mlm_verbalizers: tuple[str, ...]
+    source: Any = None  # a user task's files (edgezo.taskfile.TableSource); None: a built-in's release files
+    kind: str = "classification"  # label words; edgezo.taskfile.GenerationTask is the other kind
+
+    @property
+    def ref(self) -> str:
+        """How a job names the task (``JobConfig.task``, the announcement): a built-in's name, or
+        a user task as JSON text (its template and label words travel; devices read their own data)."""
+        if self.source is None:
+            return self.name
+        from edgezo.taskfile import task_ref
+
+        return task_ref(self)
 
     def prompt(self, example: Example, kind: str, mask_token: str | None = None) -> str:
         """The text fed to the model; for "mlm" the tokenizer's mask token fills `{mask}`."""
@@ -118,11 +131,19 @@ TASKS: dict[str, Task] = {
 
 
 def get_task(name: str) -> Task:
-    """Look a task up by name (case-insensitive)."""
-    try:
+    """A built-in task by name (case-insensitive), a TOML task file by path (``edgezo.taskfile``),
+    or a task a job announcement carries as JSON text (``Task.ref``)."""
+    if name.lower() in TASKS:
         return TASKS[name.lower()]
-    except KeyError:
-        raise EdgezoError(f"unknown task {name!r}: use one of {', '.join(TASKS)}") from None
+    if name.lstrip().startswith("{"):
+        from edgezo.taskfile import task_from_ref
+
+        return task_from_ref(name)
+    if name.endswith(".toml") or Path(name).expanduser().is_file():
+        from edgezo.taskfile import load_task_file
+
+        return load_task_file(name)
+    raise EdgezoError(f"unknown task {name!r}: use one of {', '.join(TASKS)}, or a TOML task file (see docs/data.md)")
 
 
 def default_data_dir(task: Task) -> Path | None:
@@ -148,6 +169,10 @@ def load_examples(task: Task, data_dir: str | Path | None, split: str) -> list[E
     if split not in _SPLIT_ALIASES:
         raise EdgezoError(f"unknown split {split!r} for {task.name}: use 'train' or 'dev'")
     split = _SPLIT_ALIASES[split]
+    if task.source is not None:
+        from edgezo.taskfile import read_examples
+
+        return read_examples(task, data_dir, split)
     if data_dir is None:
         data_dir = default_data_dir(task)
         if data_dir is None:

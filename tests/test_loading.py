@@ -169,7 +169,7 @@ def test_save_model_merges_lora(tmp_path, kind):
     assert load_model(str(out))[1]("w1 w2").input_ids == tok("w1 w2").input_ids
 
 
-def test_gguf_path_is_converted_once(tmp_path, monkeypatch):
+def test_gguf_path_is_converted_once(tmp_path, monkeypatch, capsys):
     """A .gguf is read by transformers once, then loaded from the cached safetensors folder."""
     folder = saved(tmp_path, "llama")
     gguf = tmp_path / "tiny.gguf"
@@ -184,7 +184,10 @@ def test_gguf_path_is_converted_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(source, "_read_gguf", fake_read)
     _, _, first = load_model(str(gguf), cache_dir=tmp_path / "cache")
+    announced = capsys.readouterr().err
+    assert "edgezo: converting tiny.gguf" in announced and "once" in announced and "edgezo: converted tiny.gguf in" in announced
     _, _, second = load_model(str(gguf), cache_dir=tmp_path / "cache")
+    assert "converting" not in capsys.readouterr().err  # a cached load is silent
     assert len(calls) == 1
     assert first == second and first.name == str(gguf)
     assert Path(first.path).parent == tmp_path / "cache" / "converted"

@@ -9,6 +9,7 @@ from edgezo.backends.hf.arch import make_adapter
 from edgezo.backends.hf.lora import LoRAWrappers
 from edgezo.backends.hf.trainable import job_trainable, parse_trainable
 from edgezo.config import JobConfig
+from edgezo.errors import EdgezoError
 from edgezo.tasks import Task
 
 
@@ -24,6 +25,9 @@ def build_split_executor(
     """``executor_class`` over a loaded model with the job's split (default: :func:`default_split`),
     the task's verbalizers for the model's ``kind``, sequence length and distribution; ``options``:
     the backend's own keyword arguments."""
+    if getattr(task, "kind", "classification") == "generation" and not getattr(executor_class, "language_modelling", False):
+        raise EdgezoError(f"generation task {task.name}: the response-token loss runs on the torch backend only "
+                          f"({getattr(executor_class, 'backend', executor_class.__name__)} scores label words); use --backend torch")
     split = cfg.split if cfg.split is not None else default_split(num_layers)
     return executor_class(
         model,

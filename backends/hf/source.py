@@ -24,7 +24,9 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +160,10 @@ def _converted_gguf(gguf: Path, cache_dir: Path) -> Path:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    started = time.perf_counter()
+    # First-run feedback: reading a GGUF takes tens of seconds, once; say so instead of going silent.
+    announce(f"edgezo: converting {gguf.name} ({gguf.stat().st_size / 1e6:,.0f} MB) to a float32 safetensors folder, once "
+             f"(about 30 s for 135M parameters; later runs load {folder} in under a second) ...")
     try:
         model, tokenizer = _read_gguf(gguf)
         model.save_pretrained(tmp)
@@ -173,7 +179,13 @@ def _converted_gguf(gguf: Path, cache_dir: Path) -> Path:
                 os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    announce(f"edgezo: converted {gguf.name} in {time.perf_counter() - started:.0f} s")
     return folder
+
+
+def announce(line: str) -> None:
+    """A progress line on stderr (stdout stays the command's result)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _read_gguf(gguf: Path):

@@ -13,18 +13,28 @@ from edgezo.tasks import Task
 def build_torch_executor(cfg: JobConfig, task: Task, model_bundle=None) -> tuple[TorchExecutor, ModelInfo]:
     """``model_bundle``: an already loaded ``(model, tokenizer, ModelInfo)`` (default: ``load_model(cfg.model)``)."""
     model, tokenizer, info = model_bundle or load_model(cfg.model)
+    if getattr(task, "kind", "classification") == "generation":
+        from edgezo.backends.torch.lm import TorchLMExecutor
+
+        return transformers_executor(TorchLMExecutor, model, tokenizer, cfg, task), info
     return transformers_executor(TorchExecutor, model, tokenizer, cfg, task), info
 
 
-def save_trained_model(cfg: JobConfig, task: Task, ex, out_dir) -> None:
+def save_trained_model(cfg: JobConfig, task: Task, ex, out_dir, info: ModelInfo | None = None) -> dict[str, int]:
     """Write the trained global model as a transformers folder. A torch executor saves its own
     weights; any other backend's trainable tensors are loaded into a torch replica of the base
     model first, so the folder is always ``base + replay`` at fp32 (an int8 device's quantized
-    frozen weights are its local approximation of that base, not part of the global model)."""
+    frozen weights are its local approximation of that base, not part of the global model).
+
+    With the base model's ``info``, also the task record and the trainable-only exports
+    (``edgezo.backends.hf.export``); returns their sizes in bytes."""
+    from edgezo.backends.hf.export import write_exports
     from edgezo.backends.torch.loading import save_model
 
+    saved = ex
     if ex.backend != "torch":
         arrays = ex.trainable_arrays()
         ex, _ = build_torch_executor(cfg, task)
         ex.load_trainable(arrays)
     save_model(ex.model, ex.tokenizer, out_dir)
+    return write_exports(out_dir, cfg, task, saved, info) if info is not None else {}
