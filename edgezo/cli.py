@@ -8,6 +8,9 @@ import click
 
 from edgezo import __version__
 from edgezo.commands.coordinate import coordinate
+from edgezo.commands.evaluate import evaluate
+from edgezo.commands.export import export
+from edgezo.commands.generate import generate
 from edgezo.commands.join import join
 from edgezo.commands.profile import profile
 from edgezo.commands.simulate import simulate
@@ -29,6 +32,9 @@ cli.add_command(simulate)
 cli.add_command(coordinate)
 cli.add_command(join)
 cli.add_command(profile)
+cli.add_command(evaluate)
+cli.add_command(generate)
+cli.add_command(export)
 
 
 def main(argv=None) -> None:

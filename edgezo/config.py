@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from edgezo.costmodel import Work
-from edgezo.errors import EdgezoError
+from edgezo.errors import ConfigError, EdgezoError
 from edgezo.estimators import VARIANTS, ProbeConfig
 from edgezo.methods import DEFAULT_METHOD, method_of
 from edgezo.perturb import DISTRIBUTIONS
@@ -68,28 +68,32 @@ class JobConfig:
     distribution: str = "rademacher"
 
     def validate(self) -> "JobConfig":
+        from edgezo.schema import checked
+
+        for key, value in checked(JobConfig, asdict(self), "job configuration").items():
+            setattr(self, key, value)  # JobConfig(clients=4.5) is refused as a TOML file's value is
         method = method_of(self.method)
         for name in ("clients", "rounds", "local_steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
-                raise EdgezoError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.p1 < 1 or self.p2 < 1:
-            raise EdgezoError(f"--p1 and --p2 must be at least 1 (got P1={self.p1}, P2={self.p2})")
+            raise ConfigError(f"--p1 and --p2 must be at least 1 (got P1={self.p1}, P2={self.p2})")
         for name in ("lr", "eps"):
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
-                raise EdgezoError(f"--{name} must be a positive number (got {v})")
+                raise ConfigError(f"--{name} must be a positive number (got {v})")
         if self.lr_decay_rounds < 0:
-            raise EdgezoError(f"--lr-decay-rounds must be 0 (decay over all rounds) or more (got {self.lr_decay_rounds})")
+            raise ConfigError(f"--lr-decay-rounds must be 0 (decay over all rounds) or more (got {self.lr_decay_rounds})")
         if self.eval_every < 0 or self.eval_samples < 0:
-            raise EdgezoError("--eval-every and --eval-samples must be 0 or more")
+            raise ConfigError("--eval-every and --eval-samples must be 0 or more")
         if self.partition not in PARTITIONS:
-            raise EdgezoError(f"unknown partition {self.partition!r}; use iid or dirichlet")
+            raise ConfigError(f"unknown partition {self.partition!r}; use iid or dirichlet")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise EdgezoError(f"unknown lr schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+            raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
         if self.variant not in VARIANTS:
-            raise EdgezoError(f"unknown SPZO variant {self.variant!r}; use joint or clean")
+            raise ConfigError(f"unknown SPZO variant {self.variant!r}; use joint or clean")
         if self.distribution not in DISTRIBUTIONS:
-            raise EdgezoError(f"unknown distribution {self.distribution!r}; use rademacher or gaussian")
+            raise ConfigError(f"unknown distribution {self.distribution!r}; use rademacher or gaussian")
         if self.difference is None:
             self.difference = method.default_difference
         method.check_difference(self.difference)
@@ -119,8 +123,10 @@ def config_keys() -> list[str]:
     return [f.name for f in fields(JobConfig)]
 
 
-def load_toml(path: str | Path) -> dict:
-    """Read a TOML job file; unknown keys are an error (a typo must not silently use a default)."""
+def load_toml(path: str | Path, known: list[str] | None = None) -> dict:
+    """Read a TOML file of options (a job's, and a command's own when ``known`` lists them);
+    unknown keys are an error (a typo must not silently use a default). Types are checked
+    where the values meet their dataclass (``edgezo.schema``)."""
     p = Path(path)
     if not p.is_file():
         raise EdgezoError(f"config file {p} does not exist")
@@ -129,17 +135,18 @@ def load_toml(path: str | Path) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise EdgezoError(f"config file {p} is not valid TOML: {e}") from e
     data = {k.replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - set(config_keys()))
+    known = config_keys() if known is None else known
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise EdgezoError(f"config file {p} has unknown keys {unknown}; known keys: {', '.join(config_keys())}")
+        raise ConfigError(f"config file {p} has unknown keys {unknown}; known keys: {', '.join(known)}")
     return data
 
 
-def build_config(file_values: dict, cli_values: dict) -> JobConfig:
-    """TOML values first, then the options given on the command line (None means not given)."""
-    merged = dict(file_values)
-    merged.update({k: v for k, v in cli_values.items() if v is not None})
-    try:
-        return JobConfig(**merged).validate()
-    except TypeError as e:
-        raise EdgezoError(f"bad job configuration: {e}") from e
+def build_config(file_values: dict, cli_values: dict, where: str = "config file") -> JobConfig:
+    """TOML values first, then the options given on the command line (None means not given);
+    every value type-checked, naming its key."""
+    from edgezo.schema import build, checked
+
+    merged = checked(JobConfig, dict(file_values), where)
+    merged.update(checked(JobConfig, {k: v for k, v in cli_values.items() if v is not None}, "options"))
+    return build(JobConfig, merged, where).validate()

@@ -34,15 +34,22 @@ class RunOutputs:
         self.out.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.out / "metrics.jsonl"
         self.records: list[dict] = []
-        if resume_round is not None and self.metrics_path.exists():
-            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    d = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line
-                if d.get("round", 1 << 30) <= resume_round:
-                    self.records.append(d)
+        if resume_round is not None:
+            self.records = [d for d in self.read_rows(self.metrics_path) if d.get("round", 1 << 30) <= resume_round]
         self.metrics_path.write_text("".join(json.dumps(d) + "\n" for d in self.records), encoding="utf-8")
+
+    @staticmethod
+    def read_rows(path: Path) -> list[dict]:
+        """The rows of a metrics.jsonl (none when it does not exist; a torn last line is skipped)."""
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line
+        return rows
 
     def add(self, record: RoundRecord) -> None:
         d = record.to_dict()

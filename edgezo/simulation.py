@@ -23,11 +23,11 @@ import numpy as np
 from edgezo.aggregate import Aggregation, to_wire_precision
 from edgezo.config import JobConfig, job_work, probe_config
 from edgezo.costmodel import Work
-from edgezo.engine import RoundRecord, Totals, device_batch_indices, evaluation_due, simulated_bytes
+from edgezo.engine import RoundRecord, Totals, apply_reviewed, device_batch_indices, evaluation_due, log_review, simulated_bytes
 from edgezo.errors import EdgezoError
 from edgezo.estimators import LocalRound
 from edgezo.methods import method_of
-from edgezo.seedlog import LogEntry
+from edgezo.seedlog import LogEntry, replay
 
 
 @dataclass
@@ -63,6 +63,18 @@ class SimulatedDevice:
     executor: Any
     make_batch: Callable[[list[int]], Any]
     work: Work | None = None
+    sends: Callable[[dict], dict] | None = None  # what it sends instead of its scalars (tests: a hostile device)
+
+
+@dataclass
+class Resume:
+    """Where a stopped simulation continues: the seed log's entries of its completed rounds
+    (replayed onto every replica: the global model is base + replay) and the metrics record of
+    the last of them (the totals and the clocks continue from it). The rounds after it run as
+    they would have, so the resumed job ends on the uninterrupted job's model."""
+
+    entries: list[LogEntry]
+    last: dict
 
 
 def _ignore(*args) -> None:
@@ -78,6 +90,8 @@ def run_simulation(
     clock: SimulatedClock | None = None,
     on_round: Callable[[RoundRecord, LogEntry | None], None] = _ignore,
     on_device: Callable[[], None] = _ignore,
+    resume: Resume | None = None,
+    engine: Any = None,
 ) -> list[RoundRecord]:
     """Run the job's rounds; returns every round's record (round 0: before training).
 
@@ -86,7 +100,10 @@ def run_simulation(
     too and gets every global update, as a real device would. ``on_round`` receives each record
     and the seed-log entry of the round (None for a method without a seed log); ``on_device``
     is called after each device's round (a progress bar). A ``clock`` leaves out the devices
-    that miss its deadline and times the rounds.
+    that miss its deadline and times the rounds. With ``resume``, the job continues after the
+    resumed rounds (and returns the records of the rounds it ran). An ``engine``
+    (``edgezo.engines``) computes the devices' rounds elsewhere (``round``) and is told each
+    global update (``follow``); the aggregation, the records and the seed log stay here.
     """
     method = method_of(cfg.method)
     replicas = [primary]
@@ -107,14 +124,20 @@ def run_simulation(
         return totals.record(rnd, cfg.method, loss, accuracy, round(time.perf_counter() - t0, 3), answered, len(devices),
                              primary.fingerprint(), None if clock is None else round(clock.now, 3))
 
-    records = [record(0, None, evaluate(), 0)]
-    on_round(records[0], None)
+    if resume is None:
+        records = [record(0, None, evaluate(), 0)]
+        on_round(records[0], None)
+    else:
+        records = []
+        totals, t0 = Totals.from_record(resume.last), t0 - resume.last.get("wall_s", 0.0)
+        _continue(resume, replicas, clock)
     trainable = primary.trainable_numel(1) + primary.trainable_numel(2)
-    for rnd in range(1, cfg.rounds + 1):
+    for rnd in range(1 + (len(resume.entries) if resume else 0), cfg.rounds + 1):
         lr = cfg.round_lr(rnd)
         global_weights = [(replica, replica.snapshot()) for replica in replicas]
-        results: list[tuple[LocalRound, float]] = []
-        for index, (device, work, probe) in enumerate(zip(devices, works, probes)):
+        included = [d for d in range(len(devices)) if clock is None or clock.included(d)]  # an engine computes these
+        results: list[tuple[LocalRound, float]] = [] if engine is None else engine.round(rnd, lr, included, on_device)
+        for index, (device, work, probe) in enumerate(zip(devices, works, probes) if engine is None else ()):
             if clock is not None and not clock.included(index):
                 continue
             ex = device.executor
@@ -123,15 +146,35 @@ def run_simulation(
             batches = [device.make_batch(ix) for ix in indices]
             result = method.local_round(ex, batches, probe, lr, cfg.seed, rnd, method.stream(index + 1))
             result.examples = sum(b.size for b in batches)
-            result.scalars = aggregation.clipped(to_wire_precision(result.scalars))
+            result.scalars = aggregation.clipped((device.sends or dict)(to_wire_precision(result.scalars)))
             results.append((result, float(result.examples)))
             on_device()
-        update = method.apply_round(global_weights, results, lr, cfg.variant, aggregation)
+        update, review = apply_reviewed(method, global_weights, results, [f"device {d}" for d in included], lr, cfg.variant, aggregation)
+        if engine is not None:  # its workers' replicas follow the global model
+            engine.follow(rnd, update)
         totals.add_round([r for r, _ in results], *simulated_bytes(method, [r.scalars for r, _ in results], trainable))
         loss = float(np.mean([np.mean(r.losses) for r, _ in results]))
         accuracy = evaluate() if evaluation_due(cfg, rnd) else None
         if clock is not None:
             clock.advance()
         records.append(record(rnd, loss, accuracy, len(results)))
+        if review is not None:  # the devices it cut and a refusal, in the metrics and the log
+            review.annotate(records[-1])
+            log_review(review, rnd)
         on_round(records[-1], None if update is None else LogEntry(rnd, update))
     return records
+
+
+def _continue(resume: Resume, replicas: Sequence[Any], clock: SimulatedClock | None) -> None:
+    """Bring every replica to the resumed round's global model, checked against its record."""
+    done = len(resume.entries)
+    if [e.round for e in resume.entries] != list(range(1, done + 1)) or resume.last.get("round") != done:
+        raise EdgezoError(f"cannot resume: the seed log holds rounds {[e.round for e in resume.entries]} but the metrics "
+                          f"end at round {resume.last.get('round')}; start the run again with --overwrite")
+    for replica in replicas:
+        replay(replica, resume.entries)
+    if resume.last.get("fingerprint") and replicas[0].fingerprint() != resume.last["fingerprint"]:
+        raise EdgezoError(f"cannot resume: replaying the seed log does not give round {done}'s recorded model "
+                          "(another model, backend or changed files); start the run again with --overwrite")
+    if clock is not None:
+        clock.now = resume.last.get("sim_time_s") or 0.0

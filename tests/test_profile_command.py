@@ -96,3 +96,15 @@ def test_simulate_devices_bad_input(tiny_llama, sst2_dir, tmp_path):
     ):
         done = run_cli(*common, *extra)
         assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr, (extra, done.stderr[-2000:])
+
+
+def test_profile_takes_its_options_from_a_config_file(tiny_llama, tmp_path):
+    conf = tmp_path / "profile.toml"
+    conf.write_text(f'model = "{tiny_llama}"\nuse = "pi5"\nplan = true\nround-seconds = 5\nquiet = true\n')
+    done = run_cli("profile", "--config", str(conf))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "using the reference profile pi5" in done.stdout and "plan: " in done.stdout
+    conf.write_text('seq_len = "long"\n')
+    done = run_cli("profile", "--config", str(conf))
+    assert done.returncode == 2 and "seq_len must be a whole number (got 'long')" in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.strip()]) == 1

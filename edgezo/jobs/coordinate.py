@@ -1,0 +1,197 @@
+"""The coordinator side of a federation as a library object (``edgezo coordinate``).
+
+Operator errors come before any work, in the order they are cheap to find: settings, the
+output and state folders, the data, then the broker (reachability and credentials), and only
+then the model (8-50 s). A restart with the same state folder resumes the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Callable
+
+from edgezo.config import JobConfig
+from edgezo.errors import ConfigError
+from edgezo.jobs.common import Callback, JobResult, callbacks_of, file_and_options, job_config, record_of
+from edgezo.outputs import RunOutputs, round_line
+from edgezo.runfolder import prepare_out, writable_folder
+from edgezo.settings import COORDINATE_OUT, CoordinateSettings
+
+
+class CoordinateJob:
+    """A federated job over MQTT: ``JobConfig`` (the job devices get), ``CoordinateSettings``
+    (broker, rounds' policy, planning, state), per-round ``callbacks``; ``say`` gets the log's
+    events, ``progress`` adds a progress bar and the per-round lines (what ``--quiet`` leaves out)."""
+
+    def __init__(self, config: JobConfig | None = None, settings: CoordinateSettings | None = None, *,
+                 callbacks: list[Callback | Callable] | Callback | Callable | None = None,
+                 say: Callable[[str], None] | None = None, progress: bool = False):
+        self.config = (config if config is not None else JobConfig(out=COORDINATE_OUT)).validate()
+        self.settings = (settings if settings is not None else CoordinateSettings()).validate()
+        self.callbacks = callbacks_of(callbacks)
+        self.say = say or (lambda msg: None)
+        self.progress = progress
+        self.rejected = 0
+
+    @classmethod
+    def from_options(cls, config_file: str | Path | None = None, **options) -> "CoordinateJob":
+        """From option values as the CLI names them, over a TOML file's (options win)."""
+        run_kw = {k: options.pop(k) for k in ("callbacks", "say", "progress") if k in options}
+        job, settings = file_and_options(config_file, options, JobConfig, CoordinateSettings)
+        if "clients" in job:
+            raise ConfigError("coordinate has no clients setting: its devices are whoever joins (see min_devices and devices_per_round)")
+        job.setdefault("out", COORDINATE_OUT)
+        return cls(job_config(job), CoordinateSettings(**settings), **run_kw)
+
+    def _checked(self):
+        """Everything that needs neither the model nor the broker: the aggregation, the planner's
+        limits and fallback profile, the folders."""
+        from edgezo.coordinator.topics import check_name
+        from edgezo.methods import method_of
+
+        cfg, s = self.config, self.settings
+        check_name("run", s.run)
+        if method_of(cfg.method).backprop:
+            raise ConfigError(f"{cfg.method} moves full weights every round; over MQTT only seeds and scalars travel. Use it with `edgezo simulate`")
+        aggregation = s.aggregation_rule(cfg)
+        limits = fallback = None
+        if s.plan:
+            from edgezo.config import job_work
+            from edgezo.planner import Limits
+            from edgezo.profiles import resolve_profile
+
+            limits = Limits(job_work(cfg), p1=s.max_p1, p2=s.max_p2)
+            fallback = resolve_profile(s.default_profile) if s.default_profile else None
+        out = Path(cfg.out)
+        state = Path(s.state) if s.state else out / "state"
+        if (state / "job.json").is_file() and not s.overwrite:
+            writable_folder(out, "--out")  # a restart: the state folder resumes the job
+        else:
+            prepare_out(out, s.overwrite)
+        writable_folder(state, "--state")
+        return aggregation, limits, fallback, out, state
+
+    def run(self) -> JobResult:
+        """Coordinate the job until its last round; returns the records and output paths."""
+        from tqdm.auto import tqdm
+
+        from edgezo.coordinator.rounds import RoundPolicy
+        from edgezo.coordinator.server import CoordinatorSettings
+        from edgezo.jobdata import load_job_data
+
+        cfg, s, say = self.config, self.settings, self.say
+        aggregation, limits, fallback, out, state = self._checked()
+        data = load_job_data(cfg, need_train=False)
+        cfg.task = data.task.ref  # a user task travels whole (template, label words); devices read their own data
+        link, embedded = self._connect()  # broker and credentials before the model loads
+        try:
+            ex, info = self._load_model(data)
+            planning = self._planning(ex, info, data, limits, fallback) if s.plan else None
+            extra = {f.name: getattr(s, f.name) for f in fields(CoordinatorSettings) if f.name == "max_missed"}
+            settings = CoordinatorSettings(
+                run=s.run, state=state, min_devices=s.min_devices, devices_per_round=s.devices_per_round,
+                policy=RoundPolicy(s.round_timeout, s.quorum, aggregation), checkpoint_every=s.checkpoint_every,
+                http_port=s.http_port, advertise_host=s.advertise_host, planning=planning, **extra,
+            )
+            if settings.advertise_host is None and link.settings.host not in ("127.0.0.1", "localhost", "::1"):
+                settings.advertise_host = link.settings.host
+            return self._coordinate(settings, link, ex, info, data, aggregation, out, tqdm)
+        finally:
+            link.close()
+            if embedded is not None:
+                embedded.stop()
+
+    def _connect(self):
+        """The MQTT link, connected (an embedded broker started first when no broker is given)."""
+        from edgezo.coordinator.transport import MqttLink
+
+        s, embedded, broker = self.settings, None, self.settings.broker
+        if broker is None:
+            from edgezo.coordinator.broker import EmbeddedBroker
+
+            embedded = EmbeddedBroker(port=s.port)
+            self.say(f"no --broker given: started an embedded MQTT broker (amqtt) on {embedded.host}:{embedded.port} "
+                     f"(this machine only; devices here join with: edgezo join --broker {embedded.host}:{embedded.port}). "
+                     "For devices on other machines run mosquitto and pass --broker")
+            broker = f"{embedded.host}:{embedded.port}"
+        link = MqttLink(s.broker_settings(broker), client_id=f"edgezo-coordinator-{s.run}",
+                        protocol=embedded.protocol if embedded else "auto")
+        try:
+            link.connect()
+        except BaseException:
+            link.close()
+            if embedded is not None:
+                embedded.stop()
+            raise
+        return link, embedded
+
+    def _load_model(self, data):
+        import transformers
+
+        from edgezo.backends.torch.factory import build_torch_executor
+
+        transformers.utils.logging.set_verbosity_error()
+        self.say(f"loading model {self.config.model or '(default) SmolLM2-135M-Instruct'} ...")
+        return build_torch_executor(self.config, data.task)
+
+    def _planning(self, ex, info, data, limits, fallback):
+        from edgezo.backends.torch.profiling import model_shape, typical_tokens
+        from edgezo.coordinator.server import Planning
+
+        cfg, s = self.config, self.settings
+        tokens = typical_tokens(ex, data.task, data.dev, cfg.batch_size, seed=cfg.seed)
+        self.say(f"planning per device: {tokens} tokens per sequence (a typical batch), {s.round_timeout:g} s rounds, "
+                 f"at most K {limits.k}, batch {limits.batch}, P1 {limits.p1}, P2 {limits.p2}; devices without a profile get "
+                 + (f"the {fallback.kind} profile {fallback.name!r}" if fallback else "the job's fixed work"))
+        return Planning(model_shape(ex, info.name, info.digest), tokens, limits, s.round_timeout, fallback)
+
+    def _coordinate(self, settings, link, ex, info, data, aggregation, out: Path, tqdm) -> JobResult:
+        from edgezo.backends.torch.factory import save_trained_model
+        from edgezo.coordinator.messages import ModelRef
+        from edgezo.coordinator.server import Coordinator
+        from edgezo.evaluate import make_evaluator
+
+        cfg, say = self.config, self.say
+        started = time.perf_counter()
+        model = ModelRef(info.name, info.revision or "", info.digest)
+        outputs: RunOutputs | None = None  # opened once the coordinator has replayed its state
+        bar = None
+
+        def on_record(record):
+            outputs.add(record)
+            if record.round and bar is not None:
+                bar.update(1)
+            if self.progress:
+                say(round_line(record, cfg.rounds, f"  devices {record.devices}/{record.assigned}"))
+            for callback in self.callbacks:
+                callback.on_round(record)
+
+        coordinator = Coordinator(cfg, settings, link, ex, model, make_evaluator(ex, data.task, data.dev, not self.progress),
+                                  on_record, say=say)
+        outputs = RunOutputs(out, resume_round=coordinator.round or None)
+        if outputs.records:
+            coordinator.continue_totals(outputs.records[-1])
+        bar = tqdm(total=cfg.rounds, initial=coordinator.round, desc="rounds", unit="round", disable=not self.progress, dynamic_ncols=True)
+        try:
+            coordinator.run()
+        finally:
+            bar.close()
+        self.rejected = coordinator.rejected
+        summary = outputs.finish(cfg, ex, info, started, lambda folder: save_trained_model(cfg, data.task, ex, folder, info),
+                                 {"run": settings.run, "aggregation": asdict(aggregation), "rejected_messages": coordinator.rejected})
+        result = JobResult(out, [record_of(r) for r in outputs.records], summary)
+        for callback in self.callbacks:
+            callback.on_job_end(result)
+        return result
+
+
+def configure_logging() -> None:
+    """The coordinator's and devices' log (events: connections, rejected messages, dropped
+    devices), the same with or without --quiet, which only leaves out progress."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+__all__ = ["CoordinateJob", "configure_logging"]

@@ -1,0 +1,147 @@
+"""A device's side of a federation as a library object (``edgezo join``).
+
+Its profile, backend and broker (reachability, credentials) are checked before the job's model
+is loaded; ``run()`` answers the coordinator's rounds until the job ends and returns the exit
+status (0: the job finished).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+from edgezo.errors import EdgezoError
+from edgezo.jobs.common import file_and_options
+from edgezo.settings import JoinSettings
+
+ROUND_LINE = re.compile(r"round \d+: \d+ scalars")  # a device's per-round line (coordinator.device)
+PROFILE_LIMIT = 64 * 1024  # most bytes a profile may add to the Status message (the payload limit is 1 MiB)
+
+
+class JoinJob:
+    """This device in a federated job: ``JoinSettings``; ``say`` gets the log lines (None: silent)."""
+
+    def __init__(self, settings: JoinSettings, *, say: Callable[[str], None] | None = None):
+        self.settings = settings.validate()
+        self.say = say or (lambda msg: None)  # with settings.quiet, the per-round lines are left out
+        self.device = None
+
+    @classmethod
+    def from_options(cls, config_file: str | Path | None = None, say: Callable[[str], None] | None = None, **options) -> "JoinJob":
+        """From option values as the CLI names them, over a TOML file's (options win)."""
+        (settings,) = file_and_options(config_file, options, JoinSettings)
+        return cls(JoinSettings(**settings), say=say)
+
+    def run(self) -> int:
+        """Answer the job's rounds until it ends; the exit status (0: the job finished)."""
+        from edgezo.coordinator.device import Device, DeviceSettings, find_job
+        from edgezo.coordinator.messages import PROTOCOL_VERSION, Status, encode
+        from edgezo.coordinator.topics import Topics, check_name
+        from edgezo.coordinator.transport import MqttLink
+        from edgezo.jobdata import parse_shard
+
+        s = self.settings
+        say = _without_round_lines(self.say) if s.quiet else self.say
+        if s.device_id is None:
+            from edgezo.commands.join import default_device_id
+
+            device_id = check_name("device", default_device_id())
+        else:
+            device_id = check_name("device", s.device_id)
+        run_name = check_name("run", s.run) if s.run else None
+        if s.backend != "auto":
+            from edgezo.backends.choice import require
+
+            require(s.backend)  # before connecting: a missing extra fails here, in one line
+        profile, memory_budget = device_profile(s.profile, s.memory_gb, say)  # before connecting: a bad one fails here
+        settings = DeviceSettings(device_id=device_id, run=run_name, model=s.model, data=s.data,
+                                  shard=parse_shard(s.shard) if s.shard else None, train_samples=s.train_samples, stay=s.stay,
+                                  catch_up=s.catch_up, announce_timeout=s.announce_timeout, profile=profile, memory_gb=memory_budget)
+        bs = s.broker_settings()
+        if run_name is None:  # the last will names the run: find it first
+            with MqttLink(bs, client_id=f"edgezo-{device_id}-probe") as probe:
+                connect_patiently(probe, s.announce_timeout, say)
+                run_name = find_job(probe, None, s.announce_timeout, s.stay).run
+            settings.run = run_name
+        # The last will: the coordinator hears at once that this device is gone.
+        offline = Status(v=PROTOCOL_VERSION, run=run_name, device=device_id, state="offline")
+        link = MqttLink(bs, client_id=f"edgezo-{device_id}-{os.getpid()}", will=(Topics(run_name).status(device_id), encode(offline), True))
+
+        def build(cfg, task):
+            import transformers
+
+            from edgezo.backends.choice import build_executor, resolve_backend
+
+            transformers.utils.logging.set_verbosity_error()
+            choice = resolve_backend(s.backend, cfg.model, memory_budget * 1024 if memory_budget else None)
+            say(f"backend {choice.backend} ({choice.reason})")
+            return build_executor(choice.backend, cfg, task)
+
+        connect_patiently(link, s.announce_timeout, say)  # broker and credentials before the model loads
+        self.device = Device(settings, link, build, say)
+        try:
+            return self.device.run()
+        except (KeyboardInterrupt, SystemExit):
+            self.device.leave()  # a clean disconnect sends no last will: say we are gone ourselves
+            raise
+        finally:
+            link.close()
+
+
+def device_profile(spec: str | None, memory_gb: float | None, say=print) -> tuple[dict, float]:
+    """(profile dict, memory budget in GB) this device sends in its Status; ({}, 0.0 or --memory-gb)
+    without a profile. An explicit ``spec`` that cannot be read is an error; the implicit default
+    (the measured profile named after this host in the user profile folder) is skipped with a
+    warning when it is broken, since the device works without one."""
+    from edgezo.coordinator import messages as m
+    from edgezo.profiles import host_profile_name, load_profile, resolve_profile, user_profile_dir
+
+    if memory_gb is not None and not (math.isfinite(memory_gb) and memory_gb > 0):
+        raise EdgezoError(f"--memory-gb must be a positive number of GB (got {memory_gb})")
+    profile = None
+    if spec is not None:
+        profile = resolve_profile(spec)
+    else:
+        default = user_profile_dir() / f"{host_profile_name()}.toml"
+        if default.is_file():
+            try:
+                profile = load_profile(default)
+            except Exception as e:
+                say(f"warning: ignoring this host's profile {default}: {e}; re-run `edgezo profile` or pass --profile")
+    if profile is None:
+        return {}, float(memory_gb or 0.0)
+    data = profile.to_dict()
+    size = len(m.encode(m.Status(v=m.PROTOCOL_VERSION, run="", device="", state="online", profile=data)))
+    if size > PROFILE_LIMIT:
+        raise EdgezoError(f"profile {profile.path or profile.name} takes {size:,} bytes in the status message; "
+                          f"the most is {PROFILE_LIMIT:,} (trim its sources or measured rows)")
+    budget = memory_gb if memory_gb is not None else profile.memory_available_gb
+    say(f"profile: {profile.kind} profile {profile.name!r} ({profile.path or 'reference'}), memory budget {budget:g} GB")
+    return data, float(budget)
+
+
+def connect_patiently(link, timeout: float, say) -> None:
+    """Devices are often started before the broker (or the coordinator's embedded one): retry an
+    unreachable broker for ``timeout`` seconds; refused credentials fail at once."""
+    import time
+
+    from edgezo.coordinator.transport import BrokerUnreachable
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            link.connect()
+            return
+        except BrokerUnreachable as e:
+            if time.monotonic() + 2 > deadline:
+                raise
+            say(f"{e}; retrying for up to {timeout:.0f} s")
+            time.sleep(2)
+
+
+def _without_round_lines(say: Callable[[str], None]) -> Callable[[str], None]:
+    """--quiet: the device's events stay, its per-round lines go."""
+    return lambda msg: None if ROUND_LINE.match(msg) else say(msg)

@@ -1,0 +1,278 @@
+"""A simulation as a library object: N virtual devices fine-tune a model in one process.
+
+    job = SimulateJob(JobConfig(model="...", clients=3, rounds=3), SimulateSettings(train_samples=300))
+    result = job.run()          # records, summary, output paths
+
+``edgezo simulate`` is this object built from its options. Everything that can be checked
+without the model (settings, backends, the output folder) is checked before the model loads;
+``--resume`` continues a stopped run from its seed log and metrics to the same final model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Callable
+
+from edgezo.config import JobConfig
+from edgezo.engine import RoundRecord
+from edgezo.errors import ConfigError, JobStopped
+from edgezo.jobs.common import Callback, JobResult, callbacks_of, file_and_options, job_config, record_of
+from edgezo.outputs import RunOutputs, round_line
+from edgezo.runfolder import prepare_out, read_job, write_job
+from edgezo.seedlog import SeedLog
+from edgezo.settings import SimulateSettings
+
+RUN_FLAGS = ("quiet", "overwrite", "resume")  # how to run, not what: never compared on --resume
+
+
+def _settings_record(settings: SimulateSettings) -> dict:
+    return {k: v for k, v in asdict(settings).items() if k not in RUN_FLAGS}
+
+
+class SimulateJob:
+    """A simulation job: ``JobConfig`` (the job), ``SimulateSettings`` (simulate's own options),
+    per-round ``callbacks`` (``edgezo.Callback`` objects or functions of a ``RoundRecord``), and
+    how to report: ``say`` gets the log's events (None: silent), ``progress`` adds a progress bar
+    and the per-round lines (what ``--quiet`` leaves out)."""
+
+    def __init__(self, config: JobConfig | None = None, settings: SimulateSettings | None = None, *,
+                 callbacks: list[Callback | Callable] | Callback | Callable | None = None,
+                 say: Callable[[str], None] | None = None, progress: bool = False, engine=None):
+        self.config = (config if config is not None else JobConfig()).validate()
+        self.settings = (settings if settings is not None else SimulateSettings()).validate()
+        self.callbacks = callbacks_of(callbacks)
+        self.say = say or (lambda msg: None)
+        self.progress = progress
+        self.engine = engine  # None: devices run here; an edgezo.engines.ray_engine.RaySettings: as Ray actors
+
+    @classmethod
+    def from_options(cls, config_file: str | Path | None = None, **options) -> "SimulateJob":
+        """From option values as the CLI names them (``clients=3``, ``train_samples=300``,
+        ``resume=True``...), over a TOML file's; with ``resume``, the stopped run's settings
+        (from its job.json) are the base, and a given option that disagrees with them is an error."""
+        run_kw = {k: options.pop(k) for k in ("callbacks", "say", "progress", "engine") if k in options}
+        job, sim = file_and_options(config_file, options, JobConfig, SimulateSettings)
+        if sim.get("resume"):
+            job, sim = _resumed(job, sim)
+        return cls(job_config(job), SimulateSettings(**sim), **run_kw)
+
+    # -- running ----------------------------------------------------------------------------
+    def run(self) -> JobResult:
+        """Run the job to its last round (or until a callback raises JobStopped); returns the
+        records and the paths of what it wrote to ``config.out``."""
+        import transformers
+
+        from edgezo.backends.choice import parse_backends, require
+        from edgezo.evaluate import make_evaluator
+        from edgezo.jobdata import device_shards, load_job_data
+        from edgezo.simulation import SimulatedDevice, run_simulation
+
+        cfg, s, say = self.config, self.settings, self.say
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        fleet = self._fleet()
+        requested = parse_backends(s.backend)
+        for backend in set(requested) - {"auto"}:
+            require(backend)  # a missing extra fails before any data or model is read
+        if self.engine is not None:
+            from edgezo.engines.ray_engine import require_ray, start_engine
+
+            require_ray()
+        aggregation = s.aggregation_rule(cfg)
+        if s.train_samples is not None and s.train_samples < cfg.clients:
+            raise ConfigError(f"--train-samples {s.train_samples} is fewer than --clients {cfg.clients}")
+        out = prepare_out(cfg.out, s.overwrite, s.resume)  # before the model loads
+        data = load_job_data(cfg, s.train_samples)
+        shards = device_shards(cfg, data.train)
+        executors = BackendPool(cfg, data.task, say)
+        ex, info = executors.get(_first_backend(requested, fleet is not None))
+        say(f"{info.name}: {ex.num_layers} layers, split at {ex.split}; trainable {cfg.trainable}: "
+            f"{ex.trainable_numel(1):,} + {ex.trainable_numel(2):,} parameters (block 1 + block 2); "
+            f"{len(data.train):,} train examples over {cfg.clients} devices, {len(data.dev)} validation")
+        works, clock = [None] * cfg.clients, None
+        extra = {"aggregation": asdict(aggregation)}
+        if fleet is not None:
+            plans, clock = _plan_fleet(cfg, ex, info, data, fleet, s, say)
+            works = [p.work for p in plans]
+            extra |= {"planned": s.plan, "round_seconds": s.round_seconds,
+                      "devices": [{"device": p.device, "backend": p.backend, "k": p.work.k, "p1": p.work.p1, "p2": p.work.p2,
+                                   "batch": p.work.batch, "predicted_round_s": round(p.round_s, 3)} for p in plans]}
+            device_backends = [_planned_backend(p.backend, requested, d, say) for d, p in enumerate(plans)]
+        else:
+            device_backends = [requested[d % len(requested)] for d in range(cfg.clients)]
+        device_executors = [executors.get(b)[0] for b in device_backends]
+        mixed = len({id(e) for e in device_executors} | {id(ex)}) > 1
+        if mixed:
+            extra["device_backends"] = [e.backend for e in device_executors]
+            say("devices' backends: " + ", ".join(f"{d}:{e.backend}" for d, e in enumerate(device_executors)))
+        seedlog = SeedLog(out / "seedlog.jsonl")
+        resume = self._resume_point(out, seedlog) if s.resume else None
+        outputs = RunOutputs(out, resume_round=None if resume is None else resume.last["round"])
+        if resume is None:
+            seedlog.path.unlink(missing_ok=True)
+            write_job(out, {"job": cfg.to_dict(), "simulate": _settings_record(s)})
+        else:
+            say(f"resuming after round {resume.last['round']} of {cfg.rounds}")
+        from tqdm.auto import tqdm
+
+        done = 0 if resume is None else resume.last["round"]
+        bar = tqdm(total=cfg.rounds * cfg.clients, initial=done * cfg.clients, desc="devices x rounds", unit="dev",
+                   disable=not self.progress, dynamic_ncols=True)
+
+        def on_round(record: RoundRecord, entry) -> None:
+            outputs.add(record)
+            if entry is not None:
+                seedlog.append(entry)
+            if self.progress:
+                say(round_line(record, cfg.rounds))
+            for callback in self.callbacks:
+                callback.on_round(record)
+
+        started = time.perf_counter()
+        devices = [SimulatedDevice(shard, e, executors.batcher(e, data.train), work)
+                   for shard, e, work in zip(shards, device_executors, works)]
+        remote = None if self.engine is None else start_engine(self.engine, cfg, data.train, shards, device_executors, works,
+                                                               aggregation, executors.all(), resume)
+        try:
+            run_simulation(cfg, devices, ex, make_evaluator(ex, data.task, data.dev, not self.progress), aggregation, clock,
+                           on_round=on_round, on_device=lambda: bar.update(1), resume=resume, engine=remote)
+        except JobStopped as e:
+            say(f"stopped after round {outputs.records[-1]['round']}: {e}; continue with --resume")
+            return JobResult(out, [record_of(r) for r in outputs.records], None, stopped=True)
+        finally:
+            bar.close()
+            if remote is not None:
+                remote.close()
+        if clock is not None:
+            extra["sim_time_s"] = round(clock.now, 3)
+        if mixed:
+            extra["replica_fingerprints"] = {e.backend: e.fingerprint() for e in executors.all()}
+        from edgezo.backends.torch.factory import save_trained_model
+
+        summary = outputs.finish(cfg, ex, info, started, lambda folder: save_trained_model(cfg, data.task, ex, folder, info), extra)
+        result = JobResult(out, [record_of(r) for r in outputs.records], summary)
+        for callback in self.callbacks:
+            callback.on_job_end(result)
+        return result
+
+    def _fleet(self):
+        """The --devices fleet (which sets the number of clients), or None."""
+        s, cfg = self.settings, self.config
+        if not s.devices:
+            return None
+        from edgezo.fleet import parse_fleet
+
+        fleet = parse_fleet(s.devices)
+        if cfg.clients != len(fleet):
+            if cfg.clients != JobConfig.clients:
+                raise ConfigError(f"--clients {cfg.clients} disagrees with --devices, which lists {len(fleet)} devices; drop --clients")
+            cfg.clients = len(fleet)
+        return fleet
+
+    def _resume_point(self, out: Path, seedlog: SeedLog):
+        from edgezo.errors import OutputError
+        from edgezo.simulation import Resume
+
+        entries = list(seedlog.entries())
+        rows = RunOutputs.read_rows(out / "metrics.jsonl")
+        kept = [r for r in rows if r.get("round", -1) <= len(entries)]
+        if not kept:
+            raise OutputError(f"--resume: {out} has no completed round to continue from; start it again with --overwrite")
+        # metrics are written before the seed-log entry: a crash between them leaves a row whose
+        # update never reached the log, which the resumed run redoes.
+        return Resume(entries[: kept[-1]["round"]], kept[-1])
+
+
+def _resumed(job: dict, sim: dict) -> tuple[dict, dict]:
+    """--resume: the stopped run's settings, with the given ones checked against them."""
+    out = Path(job.get("out", JobConfig.out))
+    from edgezo.runfolder import JOB_FILE
+
+    if not (out / JOB_FILE).is_file():
+        raise ConfigError(f"--resume: {out} holds no stopped run ({JOB_FILE} missing); run without --resume to start one")
+    stored = read_job(out)
+    base_job, base_sim = stored.get("job", {}), stored.get("simulate", {})
+    differ = [f"{k} ({base_job.get(k)!r} there, {v!r} here)" for k, v in job.items() if k in base_job and base_job[k] != v]
+    differ += [f"{k} ({base_sim.get(k)!r} there, {v!r} here)" for k, v in sim.items()
+               if k not in RUN_FLAGS and k in base_sim and base_sim[k] != v]
+    if differ:
+        raise ConfigError(f"--resume: the stopped run in {out} was started with other settings: {'; '.join(differ)}; "
+                          "drop those options to continue it, or start a new run in another --out")
+    known_job = {f.name for f in fields(JobConfig)}
+    known_sim = {f.name for f in fields(SimulateSettings)}
+    return ({**{k: v for k, v in base_job.items() if k in known_job}, **job},
+            {**{k: v for k, v in base_sim.items() if k in known_sim}, **sim})
+
+
+def _plan_fleet(cfg, ex, info, data, fleet, s: SimulateSettings, say):
+    """Each simulated device's work and the simulated clock that times it."""
+    from edgezo.backends.torch.profiling import model_shape, typical_tokens
+    from edgezo.config import job_work
+    from edgezo.fleet import plan_fleet
+    from edgezo.simulation import SimulatedClock
+
+    shape = model_shape(ex, info.name, info.digest)
+    tokens = typical_tokens(ex, data.task, data.train, cfg.batch_size, cfg.seed)
+    plans = plan_fleet(fleet, shape, tokens, job_work(cfg), s.round_seconds, s.plan, s.max_p1, s.max_p2)
+    clock = SimulatedClock([p.round_s for p in plans], [prof.network_latency_ms / 1e3 for _, prof in fleet], s.round_seconds)
+    say(f"{'planned' if s.plan else 'fixed'} work per device ({tokens} tokens per sequence, deadline "
+        f"{f'{s.round_seconds:g} s' if s.round_seconds else 'none'}):")
+    for d, p in enumerate(plans):
+        say("  " + p.describe() + ("" if clock.included(d) else "  -- misses the deadline: left out of every round"))
+    return plans, clock
+
+
+class BackendPool:
+    """One executor (one model replica) per backend the job uses, built on first use."""
+
+    def __init__(self, cfg, task, say):
+        self.cfg, self.task, self.say = cfg, task, say
+        self._built: dict[str, tuple] = {}
+        self._batchers: dict[int, object] = {}
+        self._auto: str | None = None
+
+    def get(self, backend: str):
+        from edgezo.backends.choice import build_executor, resolve_backend
+
+        if backend == "auto":
+            if self._auto is None:
+                choice = resolve_backend("auto", self.cfg.model)
+                self.say(f"backend {choice.backend} ({choice.reason})")
+                self._auto = choice.backend
+            backend = self._auto
+        if backend not in self._built:
+            self.say(f"loading model {self.cfg.model or '(default) SmolLM2-135M-Instruct'} on the {backend} backend ...")
+            self._built[backend] = build_executor(backend, self.cfg, self.task)
+        return self._built[backend]
+
+    def all(self) -> list:
+        return [ex for ex, _ in self._built.values()]
+
+    def batcher(self, ex, examples):
+        """The executor's make_batch over the training examples (one per executor: prompts once)."""
+        from edgezo.jobdata import make_batcher
+
+        if id(ex) not in self._batchers:
+            self._batchers[id(ex)] = make_batcher(ex, self.task, examples)
+        return self._batchers[id(ex)]
+
+
+def _first_backend(requested: list[str], planned: bool) -> str:
+    """The backend whose replica is evaluated and saved: the first listed, or torch with
+    --devices (the planner reads the model's shape from the torch executor)."""
+    return "torch" if planned else requested[0]
+
+
+def _planned_backend(planned: str, requested: list[str], device: int, say) -> str:
+    """A --devices device runs its planned backend when --backend is auto and that backend is
+    installed here (else torch, which computes the same model); otherwise the listed one."""
+    from edgezo.backends.choice import BACKENDS, is_installed
+
+    if requested != ["auto"]:
+        return requested[device % len(requested)]
+    if planned in BACKENDS and is_installed(planned):
+        return planned
+    say(f"device {device}: its planned backend {planned} is not installed here; simulating it on torch")
+    return "torch"

@@ -1,0 +1,211 @@
+"""The settings of each command beyond the job (``JobConfig``): one dataclass per command, with
+the defaults the CLI shows and the Python API uses, type-checked by ``edgezo.schema`` and
+range-checked by ``validate``. A TOML ``--config`` file may hold any key of the job and of the
+command's own settings; options given on the command line win.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from edgezo.aggregate import Aggregation
+from edgezo.config import JobConfig
+from edgezo.errors import ConfigError
+from edgezo.planner import Limits
+
+COORDINATE_OUT = "runs/coordinate"  # coordinate's --out default (simulate's is JobConfig.out)
+BACKENDS = ("auto", "torch", "mlx", "int8")
+CATCH_UP = ("auto", "replay", "checkpoint")
+
+
+def _positive(name: str, value: float | None) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"--{name.replace('_', '-')} must be a positive number (got {value})")
+
+
+def _at_least(name: str, value: int | None, least: int) -> None:
+    if value is not None and value < least:
+        raise ConfigError(f"--{name.replace('_', '-')} must be at least {least} (got {value})")
+
+
+@dataclass
+class AggregationSettings:
+    """--aggregation, --trim, --clip; None: ``Aggregation``'s own default (one place)."""
+
+    aggregation: str | None = None
+    trim: float | None = None
+    clip: float | None = None
+
+    def aggregation_rule(self, cfg: JobConfig) -> Aggregation:
+        """The aggregation of a job, checked against its method."""
+        from edgezo.methods import method_of
+
+        given = {"rule": self.aggregation, "trim": self.trim, "clip": self.clip}
+        rule = Aggregation(**{k: v for k, v in given.items() if v is not None})
+        method_of(cfg.method).check_aggregation(rule)
+        return rule
+
+
+@dataclass
+class SimulateSettings(AggregationSettings):
+    """`edgezo simulate`'s own options."""
+
+    backend: str = "auto"  # auto, torch, mlx, int8, or a comma-separated list given to the devices in turn
+    train_samples: int | None = None  # only the first N training examples (after a seeded shuffle)
+    devices: str | None = None  # heterogeneous devices from profiles: NAME:COUNT,... or a TOML file
+    round_seconds: float | None = None  # simulated round deadline (with devices)
+    plan: bool = False  # plan each device's work from its profile
+    max_p1: int = Limits.p1
+    max_p2: int = Limits.p2
+    quiet: bool = False  # no progress bar and no per-round lines
+    overwrite: bool = False  # replace a previous run in --out
+    resume: bool = False  # continue a stopped run in --out
+
+    def validate(self) -> "SimulateSettings":
+        _at_least("train_samples", self.train_samples, 1)
+        _positive("round_seconds", self.round_seconds)
+        _at_least("max_p1", self.max_p1, 1)
+        _at_least("max_p2", self.max_p2, 1)
+        if self.overwrite and self.resume:
+            raise ConfigError("--overwrite and --resume contradict each other: --resume continues the run in --out, --overwrite replaces it")
+        if self.devices is None and (self.plan or self.round_seconds is not None):
+            raise ConfigError("--plan and --round-seconds simulate heterogeneous devices: give them with --devices NAME:COUNT,...")
+        if self.plan and self.round_seconds is None:
+            raise ConfigError("--plan needs a round budget: pass --round-seconds")
+        return self
+
+
+@dataclass
+class BrokerConnection:
+    """How to reach the MQTT broker (coordinate, join)."""
+
+    broker: str | None = None  # HOST[:PORT], or a cluster's nodes HOST:PORT,HOST:PORT; coordinate without it starts an embedded broker
+    username: str | None = None
+    password: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_insecure: bool = False
+
+    def broker_settings(self, broker: str | None = None, default_port: int = 1883):
+        from edgezo.coordinator.transport import broker_settings_for  # one address, or a cluster's nodes: a,b
+
+        return broker_settings_for(broker or self.broker, default_port, username=self.username, password=self.password,
+                                   tls_ca=self.tls_ca, tls_cert=self.tls_cert, tls_key=self.tls_key, tls_insecure=self.tls_insecure)
+
+
+@dataclass
+class CoordinateSettings(AggregationSettings, BrokerConnection):
+    """`edgezo coordinate`'s own options (the job's are ``JobConfig``'s)."""
+
+    port: int = 1883  # the embedded broker's port (without --broker)
+    run: str = "edgezo"  # job name: the MQTT topic prefix edgezo/<run>/
+    state: str | None = None  # seed log, job, checkpoints; None: OUT/state
+    min_devices: int = 1
+    devices_per_round: int = 0  # 0: every online device
+    round_timeout: float = 300.0
+    quorum: float = 1.0
+    max_missed: int = 3  # rounds in a row a device may miss before it is dropped (0: never)
+    checkpoint_every: int = 10
+    http_port: int = 0
+    advertise_host: str | None = None
+    plan: bool = False
+    max_p1: int = Limits.p1
+    max_p2: int = Limits.p2
+    default_profile: str | None = None
+    quiet: bool = False
+    overwrite: bool = False  # replace a finished or different run in --out (a resume needs no flag)
+
+    def validate(self) -> "CoordinateSettings":
+        _at_least("min_devices", self.min_devices, 1)
+        _at_least("devices_per_round", self.devices_per_round, 0)
+        _positive("round_timeout", self.round_timeout)
+        if not 0 < self.quorum <= 1:
+            raise ConfigError(f"--quorum must be in (0, 1] (got {self.quorum})")
+        _at_least("checkpoint_every", self.checkpoint_every, 0)
+        _at_least("max_missed", self.max_missed, 0)
+        for name in ("port", "http_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a port number, 0 to 65535 (got {getattr(self, name)})")
+        _at_least("max_p1", self.max_p1, 1)
+        _at_least("max_p2", self.max_p2, 1)
+        if not self.plan:
+            given = [f"--{n.replace('_', '-')}" for n in ("max_p1", "max_p2", "default_profile")
+                     if getattr(self, n) != getattr(CoordinateSettings, n)]
+            if given:
+                raise ConfigError(f"{', '.join(given)} only {'matters' if len(given) == 1 else 'matter'} with --plan "
+                                  "(per-device planning); add --plan or drop it")
+        return self
+
+
+@dataclass
+class JoinSettings(BrokerConnection):
+    """`edgezo join`'s options: everything else comes in the job's announcement."""
+
+    device_id: str | None = None  # None: this device's default id
+    run: str | None = None  # None: the one job announced on the broker
+    model: str | None = None
+    data: str | None = None
+    shard: str | None = None  # i/N
+    train_samples: int | None = None
+    profile: str | None = None
+    memory_gb: float | None = None
+    backend: str = "auto"
+    catch_up: str = "auto"
+    stay: bool = False
+    announce_timeout: float = 60.0
+    quiet: bool = False  # only warnings and errors
+
+    def validate(self) -> "JoinSettings":
+        if self.broker is None:
+            raise ConfigError("join needs the broker the coordinator uses: pass --broker HOST[:PORT] (or broker = \"HOST\" in --config)")
+        _at_least("train_samples", self.train_samples, 1)
+        _positive("memory_gb", self.memory_gb)
+        _positive("announce_timeout", self.announce_timeout)
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
+        if self.catch_up not in CATCH_UP:
+            raise ConfigError(f"--catch-up must be one of {', '.join(CATCH_UP)} (got {self.catch_up!r})")
+        return self
+
+
+@dataclass
+class ProfileSettings:
+    """`edgezo profile`'s options: what to measure, and the budgets of --plan."""
+
+    model: str | None = None
+    split: int | None = None
+    trainable: str = "norm"
+    seq_len: int = 64  # SST-2 prompts are 30-60 tokens
+    batch_sizes: str = "1,2,4,8,16"
+    repeats: int = 3
+    quick: bool = False
+    name: str | None = None
+    out: str | None = None  # the profile file; None: the user profile folder
+    use: str | None = None  # plan from this existing profile instead of measuring
+    plan: bool = False
+    round_seconds: float = 60.0
+    memory_gb: float | None = None  # the plan's memory budget; None: what was available when profiled
+    local_steps: int = JobConfig.local_steps
+    batch_size: int = JobConfig.batch_size
+    max_p1: int = Limits.p1
+    max_p2: int = Limits.p2
+    quiet: bool = False
+
+    def validate(self) -> "ProfileSettings":
+        import re
+
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", self.name):
+            raise ConfigError(f"--name {self.name!r}: use letters, digits, '.', '_' and '-' (it becomes a file name)")
+        _at_least("seq_len", self.seq_len, 2)
+        _at_least("repeats", self.repeats, 1)
+        _positive("round_seconds", self.round_seconds)
+        _positive("memory_gb", self.memory_gb)
+        for name in ("local_steps", "batch_size", "max_p1", "max_p2"):
+            _at_least(name, getattr(self, name), 1)
+        return self
+
+
+def settings_keys(*classes) -> list[str]:
+    return list(dict.fromkeys(f.name for cls in classes for f in fields(cls)))
