@@ -8,6 +8,10 @@ accuracies, forwards per block, FLOPs, bytes, per-round fingerprints).
     python tests/invariant_jobs.py --record [JOB ...]  # rewrite tests/golden/invariant.json from this code
 
 Recording is for a deliberate change of results only, never to make a refactor pass.
+
+The last bits depend on the CPU as well as on the code (MKL and oneDNN pick their kernels by
+vendor and model), so the golden file keeps one recording per environment: ``--record`` on a new
+kind of machine adds its recording from the same code, and replaces only this machine's.
 """
 
 from __future__ import annotations
@@ -50,7 +54,29 @@ def environment() -> dict:
     import torch
 
     return {"torch": torch.__version__.split("+")[0], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "machine": platform.machine()}
+            "machine": platform.machine(), "cpu": cpu_model()}
+
+
+def cpu_model() -> str:
+    """The CPU's vendor and model name (Linux's /proc/cpuinfo; platform's answer elsewhere)."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return " ".join(v for v in (fields.get("vendor_id"), fields.get("model name")) if v) or platform.processor() or "unknown"
+
+
+def load_golden() -> list[dict]:
+    """The recordings: ``[{"environment": ..., "jobs": {name: kept job}}, ...]``."""
+    return json.loads(GOLDEN.read_text())["recordings"] if GOLDEN.exists() else []
+
+
+def recording_for(recordings: list[dict], env: dict) -> dict | None:
+    """The recording made in exactly this environment, if any."""
+    return next((r for r in recordings if r["environment"] == env), None)
 
 
 def _env() -> dict:
@@ -123,13 +149,15 @@ def record(names: list[str]) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny import data_dir, save_tiny
 
-    from edgezo.coordinator.broker import MosquittoBroker
+    from support.mosquitto import MosquittoBroker
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = save_tiny(root / "tiny-llama", "llama")
         data = data_dir() / "sst2"
-        jobs = json.loads(GOLDEN.read_text())["jobs"] if names and GOLDEN.exists() else {}
+        recordings = load_golden()
+        here = recording_for(recordings, environment())
+        jobs = dict(here["jobs"]) if names and here else {}
         for name in names or [*SIMULATE_JOBS, FEDERATION_JOB]:
             print(f"recording {name}", flush=True)
             if name == FEDERATION_JOB:
@@ -138,7 +166,9 @@ def record(names: list[str]) -> None:
             else:
                 jobs[name] = run_simulate(name, model, data, root)
     GOLDEN.parent.mkdir(exist_ok=True)
-    GOLDEN.write_text(json.dumps({"environment": environment(), "jobs": jobs}, indent=1) + "\n")
+    others = [r for r in recordings if r["environment"] != environment()]
+    recordings = others + [{"environment": environment(), "jobs": jobs}]
+    GOLDEN.write_text(json.dumps({"recordings": recordings}, indent=1) + "\n")
     print(f"wrote {GOLDEN}")
 
 
