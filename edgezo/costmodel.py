@@ -84,17 +84,6 @@ class ModelShape:
         scores = 2 * self.heads * tokens * tokens
         return 4.0 * (batch * tokens * per_token + batch * scores + batch * self.vocab)
 
-    def with_split(self, split: int) -> "ModelShape":
-        """The same model split elsewhere (trainable elements are re-divided by layer share)."""
-        from dataclasses import replace
-
-        total = sum(self.trainable)
-        tensors = sum(self.trainable_tensors)
-        share1 = split / self.layers
-        n1 = round(total * share1)
-        t1 = round(tensors * share1)
-        return replace(self, split=split, trainable=(n1, total - n1), trainable_tensors=(t1, tensors - t1))
-
 
 @dataclass(frozen=True)
 class Work:

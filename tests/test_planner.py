@@ -16,6 +16,20 @@ from edgezo.profiles import BackendProfile, ForwardTiming, ModelMeasurement, Pro
 from edgezo.simulation import SimulatedClock, SimulatedDevice, run_simulation
 from tests.toy_executor import QuadraticExecutor
 
+
+def with_split(shape: ModelShape, split: int) -> ModelShape:
+    """The same model split elsewhere, trainable elements re-divided by layer share (only tests
+    need it, so it lives here)."""
+    from dataclasses import replace
+
+    total = sum(shape.trainable)
+    tensors = sum(shape.trainable_tensors)
+    share1 = split / shape.layers
+    n1 = round(total * share1)
+    t1 = round(tensors * share1)
+    return replace(shape, split=split, trainable=(n1, total - n1), trainable_tensors=(t1, tensors - t1))
+
+
 SHAPE = ModelShape(
     name="toy-llm", layers=30, split=20, layer_params=(3_500_000,) * 30, head_params=28_000_000, hidden=576,
     intermediate=1536, heads=9, kv_hidden=192, vocab=49152, total_params=135_000_000, trainable=(23_000, 12_000),
@@ -56,8 +70,8 @@ def test_measured_rows_are_reproduced_and_interpolated_along_flops():
 
 
 def test_another_model_or_split_falls_back_to_the_capability_figures():
-    pred = Predictor(backend(gflops=100.0, overhead_ms=2.0, measured=measured_rows(0.1, 0.05)), SHAPE.with_split(10), 64)
-    flops = SHAPE.with_split(10).block_flops(1, 4, 64)
+    pred = Predictor(backend(gflops=100.0, overhead_ms=2.0, measured=measured_rows(0.1, 0.05)), with_split(SHAPE, 10), 64)
+    flops = with_split(SHAPE, 10).block_flops(1, 4, 64)
     assert pred.forward_s(1, 4) == pytest.approx(11 * 2e-3 + flops / 100e9)
 
 
