@@ -230,6 +230,7 @@ class Device:
     def _serve(self) -> bool:
         """Handle messages until the job is announced finished."""
         while True:
+            self._check_not_refused()
             if getattr(self.link, "connections", 0) != self.connections_seen:
                 self.connections_seen = self.link.connections
                 self._publish_status()  # our last will marked us offline while we were away
@@ -248,6 +249,16 @@ class Device:
                     self._handle_update(m.decode(msg.payload, m.Update))
             except m.BadMessage as e:
                 log.warning("ignoring bad message on %s: %s", msg.topic, e)
+
+    def _check_not_refused(self) -> None:
+        """End with a clear error when the broker refused one of our publishes or subscriptions:
+        with an ACL that lets a device write only under its own username, a device id other than
+        the username would otherwise wait forever for rounds its results never reach."""
+        why = getattr(self.link, "refusal", lambda: None)()
+        if why:
+            raise EdgezoError(f"the broker refused device {self.s.device_id!r}'s {why}: its ACL lets a device use only "
+                              "topics named after its broker username; start `edgezo join` with --device-id equal to "
+                              "--username, or fix the broker's ACL")
 
     def _handle_announce(self, ann: m.Announce) -> bool:
         self.announcement = ann

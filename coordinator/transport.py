@@ -265,6 +265,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._subscriptions: dict[str, int] = {}  # filter -> qos, re-sent on every (re)connect
         self._sub_mids: dict[int, str] = {}  # SUBSCRIBE mid -> filter, to name refused ones
+        self._refusals: list[str] = []  # publishes and subscriptions the broker refused (MQTT 5 reason codes)
         self._unacked: dict[int, str] = {}  # mid -> topic of QoS>0 publishes the broker has not acknowledged
         self._acked_early: dict[int, float] = {}  # mid -> time: acks that beat publish() to recording the mid
         self._mirror_after_ack: dict[int, tuple[str, bytes, int]] = {}  # mid -> retained copy for the other nodes
@@ -679,6 +680,8 @@ class MqttLink:
                 if len(self._acked_early) > 1000:
                     self._acked_early = {m: t for m, t in self._acked_early.items() if now - t < 10.0}
         if reason_code is not None and reason_code.is_failure:  # MQTT 5 only: 3.1.1 brokers drop silently
+            with self._lock:
+                self._refusals.append(f"publish to {topic or 'a topic'} ({reason_code})")
             log.warning(
                 "MQTT broker %s rejected the publish to %s (%s); check the broker's ACL",
                 self.settings.address,
@@ -686,11 +689,20 @@ class MqttLink:
                 reason_code,
             )
 
+    def refusal(self) -> str | None:
+        """The first publish or subscription the broker refused (an ACL), or None. Under MQTT 5
+        a refusal comes back as a reason code; a client that ignored it would wait forever for
+        messages the broker never lets through, so devices end on it."""
+        with self._lock:
+            return self._refusals[0] if self._refusals else None
+
     def _on_subscribe(self, client, userdata, mid, reason_code_list, properties) -> None:
         with self._lock:
             topic_filter = self._sub_mids.pop(mid, "?")
         for rc in reason_code_list:
             if rc.is_failure:
+                with self._lock:
+                    self._refusals.append(f"subscription to {topic_filter} ({rc})")
                 log.warning(
                     "MQTT broker %s refused the subscription to %s (%s); check the broker's ACL",
                     self.settings.address,

@@ -315,3 +315,34 @@ def test_a_hostile_participant_is_cut_every_round_and_dropped_under_default_sett
     assert all(rows[r].refused is None for r in rows)
     assert math.isfinite(float(abs(fed.devices["h1"].ex.vector()).max()))
     assert all(fed.devices[n].ex.fingerprint() == coord.fingerprint for n in ("h1", "h2", "h3"))
+
+
+ACL_EXAMPLE = Path(__file__).parent.parent / "coordinator" / "mosquitto.acl.example"
+
+
+def test_a_device_whose_id_is_not_its_broker_username_ends_with_a_clear_error(mosquitto_factory, tmp_path, sst2_dir):
+    """Issue 14 item 5: under the example ACL a device may write only topics named after its
+    username; one started with another --device-id is refused by the broker (an MQTT 5 reason
+    code) and must end saying so, not wait forever."""
+    users = {"coordinator": "c-pw", "dev-a": "a-pw"}
+    broker = mosquitto_factory(password_file=users, acl_file=ACL_EXAMPLE.read_text())
+    fed = Federation(broker, tmp_path, "aclrun", sst2_dir)
+    try:
+        def login(user):
+            def link(client_id, will=None):
+                made = MqttLink(broker.settings(username=user, password=users[user]), client_id=client_id, will=will)
+                made.connect()
+                fed.links.append(made)
+                return made
+            return link
+
+        fed.link = login("coordinator")
+        fed.coordinator(job(2))
+        fed.link = login("dev-a")
+        fed.device("impostor", device_id="dev-b")  # logs in as dev-a, claims to be dev-b
+        fed.wait("impostor", timeout=30)
+        err = fed.outcome["impostor"]
+        assert isinstance(err, EdgezoError), err
+        assert "refused device 'dev-b'" in str(err) and "--device-id equal to --username" in str(err)
+    finally:
+        fed.close()
