@@ -1,6 +1,7 @@
 """The coordinator SIGKILLed at random moments (issue 14): each trial starts `edgezo coordinate`
 and two `edgezo join` processes over a private mosquitto (tiny LLaMA, real SST-2), kills the
-coordinator at a moment drawn uniformly over the uninterrupted job's duration, restarts it on the
+coordinator at a moment drawn uniformly over the uninterrupted job's training (from round 1
+to the end of the process), restarts it on the
 same state and output folders, and checks that the job ends on the uninterrupted job's final
 fingerprint with every round recorded exactly once in metrics.jsonl. Prints one row per trial
 and the tally.
@@ -28,6 +29,7 @@ from support.mosquitto import MosquittoBroker  # noqa: E402
 from support.procs import Procs  # noqa: E402
 from tiny import data_dir, save_tiny  # noqa: E402
 
+LEAD_S = 0.3  # about one tiny round: the kills start while round 1 is still open
 JOB = ["--batch-size", "4", "--max-length", "32", "--eval-samples", "24", "--seed", "3", "--local-steps", "1"]
 
 
@@ -56,19 +58,26 @@ class Trial:
                                     "--data", str(data), "--shard", f"{i}/2", "--train-samples", "120"] for i in range(2)}
 
     def go(self, kill_after: float | None) -> dict:
+        """Run the job; with ``kill_after``, SIGKILL the coordinator that many seconds after its
+        training started (``LEAD_S`` before round 1's record: loading models and waiting for
+        devices are not the interesting part) and restart it."""
         started = time.monotonic()
         first = self.procs.start("coordinator", *self.coordinator)
         for name, args in self.devices.items():
             self.procs.start(name, *args)
-        killed_round = None
-        if kill_after is not None:
-            try:
-                first.wait(kill_after)
-            except Exception:  # still running: the kill lands
-                killed_round = len([r for r in rounds_recorded(self.out) if r]) or 0
+        killed_round, self.training_started = None, None
+        while first.poll() is None:
+            now = time.monotonic()
+            if self.training_started is None and any(r for r in rounds_recorded(self.out) if r):
+                self.training_started = now - LEAD_S
+            if kill_after is not None and self.training_started is not None and now - self.training_started >= kill_after:
+                killed_round = max([r for r in rounds_recorded(self.out) if r is not None], default=0)
                 first.send_signal(signal.SIGKILL)
                 first.wait()
                 self.procs.start("coordinator2", *self.coordinator)
+                break
+            time.sleep(0.02)
+        self.training_s = time.monotonic() - (self.training_started or started)
         try:
             self.procs.wait(*(["coordinator2"] if killed_round is not None else ["coordinator"]), *self.devices, timeout=600)
             ok = True
@@ -95,16 +104,19 @@ def main() -> None:
         root = Path(tmp)
         model = save_tiny(root / "tiny-llama", "llama")
         (root / "clean").mkdir()
-        clean = Trial(root / "clean", broker, model, data, args.rounds, "clean").go(None)
+        clean_trial = Trial(root / "clean", broker, model, data, args.rounds, "clean")
+        clean = clean_trial.go(None)
+        training_s = clean_trial.training_s
         if not clean["ok"]:
             sys.exit(f"the uninterrupted job failed: {clean['why']}")
-        print(f"uninterrupted job: {clean['seconds']:.1f} s, fingerprint {clean['fingerprint'][:16]}, "
-              f"{args.rounds} rounds; {args.trials} trials killing the coordinator at a uniform moment of it")
-        print(f"{'trial':>5} {'kill at':>8} {'recorded':>8} {'same model':>10} {'metrics complete':>16}")
+        print(f"uninterrupted job: {clean['seconds']:.1f} s ({training_s:.1f} s from round 1 on), fingerprint "
+              f"{clean['fingerprint'][:16]}, {args.rounds} rounds; {args.trials} trials killing the coordinator at a "
+              "uniform moment of its training")
+        print(f"{'trial':>5} {'kill at':>8} {'last row':>8} {'same model':>10} {'metrics complete':>16}")
         good = 0
         expected = list(range(args.rounds + 1))
         for t in range(args.trials):
-            at = draw.uniform(0.05, 0.95) * clean["seconds"]
+            at = draw.uniform(0.0, 1.0) * training_s
             (root / f"t{t}").mkdir()
             got = Trial(root / f"t{t}", broker, model, data, args.rounds, f"crash{t}").go(at)
             same = got["fingerprint"] == clean["fingerprint"]
