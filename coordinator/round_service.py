@@ -57,8 +57,7 @@ def round_meta(collector: RoundCollector, assign_bytes: int) -> dict:
 def review_meta(review) -> dict:
     """What the round's review adds to its seed-log ``meta`` (nothing for a clean round): the cut
     devices and the refusal, so a resumed coordinator's record and ledger see them too."""
-    cut = {**dict(sorted(review.cut.items())), **dict(sorted(review.blamed.items()))}
-    return {k: v for k, v in (("cut", cut), ("refused", "; ".join(review.refused))) if v}
+    return {k: v for k, v in (("cut", review.named()), ("refused", "; ".join(review.refused))) if v}
 
 
 class RoundService:

@@ -178,10 +178,15 @@ class RoundReview:
             lines += [f"round {rnd}: {name}: {why}" for name, why in sorted(self.blamed.items())]
         return lines
 
+    def named(self) -> dict[str, str]:
+        """The cut devices, then the blamed ones, each in name order, with why: what a metrics row
+        (and the coordinator's seed-log meta) records of the round."""
+        return {**dict(sorted(self.cut.items())), **dict(sorted(self.blamed.items()))}
+
     def annotate(self, record: RoundRecord) -> RoundRecord:
         """Put the cut devices and the refusal into the round's record (nothing to say: the
         metrics row stays as it was)."""
-        record.cut = {**dict(sorted(self.cut.items())), **dict(sorted(self.blamed.items()))} or None
+        record.cut = self.named() or None
         record.refused = "; ".join(self.refused) or None
         return record
 
