@@ -153,3 +153,18 @@ def test_grid_winner_and_target_arithmetic():
     assert not miss.reached and miss.flops == 30.0
     value, bound = compare_report.ratio(hit, miss)
     assert value == pytest.approx(2.0) and bound == ">"
+
+
+def test_no_target_where_the_best_gain_is_within_the_evaluation_noise():
+    s = sweeps.SETTINGS
+    main = sweeps.build_sweep(s, "main", {})
+    floor = compare_report.noise_floor(s.tasks["rte"].eval_samples)
+    assert floor == pytest.approx(0.5 / s.tasks["rte"].eval_samples ** 0.5)
+
+    def pairs(gain_of_task):
+        return [(r, {"final_accuracy": 0.5 + gain_of_task[r.task], "initial_accuracy": 0.5}) for r in main]
+
+    below = compare_report.targets(s, pairs({t: 0.9 * compare_report.noise_floor(ts.eval_samples) for t, ts in s.tasks.items()}))
+    assert all(v is None for v in below.values())
+    above = compare_report.targets(s, pairs({t: 0.10 for t in s.tasks}))
+    assert all(v == pytest.approx(compare_report.TARGET_FRACTION * 0.10) for v in above.values())
