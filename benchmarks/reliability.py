@@ -5,6 +5,8 @@ run and the run where that device sends nothing: the final accuracy, whether eve
 final model is finite, the devices the rounds named, and the refused rounds.
 
     python benchmarks/reliability.py [--rounds 8] [--clients 10] [--model PATH] [--lr 2e-2]
+    python benchmarks/reliability.py --model SmolLM2.gguf --trainable norm --lr 1e-3 --eps 1e-2 \
+        --rounds 6 --eval-samples 200 --max-length 48   (the real model; about 1 CPU-minute a run)
 
 The tiny model (the default) takes about 2 s per round of ten devices on one core.
 """
@@ -32,7 +34,11 @@ def main() -> None:
     ap.add_argument("--model", help="model folder or .gguf (default: a tiny LLaMA built here)")
     ap.add_argument("--lr", type=float, default=2e-2)
     ap.add_argument("--trainable", default="full")
+    ap.add_argument("--eps", type=float, default=None, help="perturbation size (default: the CLI's)")
+    ap.add_argument("--eval-samples", type=int, default=0, help="validation examples (0: the whole SST-2 dev split)")
+    ap.add_argument("--max-length", type=int, default=32)
     args = ap.parse_args()
+    extra = {"eval_samples": args.eval_samples, "max_length": args.max_length, **({"eps": args.eps} if args.eps else {})}
     logging.disable(logging.WARNING)  # the rounds' warnings name the device; the table does too
     data = data_dir() / "sst2"
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,7 +50,7 @@ def main() -> None:
         for kind in ("clean", "silent", *KINDS):
             t = time.perf_counter()
             out = simulate_job(model, data, None if kind == "clean" else {args.hostile: kind}, clients=args.clients,
-                               rounds=args.rounds, lr=args.lr, trainable=args.trainable)
+                               rounds=args.rounds, lr=args.lr, trainable=args.trainable, **extra)
             rows[kind] = out
             refused = sum(r.refused is not None for r in out.records)
             same = "-" if kind in ("clean", "silent") else ("yes" if out.fingerprint == rows["silent"].fingerprint else "no")
