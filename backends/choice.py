@@ -28,6 +28,7 @@ from edgezo.errors import EdgezoError
 
 BACKENDS = ("torch", "mlx", "int8")
 CHOICES = ("auto", *BACKENDS)
+DEVICES = ("auto", "cpu", "cuda")  # --device (edgezo.backends.torch.device resolves it; kept here without torch)
 INSTALL = {
     "torch": 'pip install edgezo (torch is a core dependency; reinstall it: pip install "torch==2.13.0")',
     "mlx": 'pip install "edgezo[mlx]" (installs mlx[cpu] on Linux, mlx on macOS)',
@@ -128,13 +129,34 @@ def available_memory_mb() -> float | None:
     return psutil.virtual_memory().available / MIB
 
 
-def build_executor(backend: str, cfg, task):
-    """``(executor, ModelInfo)`` for a named backend (not "auto": see :func:`resolve_backend`)."""
+def parse_device(requested: str | None) -> str:
+    """``--device`` checked and lower-cased (None: auto)."""
+    text = "auto" if requested is None else str(requested).strip().lower()
+    if text not in DEVICES:
+        raise EdgezoError(f"unknown --device {requested!r}; use one of {', '.join(DEVICES)}")
+    return text
+
+
+def check_device(backend: str, device: str | None) -> None:
+    """``--device`` only places the torch backend: int8 runs on the CPU (``cpu`` is accepted, as
+    true), mlx chooses its own device (only ``auto``); anything else is a one-line error."""
+    text = parse_device(device)
+    if backend == "torch" or text == "auto" or (backend == "int8" and text == "cpu"):
+        return
+    where = "runs on the CPU only" if backend == "int8" else "chooses its own device (the GPU on Apple silicon)"
+    raise EdgezoError(f"--device {text} places the torch backend only; the {backend} backend {where}: "
+                      f"drop --device (or use --backend torch)")
+
+
+def build_executor(backend: str, cfg, task, device: str | None = None):
+    """``(executor, ModelInfo)`` for a named backend (not "auto": see :func:`resolve_backend`);
+    ``device``: ``--device`` (None: the CPU, for callers that do not offer the option)."""
     require(backend)
+    check_device(backend, device)
     if backend == "torch":
         from edgezo.backends.torch.factory import build_torch_executor
 
-        return build_torch_executor(cfg, task)
+        return build_torch_executor(cfg, task, device=device or "cpu")
     if backend == "mlx":
         from edgezo.backends.mlx.factory import build_mlx_executor
 

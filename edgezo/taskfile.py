@@ -18,9 +18,12 @@ A classification task file (paths are relative to the task file)::
 Label words get a leading space when they have none (they follow the prompt as a new word);
 each is scored by its first token, so two labels' words must start with different tokens.
 
-Why a file and not options: the same task must mean the same prompt and label words on every
-device of a federation, so the coordinator sends the parsed task (``Task.ref``, a JSON text) in
-its announcement, while each device reads its *own* data file (``--data FILE``).
+The same task can be given as options instead (``edgezo simulate --train FILE --validation FILE
+--template "..." --labels 0=terrible,1=great``, or those keys in ``--config``): :class:`TaskOptions`
+holds the file's keys and goes through the same checks. Either way the job records the parsed
+task (``Task.ref``, a JSON text): the same task must mean the same prompt and label words on
+every device of a federation, so the coordinator sends it in its announcement, while each
+device reads its *own* data file (``--data FILE``).
 
 Every problem the user can fix is one :class:`EdgezoError` line naming the file, line and column:
 TOML syntax, a missing or empty key, a template placeholder that is not a column, empty label
@@ -34,7 +37,7 @@ import json
 import re
 import string
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -133,6 +136,96 @@ def task_from_ref(ref: str):
     except ValueError:
         raise EdgezoError("the job's task description is not valid JSON: coordinator and device run different edgezo versions?") from None
     return task_from_spec(spec, Path("."), _Located(Path("<announced task>"), ""), spec.get("name", "task"))
+
+
+@dataclass
+class TaskOptions:
+    """A user task from options (``--train``, ``--template``, ...) or ``--config`` keys instead of
+    a task file: the file's keys under the same names, so :func:`task_from_options` builds the same
+    task through the same checks (``labels`` is text here: ``VALUE=WORDS,...`` or ``VALUE,...``).
+    The kind follows from what is given: ``labels`` (classification) or ``prompt_column``,
+    ``response_column``, ``messages_column`` (generation). Paths are relative to the working folder."""
+
+    train: str | None = None
+    validation: str | None = None
+    template: str | None = None
+    labels: str | None = None
+    label_column: str | None = None
+    prompt_column: str | None = None
+    response_column: str | None = None
+    messages_column: str | None = None
+
+    def given(self) -> dict[str, str]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+_GENERATION_OPTIONS = ("prompt_column", "response_column", "messages_column")
+_CLASSIFICATION_OPTIONS = ("labels", "label_column")
+
+
+class _FromOptions:
+    """Builds the one-line errors of a task given as options: ``--option: what`` (the checks and
+    their words are the task file's)."""
+
+    def error(self, what: str, key: str | None = None, section: str | None = None) -> EdgezoError:
+        option = section or key
+        known = {f.name for f in fields(TaskOptions)}
+        return EdgezoError(f"--{option.replace('_', '-')}: {what}" if option in known else f"task options: {what}")
+
+
+def parse_label_option(text: str) -> dict[str, str]:
+    """``--labels``: ``0=terrible,1=great`` (label value = label words, in label order), or
+    ``negative,positive`` (each value its own label word)."""
+    table: dict[str, str] = {}
+    for item in text.split(","):
+        value, sep, words = item.partition("=")
+        value = value.strip()
+        if not value:
+            raise EdgezoError(f"--labels {text!r}: an empty label value; write VALUE=WORDS,... or VALUE,...")
+        if value in table:
+            raise EdgezoError(f"--labels {text!r} names label {value!r} twice")
+        table[value] = words if sep else value
+    return table
+
+
+def task_from_options(options: TaskOptions, base: Path | None = None):
+    """The task of ``options`` (None when none is given), checked as a task file would be."""
+    given = options.given()
+    if not given:
+        return None
+    generation = [k for k in _GENERATION_OPTIONS if k in given]
+    classification = [k for k in _CLASSIFICATION_OPTIONS if k in given]
+    flag = lambda keys: ", ".join(f"--{k.replace('_', '-')}" for k in keys)  # noqa: E731
+    if generation and classification:
+        raise EdgezoError(f"{flag(classification)} (a classification task) and {flag(generation)} (a generation task) "
+                          "cannot be combined: give one kind")
+    if not generation and not classification:
+        raise EdgezoError("a task from options needs --labels VALUE=WORDS,... (classification) or --response-column / "
+                          "--messages-column (generation), with --train, --validation and --template")
+    for key in ("train", "validation"):
+        if key not in given:
+            raise EdgezoError(f"a task from options needs --{key} FILE (JSONL, CSV/TSV or Parquet)")
+    spec: dict[str, Any] = dict(given)
+    if generation:
+        spec["kind"] = "generation"
+    else:
+        if "template" not in given:
+            raise EdgezoError("a classification task from options needs --template, e.g. --template \"Review: {text} Sentiment:\"")
+        if "labels" not in given:
+            raise EdgezoError("a classification task from options needs --labels, e.g. --labels 0=terrible,1=great")
+        spec["labels"] = parse_label_option(given["labels"])
+    return task_from_spec(spec, base or Path.cwd(), _FromOptions(), Path(given["train"]).stem)
+
+
+def with_task_options(job: dict, options: TaskOptions) -> dict:
+    """The job's settings with ``task`` set to the task of ``options`` (its JSON text, as a job
+    announcement carries it), if any is given; naming a task twice is an error."""
+    task = task_from_options(options)
+    if task is None:
+        return job
+    if job.get("task") is not None:
+        raise EdgezoError(f"--task {job['task']!r} and --train/--template/... both name the job's task: use one of them")
+    return {**job, "task": task.ref}
 
 
 def task_from_spec(spec: dict, base: Path, loc: _Located, default_name: str):

@@ -229,3 +229,98 @@ def test_masked_lm_variant_of_a_user_task_runs_on_a_tiny_roberta(task_dir, tiny_
     assert ex.kind == "mlm" and all(p.endswith(f"It was {ex.tokenizer.mask_token} .") for p in prompts_for(ex, task, dev))
     batch = make_batcher(ex, task, dev)(list(range(8)))
     assert len(ex.predict(batch)) == 8 and ex.forward_block2(ex.forward_block1(batch), batch) > 0
+
+
+# -- the same task from options (--train, --template, --labels, ...) instead of a file ------------
+
+JOB = dict(clients=2, rounds=1, local_steps=1, batch_size=4, max_length=32, eval_samples=8, seed=3, lr=2e-3, trainable="norm")
+
+
+def _simulate(tiny_llama, out: Path, **options) -> dict:
+    from edgezo.jobs.simulate import SimulateJob
+
+    return SimulateJob.from_options(model=str(tiny_llama), out=str(out), device="cpu", **JOB, **options).run().summary
+
+
+def _options(task_dir: Path) -> dict:
+    return dict(train=str(task_dir / "train.jsonl"), validation=str(task_dir / "dev.jsonl"), label_column="sentiment",
+                template="Movie review: {text}\nSentiment:", labels="neg=negative,pos=positive")
+
+
+def test_a_task_from_options_trains_to_the_task_files_fingerprint(task_dir, tiny_llama, tmp_path):
+    from_file = _simulate(tiny_llama, tmp_path / "file", task=str(task_dir / "task.toml"))
+    from_options = _simulate(tiny_llama, tmp_path / "options", **_options(task_dir))
+    assert from_options["fingerprint"] == from_file["fingerprint"]
+    assert from_options["final_accuracy"] == from_file["final_accuracy"]
+    recorded = json.loads(from_options["settings"]["task"])  # the job records the task whole, as an announcement carries it
+    assert recorded["labels"] == {"neg": " negative", "pos": " positive"} and recorded["train"] == str(task_dir / "train.jsonl")
+
+
+def test_task_options_from_a_config_file_and_the_same_task_as_the_file(task_dir, tmp_path, monkeypatch):
+    from edgezo.jobs.simulate import SimulateJob
+
+    monkeypatch.chdir(task_dir)  # paths in options are relative to the working folder
+    (tmp_path / "job.toml").write_text('train = "train.jsonl"\nvalidation = "dev.jsonl"\nlabel_column = "sentiment"\n'
+                                       'template = "Movie review: {text}\\nSentiment:"\nlabels = "neg=negative,pos=positive"\n')
+    job = SimulateJob.from_options(str(tmp_path / "job.toml"))
+    task = get_task(job.config.task)
+    assert task.source == get_task(str(task_dir / "task.toml")).source and task.causal_verbalizers == (" negative", " positive")
+    assert task.name == "train"  # the training file's stem, as a task file's default name is its own stem
+    plain = SimulateJob.from_options(**{**_options(task_dir), "labels": "neg,pos", "label_column": None})
+    assert get_task(plain.config.task).causal_verbalizers == (" neg", " pos")  # each value its own label word
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [
+        (dict(template="Review: {0}"), r"^--template: template: positional placeholder \{0\}"),
+        (dict(template="Review: {sentiment}"), r"^--template: template shows the label column 'sentiment'"),
+        (dict(template="no column"), r"^--template: template uses no column"),
+        (dict(template=None), r"needs --template"),
+        (dict(labels="neg=negative,pos="), r"^--labels: \[labels\] label 'pos' has empty label words"),
+        (dict(labels="neg=negative,pos=negative"), r"^--labels: \[labels\] gives labels 'neg' and 'pos' the same label words"),
+        (dict(labels="neg=x,neg=y"), r"names label 'neg' twice"),
+        (dict(labels="neg"), r"^--labels: \[labels\] must map at least two label values"),
+        (dict(labels=None, label_column=None), r"needs --labels VALUE=WORDS"),
+        (dict(validation=None), r"needs --validation FILE"),
+        (dict(response_column="answer"), r"--labels, --label-column \(a classification task\) and --response-column"),
+        (dict(task="sst2"), r"--task 'sst2' and --train/--template/\.\.\. both name the job's task"),
+    ],
+)
+def test_bad_task_options_are_one_line_errors(task_dir, change, expected):
+    from edgezo.jobs.simulate import SimulateJob
+
+    options = {k: v for k, v in {**_options(task_dir), **change}.items() if v is not None}
+    with pytest.raises(EdgezoError) as err:
+        SimulateJob.from_options(**options)
+    assert "\n" not in str(err.value) and re.search(expected, str(err.value)), str(err.value)
+
+
+def test_a_generation_task_from_options_is_the_task_files(tmp_path):
+    write_jsonl(tmp_path / "t.jsonl", [{"q": "name a colour", "a": "red"}, {"q": "two plus two", "a": "four"}])
+    (tmp_path / "gen.toml").write_text('kind = "generation"\ntrain = "t.jsonl"\nvalidation = "t.jsonl"\ntemplate = "Q: {q}"\nresponse_column = "a"\n')
+    from edgezo.taskfile import TaskOptions, task_from_options
+
+    task = task_from_options(TaskOptions(train=str(tmp_path / "t.jsonl"), validation=str(tmp_path / "t.jsonl"), template="Q: {q}", response_column="a"))
+    assert task.kind == "generation" and task.source == get_task(str(tmp_path / "gen.toml")).source
+    with pytest.raises(EdgezoError, match=r"^task options: give the prompt as prompt_column"):
+        task_from_options(TaskOptions(train="t.jsonl", validation="t.jsonl", response_column="a"))
+
+
+def test_task_options_on_the_command_line(task_dir):
+    done = __import__("subprocess").run(
+        [sys.executable, "-m", "edgezo", "simulate", "--train", str(task_dir / "train.jsonl"), "--validation", str(task_dir / "dev.jsonl"),
+         "--template", "Review: {txt}", "--labels", "neg,pos", "--label-column", "sentiment", "--out", str(task_dir / "out")],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "train.jsonl:1: no column 'txt' (the task's template uses it" in done.stderr
+    assert len([line for line in done.stderr.splitlines() if line.strip()]) == 1, done.stderr
+
+
+def test_coordinate_takes_the_task_options_and_announces_the_file_task(task_dir, tmp_path):
+    from edgezo.jobs.coordinate import CoordinateJob
+
+    job = CoordinateJob.from_options(out=str(tmp_path / "out"), **_options(task_dir))
+    task = get_task(job.config.task)  # the JSON text every device receives in the announcement
+    assert task.source == get_task(str(task_dir / "task.toml")).source and task.causal_verbalizers == (" negative", " positive")
+    with pytest.raises(EdgezoError, match=r"needs --validation FILE"):
+        CoordinateJob.from_options(**{k: v for k, v in _options(task_dir).items() if k != "validation"})

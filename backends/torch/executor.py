@@ -20,6 +20,7 @@ from edgezo.backends.hf.arch.base import Hidden
 from edgezo.backends.hf.split_executor import Batch, SplitExecutor
 from edgezo.backends.hf.tokenize import Encoded
 from edgezo.backends.torch import perturb as tz
+from edgezo.backends.torch.device import model_device
 
 COMPILE_THRESHOLD = 1 << 21  # trainable elements above which the fused compiled kernel pays off
 
@@ -36,6 +37,7 @@ class TorchExecutor(SplitExecutor):
         self.params = dict(model.named_parameters())
         for p in self.params.values():
             p.requires_grad_(False)
+        self.device = model_device(model)  # batches and checkpoints are moved here (the model is already)
         super().__init__(model.eval(), *args, **kwargs)
         if self.trainable_numel(1) + self.trainable_numel(2) >= COMPILE_THRESHOLD:
             tz.use_compiled_kernel(True)
@@ -55,14 +57,14 @@ class TorchExecutor(SplitExecutor):
         return {n: p.numel() for n, p in self.params.items()}
 
     def _index_array(self, ids: list[int]) -> torch.Tensor:
-        return torch.tensor(ids)
+        return torch.tensor(ids, device=self.device)
 
     def _batch(self, encoded: Encoded, labels: Sequence[int]) -> Batch:
         return Batch(
-            torch.from_numpy(encoded.input_ids),
-            torch.from_numpy(encoded.attention_mask),
-            torch.from_numpy(encoded.target_positions),
-            torch.tensor(list(labels), dtype=torch.long),
+            torch.from_numpy(encoded.input_ids).to(self.device),
+            torch.from_numpy(encoded.attention_mask).to(self.device),
+            torch.from_numpy(encoded.target_positions).to(self.device),
+            torch.tensor(list(labels), dtype=torch.long, device=self.device),
         )
 
     def _token_lengths(self, batch: Batch) -> np.ndarray:
@@ -111,7 +113,7 @@ class TorchExecutor(SplitExecutor):
         self.params[name].data.copy_(value)
 
     def _from_numpy(self, name: str, array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(array).to(self.params[name].dtype)
+        return torch.from_numpy(array).to(dtype=self.params[name].dtype, device=self.device)
 
     def _shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.params[name].shape)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from edgezo.backends.hf.factory import transformers_executor
 from edgezo.backends.hf.source import ModelInfo
+from edgezo.backends.torch.device import resolve_device
 from edgezo.backends.torch.executor import TorchExecutor
 from edgezo.backends.torch.loading import load_model
 from edgezo.config import JobConfig
 from edgezo.tasks import Task
 
 
-def build_torch_executor(cfg: JobConfig, task: Task, model_bundle=None) -> tuple[TorchExecutor, ModelInfo]:
-    """``model_bundle``: an already loaded ``(model, tokenizer, ModelInfo)`` (default: ``load_model(cfg.model)``)."""
+def build_torch_executor(cfg: JobConfig, task: Task, model_bundle=None, device: str = "cpu") -> tuple[TorchExecutor, ModelInfo]:
+    """``model_bundle``: an already loaded ``(model, tokenizer, ModelInfo)`` (default: ``load_model(cfg.model)``);
+    ``device``: ``--device`` (auto, cpu or cuda; the CPU unless asked, so callers that never
+    offer the option keep running where they did). The model moves there before LoRA wraps it."""
     model, tokenizer, info = model_bundle or load_model(cfg.model)
+    model = model.to(resolve_device(device))
     if getattr(task, "kind", "classification") == "generation":
         from edgezo.backends.torch.lm import TorchLMExecutor
 

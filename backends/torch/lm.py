@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from edgezo.backends.hf.arch.base import Hidden
 from edgezo.backends.hf.split_executor import Batch
+from edgezo.backends.torch.device import model_device
 from edgezo.backends.torch.executor import TorchExecutor
 from edgezo.errors import EdgezoError
 
@@ -68,7 +69,8 @@ class TorchLMExecutor(TorchExecutor):
 
     def encode(self, prompts: Sequence[str], responses: Sequence[str]) -> Batch:
         input_ids, mask, target = encode_pairs(self.tokenizer, prompts, responses, self.max_length)
-        return Batch(torch.from_numpy(input_ids), torch.from_numpy(mask), torch.from_numpy(mask.sum(axis=1) - 1), torch.from_numpy(target))
+        arrays = (input_ids, mask, mask.sum(axis=1) - 1, target)
+        return Batch(*(torch.from_numpy(a).to(self.device) for a in arrays))
 
     def _embed(self, batch: Batch) -> Hidden:
         h = super()._embed(batch)
@@ -129,9 +131,10 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 64)
     out = []
     eos = tokenizer.eos_token_id
     stops = [i for i in {eos, tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None} if i is not None]
+    device = model_device(model)
     with torch.no_grad():
         for prompt in prompts:
-            ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+            ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]], device=device)
             new = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                                  eos_token_id=stops or None, pad_token_id=tokenizer.pad_token_id)
             out.append(tokenizer.decode(new[0, ids.shape[1]:], skip_special_tokens=True).strip())

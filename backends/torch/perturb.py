@@ -5,6 +5,9 @@ torch has no usable uint32 arithmetic (no shifts), so words are computed in int6
 Rademacher signs are expanded through a 256x8 lookup table indexed by the words' bytes, so the
 per-element cost is one gather (the hash runs once per 32 elements). Work is done in chunks of
 ``CHUNK`` elements so no full-size temporary of a large tensor is ever allocated.
+
+On a GPU (``--device cuda``) Rademacher signs are generated on the device (integer arithmetic:
+bit-exact anywhere); Gaussian values are computed on the CPU and moved (see :func:`gaussian`).
 """
 
 from __future__ import annotations
@@ -58,10 +61,13 @@ def rademacher(key: int, start: int, count: int, dtype=torch.float32, device="cp
 
 
 def gaussian(key: int, start: int, count: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    w = words(key, 2 * start, 2 * count, device).to(torch.float64).reshape(count, 2)
+    """Computed on the CPU whatever ``device`` is, then moved there: a GPU's float64 ``log`` and
+    ``cos`` may differ from the CPU's in the last bit, which can tip the rounding to float32, so a
+    GPU replica gets exactly the CPU's values (the hash words are cheap; the transfer is the cost)."""
+    w = words(key, 2 * start, 2 * count).to(torch.float64).reshape(count, 2)
     u1 = (w[:, 0] + 1.0) / 4294967296.0
     u2 = w[:, 1] / 4294967296.0
-    return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(dtype)
+    return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(dtype).to(device)
 
 
 def generate(key: int, start: int, count: int, distribution: str = RADEMACHER, dtype=torch.float32, device="cpu"):
@@ -110,7 +116,10 @@ def use_compiled_kernel(enabled: bool = True) -> bool:
 
 def _add_chunk(piece: torch.Tensor, start: int, key: int, scale: float, distribution: str) -> None:
     count = piece.numel()
-    if distribution == RADEMACHER and _compiled_kernel is not None and start % BITS_PER_WORD == 0 and count % BITS_PER_WORD == 0:
+    # The fused kernel is the CPU's fast path; on a GPU the eager ops (integer hash, table gather,
+    # one add of +-scale) are already bit-exact and fast, and inductor's GPU code is left untried.
+    if (distribution == RADEMACHER and _compiled_kernel is not None and piece.device.type == "cpu"
+            and start % BITS_PER_WORD == 0 and count % BITS_PER_WORD == 0):
         k0, k1 = split_key(key)
         try:
             scale_t = torch.tensor(scale, dtype=piece.dtype, device=piece.device)

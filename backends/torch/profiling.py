@@ -60,7 +60,8 @@ def synthetic_batch(ex: TorchExecutor, batch: int, tokens: int, seed: int = 0) -
     if ex.kind == "mlm":
         ids[:, -1] = ex.tokenizer.mask_token_id
     mask = torch.ones_like(ids)
-    return Batch(ids, mask, torch.full((batch,), tokens - 1), torch.zeros(batch, dtype=torch.long))
+    device = getattr(ex, "device", ids.device)  # drawn on the CPU (the same ids everywhere), used on the model's device
+    return Batch(ids.to(device), mask.to(device), torch.full((batch,), tokens - 1, device=device), torch.zeros(batch, dtype=torch.long, device=device))
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warm_up: bool = True) -> float:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from edgezo.commands.options import DEVICE_OPTION
 from edgezo.errors import EdgezoError
 
 
@@ -24,8 +25,9 @@ from edgezo.errors import EdgezoError
 @click.option("--max-length", type=int, help="Tokens per prompt. [default: the folder's, else 128]")
 @click.option("--trainable-file", type=click.Path(dir_okay=False, exists=True), help="A job's trainable.safetensors to apply to MODEL first (MODEL is then the base model it was trained from; its digest is checked).")
 @click.option("--max-new-tokens", type=int, default=64, help="Generation tasks: most tokens generated per answer (exact match and ROUGE-L).")
+@DEVICE_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(model, task, data, eval_samples, seed, batch_size, max_length, trainable_file, max_new_tokens, quiet):
+def evaluate(model, task, data, eval_samples, seed, batch_size, max_length, trainable_file, max_new_tokens, device, quiet):
     """Accuracy of MODEL on the validation split of the task it was trained for; for a generation
     task, validation loss, token accuracy, and exact match and ROUGE-L of greedy answers.
 
@@ -41,8 +43,11 @@ def evaluate(model, task, data, eval_samples, seed, batch_size, max_length, trai
     from edgezo.evaluate import make_evaluator
     from edgezo.jobdata import load_job_data
 
+    from edgezo.backends.torch.device import resolve_device
+
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    resolve_device(device)  # --device cuda without a GPU: one line, before any data or model is read
     record = read_record(model) if Path(model).is_dir() else None
     if task is None:
         if record is None:
@@ -58,7 +63,7 @@ def evaluate(model, task, data, eval_samples, seed, batch_size, max_length, trai
     job = load_job_data(cfg, need_train=False)
     if not job.dev:
         raise EdgezoError(f"the validation split of {job.task.name} is empty")
-    ex, info = build_torch_executor(cfg, job.task)
+    ex, info = build_torch_executor(cfg, job.task, device=device)
     if arrays is not None:
         load_trainable_file(trainable_file, info.digest)  # the base model it was trained from, or one line why not
         ex.load_trainable(arrays)

@@ -63,6 +63,23 @@ def job_options(command: str = "simulate") -> list:
 
 JOB_OPTIONS = job_options("simulate")
 
+# A user task without a task file: the file's keys as options (edgezo.taskfile.TaskOptions).
+TASK_OPTIONS = [
+    _opt("--train", type=click.Path(dir_okay=False), help="A task from options instead of --task FILE.toml: the training file (JSONL, CSV/TSV or Parquet), with --validation, --template and --labels (classification) or --response-column / --messages-column (generation); the task file's keys and checks (docs/data.md)."),
+    _opt("--validation", type=click.Path(dir_okay=False), help="With --train: the validation file."),
+    _opt("--template", help="With --train: the prompt over the files' columns, e.g. 'Review: {text} Sentiment:' (classification: the label word follows it; generation: the prompt)."),
+    _opt("--labels", help="With --train, classification: the label column's values in label order, each with its label word(s): 0=terrible,1=great, or negative,positive (each value its own word)."),
+    _opt("--label-column", help="With --train, classification: the column holding the label. [default: label]"),
+    _opt("--prompt-column", help="With --train, generation: the column holding the prompt (or use --template)."),
+    _opt("--response-column", help="With --train, generation: the column holding the answer the model learns."),
+    _opt("--messages-column", help="With --train, generation: a column of chat messages [{role, content}, ...], the last the assistant's answer (instead of prompt and response)."),
+]
+
+DEVICE_OPTION = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"], case_sensitive=False), default="auto",
+    help="Where the torch backend runs: auto (a CUDA GPU when torch can use one, else the CPU), cpu or cuda. "
+         "Perturbations stay bit-exact on the GPU; int8 runs on the CPU and mlx picks its own device.")
+
 
 AGGREGATION_OPTIONS = [
     click.option("--aggregation", "rule", type=click.Choice(AGGREGATIONS), default="mean", help="Per-seed aggregation of the devices' scalars: mean (weighted by examples), or median / trimmed mean. Every rule first leaves out the scalars far outside the round's own spread (a hostile or broken device's), naming the device, and a round whose update would break the model is refused."),

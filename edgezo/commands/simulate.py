@@ -7,19 +7,21 @@ from __future__ import annotations
 import click
 
 from edgezo.engines.options import engine_options
-from edgezo.commands.options import AGGREGATION_OPTIONS, JOB_OPTIONS, PLAN_CAP_OPTIONS, QUIET_HELP, TRAIN_SAMPLES, apply, given_options
+from edgezo.commands.options import (AGGREGATION_OPTIONS, DEVICE_OPTION, JOB_OPTIONS, PLAN_CAP_OPTIONS, QUIET_HELP, TASK_OPTIONS,
+                                     TRAIN_SAMPLES, apply, given_options)
 from edgezo.settings import SimulateSettings
 
 S = SimulateSettings
 
 
 @click.command(context_settings={"show_default": True})
-@apply(JOB_OPTIONS + [TRAIN_SAMPLES] + AGGREGATION_OPTIONS)
+@apply(JOB_OPTIONS + TASK_OPTIONS + [TRAIN_SAMPLES] + AGGREGATION_OPTIONS)
 @click.option("--devices", help="Heterogeneous devices from profiles: NAME:COUNT,... (measured or reference names, or files) or a TOML file of [[devices]] profile/count; sets --clients. Each device's round time is simulated from its profile.")
 @click.option("--round-seconds", type=float, help="Round deadline in simulated seconds (with --devices): devices that cannot answer in time are left out of the round; the planning budget of --plan.")
 @click.option("--plan", is_flag=True, help="Give each device of --devices its own K, P1, P2 and batch from its profile and --round-seconds (otherwise everyone does the job's).")
 @apply(PLAN_CAP_OPTIONS)
 @click.option("--backend", default=S.backend, help="Executor of the devices: auto, torch, mlx or int8, or a comma-separated list given to the devices in turn (torch,mlx,int8: a mixed-backend job). auto: torch here (mlx on Apple silicon); with --devices, each device's planned backend when it is installed.")
+@DEVICE_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (otherwise such an --out is refused).")
 @click.option("--resume", is_flag=True, help="Continue the stopped run in --out from its seed log and metrics, to the model the uninterrupted run would have reached (its settings are reused; options given must agree with them).")
 @click.option("--quiet", is_flag=True, help=QUIET_HELP)

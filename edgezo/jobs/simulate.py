@@ -24,7 +24,7 @@ from edgezo.runfolder import prepare_out, read_job, write_job
 from edgezo.seedlog import SeedLog
 from edgezo.settings import SimulateSettings
 
-RUN_FLAGS = ("quiet", "overwrite", "resume")  # how to run, not what: never compared on --resume
+RUN_FLAGS = ("quiet", "overwrite", "resume", "device")  # how to run, not what: never compared on --resume
 
 
 def _settings_record(settings: SimulateSettings) -> dict:
@@ -50,10 +50,14 @@ class SimulateJob:
     @classmethod
     def from_options(cls, config_file: str | Path | None = None, **options) -> "SimulateJob":
         """From option values as the CLI names them (``clients=3``, ``train_samples=300``,
-        ``resume=True``...), over a TOML file's; with ``resume``, the stopped run's settings
+        ``resume=True``, a task as ``train=``/``template=``/``labels=`` (``TaskOptions``)...), over
+        a TOML file's; with ``resume``, the stopped run's settings
         (from its job.json) are the base, and a given option that disagrees with them is an error."""
         run_kw = {k: options.pop(k) for k in ("callbacks", "say", "progress", "engine") if k in options}
-        job, sim = file_and_options(config_file, options, JobConfig, SimulateSettings)
+        from edgezo.taskfile import TaskOptions, with_task_options
+
+        job, sim, task = file_and_options(config_file, options, JobConfig, SimulateSettings, TaskOptions)
+        job = with_task_options(job, TaskOptions(**task))  # --train/--template/...: the task as JSON text
         if sim.get("resume"):
             job, sim = _resumed(job, sim)
         return cls(job_config(job), SimulateSettings(**sim), **run_kw)
@@ -64,7 +68,8 @@ class SimulateJob:
         records and the paths of what it wrote to ``config.out``."""
         import transformers
 
-        from edgezo.backends.choice import parse_backends, require
+        from edgezo.backends.choice import check_device, parse_backends, require
+        from edgezo.backends.torch.device import describe, resolve_device
         from edgezo.evaluate import make_evaluator
         from edgezo.jobdata import device_shards, load_job_data
         from edgezo.simulation import SimulatedDevice, run_simulation
@@ -76,6 +81,8 @@ class SimulateJob:
         requested = parse_backends(s.backend)
         for backend in set(requested) - {"auto"}:
             require(backend)  # a missing extra fails before any data or model is read
+            check_device(backend, s.device)
+        torch_device = resolve_device(s.device)  # --device cuda without a GPU: one line, before any data is read
         if self.engine is not None:
             from edgezo.engines.ray_engine import require_ray, start_engine
 
@@ -86,7 +93,7 @@ class SimulateJob:
         out = prepare_out(cfg.out, s.overwrite, s.resume)  # before the model loads
         data = load_job_data(cfg, s.train_samples)
         shards = device_shards(cfg, data.train)
-        executors = BackendPool(cfg, data.task, say)
+        executors = BackendPool(cfg, data.task, say, device=s.device)
         ex, info = executors.get(_first_backend(requested, fleet is not None))
         say(f"{info.name}: {ex.num_layers} layers, split at {ex.split}; trainable {cfg.trainable}: "
             f"{ex.trainable_numel(1):,} + {ex.trainable_numel(2):,} parameters (block 1 + block 2); "
@@ -104,6 +111,8 @@ class SimulateJob:
             device_backends = [requested[d % len(requested)] for d in range(cfg.clients)]
         device_executors = [executors.get(b)[0] for b in device_backends]
         mixed = len({id(e) for e in device_executors} | {id(ex)}) > 1
+        if any(e.backend == "torch" for e in executors.all()):
+            extra["device"] = describe(torch_device)  # where the torch replica ran (its rounding depends on it)
         if mixed:
             extra["device_backends"] = [e.backend for e in device_executors]
             say("devices' backends: " + ", ".join(f"{d}:{e.backend}" for d, e in enumerate(device_executors)))
@@ -227,8 +236,9 @@ def _plan_fleet(cfg, ex, info, data, fleet, s: SimulateSettings, say):
 class BackendPool:
     """One executor (one model replica) per backend the job uses, built on first use."""
 
-    def __init__(self, cfg, task, say):
+    def __init__(self, cfg, task, say, device: str = "cpu"):
         self.cfg, self.task, self.say = cfg, task, say
+        self.device = device  # --device: where the torch replica runs
         self._built: dict[str, tuple] = {}
         self._batchers: dict[int, object] = {}
         self._auto: str | None = None
@@ -243,8 +253,13 @@ class BackendPool:
                 self._auto = choice.backend
             backend = self._auto
         if backend not in self._built:
-            self.say(f"loading model {self.cfg.model or '(default) SmolLM2-135M-Instruct'} on the {backend} backend ...")
-            self._built[backend] = build_executor(backend, self.cfg, self.task)
+            where = ""
+            if backend == "torch":
+                from edgezo.backends.torch.device import describe, resolve_device
+
+                where = f" ({describe(resolve_device(self.device))})"
+            self.say(f"loading model {self.cfg.model or '(default) SmolLM2-135M-Instruct'} on the {backend} backend{where} ...")
+            self._built[backend] = build_executor(backend, self.cfg, self.task, self.device)
         return self._built[backend]
 
     def all(self) -> list:
