@@ -12,6 +12,10 @@ assigning it at once instead of waiting out deadlines. A device refuses to work 
 tensors differ from the announced ones, when another process is online under its device id, and
 says the job is over (exit 0) when it wakes after the job ended.
 
+In a signed job (its announcement is signed) the device's link signs everything it publishes and
+may check the coordinator's key (``signed_link.SignedLink``); a device without a key, or whose key
+the coordinator refuses (a ``Refused`` naming it), ends with an error saying how to get enrolled.
+
 All work runs on the caller's thread; the MQTT network thread only queues messages.
 """
 
@@ -56,15 +60,17 @@ class DeviceSettings:
     profile: dict = field(default_factory=dict)  # this device's profile (Profile.to_dict()), sent in its status; {}: none
     memory_gb: float = 0.0  # memory budget for training sent with it (0: the profile's memory_available_gb)
     id_check_s: float = 1.0  # how long to wait for the retained status of this id (is it already online?)
+    instance: str = ""  # this process's instance (the last will names it too); "": a random one
 
 
 class DuplicateDevice(EdgezoError):
     """Another process is online under this device id."""
 
 
-def find_job(link, run: str | None, timeout: float, stay: bool = False) -> m.Announce:
+def find_job(link, run: str | None, timeout: float, stay: bool = False, signers: dict | None = None) -> m.Announce:
     """The running job announced on the broker (the named one, or the only one); without ``stay``,
-    the finished one when that is all there is (its ``state`` says so)."""
+    the finished one when that is all there is (its ``state`` says so). ``signers`` gets, per run,
+    the key that signed its announcement (None: unsigned; a signed announcement means a signed job)."""
     pattern = f"{ROOT}/{run}/announce" if run else f"{ROOT}/+/announce"
     link.subscribe(pattern)
     deadline = time.monotonic() + timeout
@@ -83,6 +89,8 @@ def find_job(link, run: str | None, timeout: float, stay: bool = False) -> m.Ann
         except m.BadMessage as e:
             log.warning("ignoring bad announcement on %s: %s", msg.topic, e)
             continue
+        if signers is not None:
+            signers[ann.run] = getattr(msg, "signer", None)
         if ann.state == "running":
             seen[ann.run] = ann
         elif not stay and (run is None or ann.run == run):
@@ -91,6 +99,10 @@ def find_job(link, run: str | None, timeout: float, stay: bool = False) -> m.Ann
         return next(iter(finished.values()))  # the job is over: the caller says so and exits 0
     if not seen:
         where = f"job {run!r}" if run else "any job"
+        ignored = getattr(link, "last_drop", "")  # a SignedLink dropped what did not come from --coordinator-key
+        if ignored:
+            raise EdgezoError(f"no announcement of {where} signed by the coordinator's key within {timeout:.0f} s (ignored "
+                              f"{ignored}); check --coordinator-key against the line the coordinator printed")
         raise EdgezoError(f"no coordinator announced {where} on the broker within {timeout:.0f} s; start `edgezo coordinate` first (or check --run)")
     if len(seen) > 1:
         raise EdgezoError(f"the broker carries several jobs ({', '.join(sorted(seen))}); pick one with --run")
@@ -106,16 +118,22 @@ class Device:
         self.announcement: m.Announce | None = None
         self.answered: dict[int, m.Result] = {}  # round -> result (a re-opened round is answered again)
         self.connections_seen = 0
-        self.instance = secrets.token_hex(6)  # tells this process apart from another using the same id
+        self.instance = settings.instance or secrets.token_hex(6)  # tells this process apart from another using the same id
         self.status_published = False
+        self.signers: dict[str, bytes | None] = {}  # run -> the key its announcement was signed with
+        key = getattr(link, "key", None)  # a SignedLink signing this device's messages
+        self.key_text = key.text if key is not None else ""  # how a Refused names this device's key
 
     # -- setup ------------------------------------------------------------------------------
     def _wait_announcement(self) -> m.Announce:
-        return find_job(self.link, self.s.run, self.s.announce_timeout, self.s.stay)
+        return find_job(self.link, self.s.run, self.s.announce_timeout, self.s.stay, self.signers)
 
     def _setup(self, ann: m.Announce) -> None:
         if ann.v != m.PROTOCOL_VERSION:
             raise EdgezoError(f"the coordinator speaks protocol {ann.v}, this edgezo {m.PROTOCOL_VERSION}; install the same edgezo version")
+        signed = self.signers.get(ann.run) is not None
+        if signed != bool(self.key_text):  # before the model loads
+            raise signing_mismatch(ann.run, self.s.device_id, signed)
         known = set(config_keys())
         unknown = sorted(set(ann.job) - known)
         if unknown:  # PROTOCOL.md: a newer coordinator's keys are ignored, not fatal
@@ -247,6 +265,8 @@ class Device:
                     self._handle_assign(m.decode(msg.payload, m.Assign))
                 elif kind == "update":
                     self._handle_update(m.decode(msg.payload, m.Update))
+                elif kind == "log":
+                    self._check_refused(m.decode(msg.payload))  # a late LogChunk is dropped
             except m.BadMessage as e:
                 log.warning("ignoring bad message on %s: %s", msg.topic, e)
 
@@ -259,6 +279,15 @@ class Device:
             raise EdgezoError(f"the broker refused device {self.s.device_id!r}'s {why}: its ACL lets a device use only "
                               "topics named after its broker username; start `edgezo join` with --device-id equal to "
                               "--username, or fix the broker's ACL")
+
+    def _check_refused(self, message) -> None:
+        """End with the coordinator's reason when a signed job refused this device's messages (its
+        key is not enrolled); a refusal naming another key (a stranger's messages) is not ours."""
+        if isinstance(message, m.Refused) and message.device == self.s.device_id and message.key == self.key_text:
+            key = f"its key {self.key_text}" if self.key_text else "its messages (unsigned)"
+            raise EdgezoError(f"job {message.run!r} refused device {self.s.device_id!r} and {key}: {message.reason}; have the "
+                              f"operator add this device's line (`edgezo keys show --device-id {self.s.device_id}`) to the "
+                              "coordinator's --enrolled file, or join with the enrolled --key")
 
     def _handle_announce(self, ann: m.Announce) -> bool:
         self.announcement = ann
@@ -376,7 +405,10 @@ class Device:
                 self.deferred.append(msg)  # handled after catching up, in order
                 continue
             try:
-                chunk = m.decode(msg.payload, m.LogChunk)
+                chunk = m.decode(msg.payload)
+                self._check_refused(chunk)
+                if not isinstance(chunk, m.LogChunk):
+                    raise m.BadMessage(f"expected a LogChunk message, got {type(chunk).__name__}")
             except m.BadMessage as e:
                 log.warning("ignoring bad log chunk: %s", e)
                 continue
@@ -390,6 +422,17 @@ class Device:
                     raise EdgezoError(f"the coordinator has only {chunk.last} rounds, but round {first} was announced")
                 return
         raise EdgezoError(f"no seed-log entries from the coordinator within {self.s.log_timeout:.0f} s (asked for rounds {first}-{last})")
+
+
+def signing_mismatch(run: str, device_id: str, signed: bool) -> EdgezoError:
+    """The error of a device whose signing does not match the job's (PROTOCOL.md section 14: a job
+    requires signed messages exactly when its announcement is signed)."""
+    if signed:
+        return EdgezoError(f"job {run!r} requires signed messages, and this device has no signing key: make one with "
+                           f"`edgezo keys init --device-id {device_id}`, send the line it prints to the operator (to enrol "
+                           "it with coordinate --enrolled), then join again (with --key if it is not in the default place)")
+    return EdgezoError(f"job {run!r} does not use signed messages, but this device joined signing them; start `edgezo join` "
+                       "again (it signs only for a signed job)")
 
 
 def trainable_layout(ex) -> list[tuple[str, int, int]]:

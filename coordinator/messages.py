@@ -137,7 +137,20 @@ class LogChunk(msgspec.Struct, tag="logchunk"):
     last: int  # the last round the coordinator has
 
 
-Message = Announce | Assign | Result | Update | Status | LogRequest | LogChunk
+class Refused(msgspec.Struct, tag="refused"):
+    """On ``edgezo/<run>/log/<device>``, in a signed job only (PROTOCOL.md section 14): the
+    coordinator refused a message on that device's topics signed by ``key`` (``ed25519:<base64>``;
+    "": unsigned). A device acts only on one naming the key it signs with, so a stranger's refused
+    messages cannot end the real device."""
+
+    v: int
+    run: str
+    device: str
+    key: str
+    reason: str
+
+
+Message = Announce | Assign | Result | Update | Status | LogRequest | LogChunk | Refused
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 

@@ -1,5 +1,6 @@
 """The coordinator's message pump: takes what the MQTT network thread queued, decodes and
-validates it (schema, protocol version, run), and hands each good message to a handler. A bad
+validates it (in a signed job the device's signature first, then schema, protocol version, run),
+and hands each good message to a handler. A bad
 message is counted and logged with its reason, never raised: no device can crash the coordinator.
 
 After a broker outage it calls ``on_reconnect`` first, since a restarted broker lost every
@@ -9,6 +10,7 @@ retained message the coordinator had published (the announcement, the open round
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from edgezo.coordinator import messages as m
@@ -28,6 +30,10 @@ class MessagePump:
         self.link, self.topics, self.on_reconnect = link, topics, on_reconnect
         self.rejected = 0
         self._connections = getattr(link, "connections", 0)
+        # A signed job (a ``SignedLink`` with the enrolled keys): every inbound message must be
+        # signed by the enrolled key of the device its topic names (PROTOCOL.md section 14).
+        self.enrolment = getattr(link, "enrolment", None)
+        self._refused: dict[tuple[str, str], float] = {}  # (device, key) -> when a Refused last went out
 
     def subscribe(self) -> None:
         t = self.topics
@@ -55,6 +61,8 @@ class MessagePump:
         expected = INBOUND.get(kind)
         if expected is None or not msg.payload:
             return  # our own publications echoed back, or a cleared retained message
+        if self.enrolment is not None and not self._signed_by_device(kind, msg):
+            return
         try:
             message = m.decode(msg.payload, expected)
             if message.run != self.topics.run:
@@ -66,4 +74,31 @@ class MessagePump:
         if kind != "result" and message.device != device:  # results: the collector names the claim
             self.reject(msg.topic, f"{kind} claims device {message.device!r}")
             return
-        handle(kind, device, message, len(msg.payload))
+        handle(kind, device, message, getattr(msg, "size", 0) or len(msg.payload))  # signed: the envelope's bytes too
+
+    def _signed_by_device(self, kind: str, msg) -> bool:
+        """A signed job's check: the message's envelope verifies and its signer is the enrolled key
+        of the device its topic names; otherwise it is rejected and, for a device announcing itself
+        or asking for the log, answered with a ``Refused`` naming the key (at most every 5 s per
+        device and key), so a device that is not enrolled ends with a clear error instead of waiting."""
+        device = self.topics.device_of(msg.topic)
+        why = getattr(msg, "problem", "") or self.enrolment.check(device, getattr(msg, "signer", None))
+        if not why:
+            return True
+        self.reject(msg.topic, why)
+        if kind in ("status", "logreq") and not getattr(msg, "problem", ""):
+            self._refuse(device, msg.signer, why)
+        return False
+
+    def _refuse(self, device: str, signer: bytes | None, why: str) -> None:
+        from edgezo.signing import public_text
+
+        key = public_text(signer) if signer is not None else ""
+        now = time.monotonic()
+        if now - self._refused.get((device, key), -1e9) < 5.0:
+            return
+        if len(self._refused) > 10_000:
+            self._refused.clear()
+        self._refused[(device, key)] = now
+        refusal = m.Refused(v=m.PROTOCOL_VERSION, run=self.topics.run, device=device, key=key, reason=why)
+        self.link.publish(self.topics.log(device), m.encode(refusal))

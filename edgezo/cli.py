@@ -12,6 +12,7 @@ from edgezo.commands.evaluate import evaluate
 from edgezo.commands.export import export
 from edgezo.commands.generate import generate
 from edgezo.commands.join import join
+from edgezo.commands.keys import keys
 from edgezo.commands.profile import profile
 from edgezo.commands.simulate import simulate
 from edgezo.errors import EdgezoError
@@ -31,6 +32,7 @@ def cli():
 cli.add_command(simulate)
 cli.add_command(coordinate)
 cli.add_command(join)
+cli.add_command(keys)
 cli.add_command(profile)
 cli.add_command(evaluate)
 cli.add_command(generate)

@@ -29,6 +29,13 @@ def _at_least(name: str, value: int | None, least: int) -> None:
         raise ConfigError(f"--{name.replace('_', '-')} must be at least {least} (got {value})")
 
 
+def _device(value: str) -> str:
+    """--device checked (auto, cpu or cuda); whether cuda is usable is asked when the job runs."""
+    from edgezo.backends.choice import parse_device
+
+    return parse_device(value)
+
+
 @dataclass
 class AggregationSettings:
     """--aggregation, --trim, --clip; None: ``Aggregation``'s own default (one place)."""
@@ -52,6 +59,7 @@ class SimulateSettings(AggregationSettings):
     """`edgezo simulate`'s own options."""
 
     backend: str = "auto"  # auto, torch, mlx, int8, or a comma-separated list given to the devices in turn
+    device: str = "auto"  # where the torch backend runs: auto (a GPU when usable), cpu or cuda
     train_samples: int | None = None  # only the first N training examples (after a seeded shuffle)
     devices: str | None = None  # heterogeneous devices from profiles: NAME:COUNT,... or a TOML file
     round_seconds: float | None = None  # simulated round deadline (with devices)
@@ -63,6 +71,7 @@ class SimulateSettings(AggregationSettings):
     resume: bool = False  # continue a stopped run in --out
 
     def validate(self) -> "SimulateSettings":
+        self.device = _device(self.device)
         _at_least("train_samples", self.train_samples, 1)
         _positive("round_seconds", self.round_seconds)
         _at_least("max_p1", self.max_p1, 1)
@@ -116,6 +125,8 @@ class CoordinateSettings(AggregationSettings, BrokerConnection):
     default_profile: str | None = None
     quiet: bool = False
     overwrite: bool = False  # replace a finished or different run in --out (a resume needs no flag)
+    enrolled: str | None = None  # signed messages: the file of the devices' public lines (None: unsigned)
+    key: str | None = None  # the coordinator's signing key; None: STATE/coordinator.key, made on first use
 
     def validate(self) -> "CoordinateSettings":
         _at_least("min_devices", self.min_devices, 1)
@@ -125,6 +136,9 @@ class CoordinateSettings(AggregationSettings, BrokerConnection):
             raise ConfigError(f"--quorum must be in (0, 1] (got {self.quorum})")
         _at_least("checkpoint_every", self.checkpoint_every, 0)
         _at_least("max_missed", self.max_missed, 0)
+        if self.key is not None and self.enrolled is None:
+            raise ConfigError("--key signs the coordinator's messages in a signed job: add --enrolled FILE (the devices' "
+                              "public lines), or drop --key")
         for name in ("port", "http_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a port number, 0 to 65535 (got {getattr(self, name)})")
@@ -152,10 +166,13 @@ class JoinSettings(BrokerConnection):
     profile: str | None = None
     memory_gb: float | None = None
     backend: str = "auto"
+    device: str = "auto"  # where the torch backend runs: auto (a GPU when usable), cpu or cuda
     catch_up: str = "auto"
     stay: bool = False
     announce_timeout: float = 60.0
     quiet: bool = False  # only warnings and errors
+    key: str | None = None  # signing key for a signed job; None: the `edgezo keys init` one, if it exists
+    coordinator_key: str | None = None  # the coordinator's public line (or a file of it): ignore what it did not sign
 
     def validate(self) -> "JoinSettings":
         if self.broker is None:
@@ -165,6 +182,7 @@ class JoinSettings(BrokerConnection):
         _positive("announce_timeout", self.announce_timeout)
         if self.backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got {self.backend!r})")
+        self.device = _device(self.device)
         if self.catch_up not in CATCH_UP:
             raise ConfigError(f"--catch-up must be one of {', '.join(CATCH_UP)} (got {self.catch_up!r})")
         return self

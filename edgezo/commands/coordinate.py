@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import click
 
-from edgezo.commands.options import AGGREGATION_OPTIONS, BROKER_OPTIONS, PLAN_CAP_OPTIONS, QUIET_HELP, apply, given_options, job_options
+from edgezo.commands.options import (AGGREGATION_OPTIONS, BROKER_OPTIONS, PLAN_CAP_OPTIONS, QUIET_HELP, TASK_OPTIONS, apply, given_options,
+                                     job_options)
 from edgezo.settings import CoordinateSettings
 
 S = CoordinateSettings
 
 
 @click.command(context_settings={"show_default": True})
-@apply(job_options("coordinate"))
+@apply(job_options("coordinate") + TASK_OPTIONS)
 @click.option("--broker", help="MQTT broker HOST[:PORT] (or a clustered broker's nodes, comma-separated: clients fail over between them). Without it, an embedded broker (amqtt) is started on this machine.")
 @apply(BROKER_OPTIONS)
 @click.option("--port", type=int, default=S.port, help="Port of the embedded broker (without --broker).")
@@ -32,6 +33,8 @@ S = CoordinateSettings
 @apply(PLAN_CAP_OPTIONS)
 @click.option("--default-profile", help="With --plan: profile (a .toml file, or a measured or reference name such as pi5) for devices that send none. [default: such devices get the job's fixed K, P1, P2 and batch]")
 @click.option("--overwrite", is_flag=True, help="Replace a run in --out that is not this job's (a restart with the same state folder resumes without it).")
+@click.option("--enrolled", type=click.Path(dir_okay=False), help="Signed messages (Ed25519, needs the signing extra): a file of the devices' public lines, 'ed25519:<base64> <device-id>' each (what `edgezo keys show` prints on a device). Every status, result and log request must then be signed by the enrolled key of the device its topic names, and the coordinator signs what it publishes: on a broker without an ACL no stranger can answer for a device or announce a fake one. [default: unsigned]")
+@click.option("--key", type=click.Path(dir_okay=False), help="With --enrolled: the coordinator's signing key (a PEM file, `edgezo keys init --key PATH`). [default: STATE/coordinator.key, made on first use; its public line is printed and kept in STATE/coordinator.pub]")
 @click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @click.pass_context
 def coordinate(ctx, config_file, **options):

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from edgezo.commands.options import BROKER_OPTIONS, QUIET_HELP, TRAIN_SAMPLES, apply, given_options
+from edgezo.commands.options import BROKER_OPTIONS, DEVICE_OPTION, QUIET_HELP, TRAIN_SAMPLES, apply, given_options
 from edgezo.errors import EdgezoError
 from edgezo.jobs.join import PROFILE_LIMIT, connect_patiently, device_profile  # noqa: F401 (their home before the API)
 from edgezo.settings import JoinSettings
@@ -65,9 +65,12 @@ def default_device_id() -> str:
 @click.option("--profile", help="This device's profile, sent to the coordinator, which plans this device's batch, K, P1 and P2 from it (coordinate --plan): a .toml file, or a name (a measured profile in the user profile folder, else a reference shipped in device_profiles/). [default: the measured profile named after this host in the user profile folder (edgezo profile writes it), if there is one]")
 @click.option("--memory-gb", type=float, help="Memory in GB this device lets training use; the coordinator's planner keeps a step's peak under it. [default: the profile's memory_available_gb]")
 @click.option("--backend", type=click.Choice(["auto", "torch", "mlx", "int8"]), default=S.backend, help="Executor: torch (fp32), mlx (Apple MLX), int8 (llama.cpp-style 8-bit blocks, about a third of the memory). auto: mlx on Apple silicon, else torch, or int8 when fp32 does not fit --memory-gb (or the free memory).")
+@DEVICE_OPTION
 @click.option("--catch-up", type=click.Choice(["auto", "replay", "checkpoint"]), default=S.catch_up, help="How to reach the current global model when behind: replay the seed log, download the coordinator's checkpoint, or whichever is cheaper.")
 @click.option("--stay", is_flag=True, help="After the job finishes, wait for the next one instead of exiting.")
 @click.option("--announce-timeout", type=float, default=S.announce_timeout, help="Seconds to wait for a job announcement.")
+@click.option("--key", type=click.Path(dir_okay=False), help="This device's signing key, used when the job is signed (coordinate --enrolled); its public line must be enrolled there (`edgezo keys show`). [default: the key `edgezo keys init` made, ~/.config/edgezo/device.key, if it exists]")
+@click.option("--coordinator-key", help="The coordinator's public line 'ed25519:<base64> ...' (it prints it; also STATE/coordinator.pub), or a file holding it: messages on the job's topics not signed by it are ignored, so nobody else can send this device rounds, updates or announcements.")
 @click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @click.pass_context
 def join(ctx, config_file, **options):

@@ -40,7 +40,10 @@ class CoordinateJob:
     def from_options(cls, config_file: str | Path | None = None, **options) -> "CoordinateJob":
         """From option values as the CLI names them, over a TOML file's (options win)."""
         run_kw = {k: options.pop(k) for k in ("callbacks", "say", "progress") if k in options}
-        job, settings = file_and_options(config_file, options, JobConfig, CoordinateSettings)
+        from edgezo.taskfile import TaskOptions, with_task_options
+
+        job, settings, task = file_and_options(config_file, options, JobConfig, CoordinateSettings, TaskOptions)
+        job = with_task_options(job, TaskOptions(**task))  # --train/--template/...: announced to every device
         if "clients" in job:
             raise ConfigError("coordinate has no clients setting: its devices are whoever joins (see min_devices and devices_per_round)")
         job.setdefault("out", COORDINATE_OUT)
@@ -84,9 +87,14 @@ class CoordinateJob:
 
         cfg, s, say = self.config, self.settings, self.say
         aggregation, limits, fallback, out, state = self._checked()
+        enrolment, key = self._signing(state)
         data = load_job_data(cfg, need_train=False)
         cfg.task = data.task.ref  # a user task travels whole (template, label words); devices read their own data
         link, embedded = self._connect()  # broker and credentials before the model loads
+        if enrolment is not None:
+            from edgezo.coordinator.signed_link import SignedLink
+
+            link = SignedLink(link, key, enrolment=enrolment)  # signs what it publishes; the pump checks the devices'
         try:
             ex, info = self._load_model(data)
             planning = self._planning(ex, info, data, limits, fallback) if s.plan else None
@@ -103,6 +111,30 @@ class CoordinateJob:
             link.close()
             if embedded is not None:
                 embedded.stop()
+
+    def _signing(self, state: Path):
+        """With --enrolled: (the enrolment, this coordinator's key), both read before any work; the
+        key is STATE/coordinator.key unless --key, made on first use, its public line printed and
+        kept in STATE/coordinator.pub for the devices' --coordinator-key. Without: (None, None)."""
+        from edgezo import signing
+
+        s = self.settings
+        if s.enrolled is None:
+            return None, None
+        enrolment = signing.load_enrolment(s.enrolled)
+        if s.key is not None:
+            key, made = signing.load_key(s.key), False
+        else:
+            key, made = signing.key_or_new(state / "coordinator.key")
+        line = key.line(f"{s.run}-coordinator")
+        try:
+            (state / "coordinator.pub").write_text(line + "\n", encoding="utf-8")
+        except OSError:
+            pass  # the line is printed too
+        self.say(f"signed messages: {len(enrolment.keys)} device(s) enrolled from {s.enrolled}; "
+                 f"{'made' if made else 'using'} the coordinator's key {s.key or state / 'coordinator.key'}; devices check "
+                 f"this coordinator with --coordinator-key '{line}' (also in {state / 'coordinator.pub'})")
+        return enrolment, key
 
     def _connect(self):
         """The MQTT link, connected (an embedded broker started first when no broker is given)."""

@@ -1,8 +1,9 @@
 """A device's side of a federation as a library object (``edgezo join``).
 
-Its profile, backend and broker (reachability, credentials) are checked before the job's model
-is loaded; ``run()`` answers the coordinator's rounds until the job ends and returns the exit
-status (0: the job finished).
+Its profile, backend, signing key and broker (reachability, credentials) are checked before the
+job's model is loaded; it signs its messages only for a signed job (one whose announcement is
+signed), and then a missing key is one line saying how to make and enrol one. ``run()`` answers
+the coordinator's rounds until the job ends and returns the exit status (0: the job finished).
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ class JoinJob:
 
     def run(self) -> int:
         """Answer the job's rounds until it ends; the exit status (0: the job finished)."""
-        from edgezo.coordinator.device import Device, DeviceSettings, find_job
+        import secrets
+
+        from edgezo import signing
+        from edgezo.coordinator.device import Device, DeviceSettings, find_job, signing_mismatch
         from edgezo.coordinator.messages import PROTOCOL_VERSION, Status, encode
+        from edgezo.coordinator.signed_link import SignedLink, device_trust
         from edgezo.coordinator.topics import Topics, check_name
         from edgezo.coordinator.transport import MqttLink
         from edgezo.jobdata import parse_shard
@@ -53,22 +58,46 @@ class JoinJob:
             device_id = check_name("device", s.device_id)
         run_name = check_name("run", s.run) if s.run else None
         if s.backend != "auto":
-            from edgezo.backends.choice import require
+            from edgezo.backends.choice import check_device, require
 
             require(s.backend)  # before connecting: a missing extra fails here, in one line
+            check_device(s.backend, s.device)
+        if s.device != "auto":
+            from edgezo.backends.torch.device import resolve_device
+
+            resolve_device(s.device)  # --device cuda without a GPU: one line, before connecting
         profile, memory_budget = device_profile(s.profile, s.memory_gb, say)  # before connecting: a bad one fails here
         settings = DeviceSettings(device_id=device_id, run=run_name, model=s.model, data=s.data,
                                   shard=parse_shard(s.shard) if s.shard else None, train_samples=s.train_samples, stay=s.stay,
                                   catch_up=s.catch_up, announce_timeout=s.announce_timeout, profile=profile, memory_gb=memory_budget)
+        key = signing.device_key(s.key)  # before connecting: a missing or foreign key file fails here
+        coordinator = signing.read_public(s.coordinator_key) if s.coordinator_key else None
         bs = s.broker_settings()
-        if run_name is None:  # the last will names the run: find it first
+        signed = False
+        if run_name is None or key is not None:  # the last will names the run, and is signed in a signed job: find it first
             with MqttLink(bs, client_id=f"edgezo-{device_id}-probe") as probe:
                 connect_patiently(probe, s.announce_timeout, say)
-                run_name = find_job(probe, None, s.announce_timeout, s.stay).run
+                signers: dict = {}
+                run_name = find_job(SignedLink(probe, trust=device_trust(coordinator, None)), run_name, s.announce_timeout,
+                                    s.stay, signers).run
+                signed = signers.get(run_name) is not None
+            if signed and key is None:
+                raise signing_mismatch(run_name, device_id, True)
             settings.run = run_name
-        # The last will: the coordinator hears at once that this device is gone.
-        offline = Status(v=PROTOCOL_VERSION, run=run_name, device=device_id, state="offline")
-        link = MqttLink(bs, client_id=f"edgezo-{device_id}-{os.getpid()}", will=(Topics(run_name).status(device_id), encode(offline), True))
+        if key is not None and not signed:
+            if s.key is not None:
+                say(f"job {run_name!r} does not use signed messages: this device does not sign (--key unused)")
+            key = None  # sign only for a signed job: unsigned jobs keep their bytes
+        # The last will: the coordinator hears at once that this device is gone (the will names this
+        # process's instance, so a replayed will of an earlier process is not taken for this one's).
+        settings.instance = secrets.token_hex(6)
+        offline = Status(v=PROTOCOL_VERSION, run=run_name, device=device_id, state="offline", instance=settings.instance)
+        topic, will = Topics(run_name).status(device_id), encode(offline)
+        if key is not None:
+            will = signing.seal(key, topic, will)
+            say(f"signing this device's messages with {key.text}")
+        mqtt = MqttLink(bs, client_id=f"edgezo-{device_id}-{os.getpid()}", will=(topic, will, True))
+        link = SignedLink(mqtt, key, trust=device_trust(coordinator, key.public if key is not None else None))
 
         def build(cfg, task):
             import transformers
@@ -78,7 +107,7 @@ class JoinJob:
             transformers.utils.logging.set_verbosity_error()
             choice = resolve_backend(s.backend, cfg.model, memory_budget * 1024 if memory_budget else None)
             say(f"backend {choice.backend} ({choice.reason})")
-            return build_executor(choice.backend, cfg, task)
+            return build_executor(choice.backend, cfg, task, s.device)
 
         connect_patiently(link, s.announce_timeout, say)  # broker and credentials before the model loads
         self.device = Device(settings, link, build, say)
