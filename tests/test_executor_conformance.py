@@ -179,4 +179,6 @@ def test_backends_import_the_model_layer_not_each_other():
     out = subprocess.run([sys.executable, "-c", IMPORTS], capture_output=True, text=True, check=True).stdout
     seen = json.loads(out.strip().splitlines()[-1])
     assert seen["mlx"] == []
-    assert set(seen["int8"]) <= {"edgezo.backends.torch", "edgezo.backends.torch.executor", "edgezo.backends.torch.perturb"}
+    # torch.device: where a model's tensors live (the executor's inputs follow its model there)
+    assert set(seen["int8"]) <= {"edgezo.backends.torch", "edgezo.backends.torch.executor", "edgezo.backends.torch.perturb",
+                                 "edgezo.backends.torch.device"}
