@@ -368,17 +368,10 @@ def read_rows(path: Path, fmt: str) -> Iterator[tuple[str, dict[str, Any]]]:
     if not path.is_file():
         raise EdgezoError(f"missing data file {path}: check the task file's train/validation paths or --data")
     if fmt == "jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise EdgezoError(f"{path}:{n}:{e.colno}: invalid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise EdgezoError(f"{path}:{n}:1: expected a JSON object (one example per line)")
-                yield f"{path}:{n}", obj
+        from edgezo.tasks import json_objects
+
+        for n, obj in json_objects(path, lambda n, col, what: EdgezoError(f"{path}:{n}:{col}: {what}")):
+            yield f"{path}:{n}", obj
     elif fmt in ("csv", "tsv"):
         with path.open(encoding="utf-8", newline="") as f:
             reader = csv.reader(f, delimiter="," if fmt == "csv" else "\t")

@@ -17,7 +17,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from edgezo.errors import EdgezoError
 
@@ -222,21 +222,30 @@ def _read_tsv(path: Path, header: list[str]) -> list[tuple[int, list[str]]]:
         return rows
 
 
-def _read_jsonl(path: Path, keys: tuple[str, ...]) -> list[tuple[int, dict]]:
-    rows = []
-    with _need(path).open(encoding="utf-8") as f:
+def json_objects(path: Path, error: Callable[[int, int, str], Exception]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; ``error(line, column, what)``
+    builds the exception for a line that is not one JSON object (each caller words its own fix)."""
+    with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise _bad(path, n, f"invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or any(k not in obj for k in keys):
-                raise _bad(path, n, f"expected a JSON object with keys {', '.join(keys)}")
-            if not isinstance(obj["label"], bool):
-                raise _bad(path, n, f"label must be true or false, got {obj['label']!r}")
-            rows.append((n, obj))
+                raise error(n, e.colno, f"invalid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise error(n, 1, "expected a JSON object (one example per line)")
+            yield n, obj
+
+
+def _read_jsonl(path: Path, keys: tuple[str, ...]) -> list[tuple[int, dict]]:
+    rows = []
+    for n, obj in json_objects(_need(path), lambda n, _col, what: _bad(path, n, what)):
+        if any(k not in obj for k in keys):
+            raise _bad(path, n, f"expected a JSON object with keys {', '.join(keys)}")
+        if not isinstance(obj["label"], bool):
+            raise _bad(path, n, f"label must be true or false, got {obj['label']!r}")
+        rows.append((n, obj))
     return rows
 
 
