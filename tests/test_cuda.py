@@ -103,6 +103,7 @@ def test_the_cpu_path_keeps_its_fingerprint_and_records_the_device(tiny_llama, s
     default = _simulate(tiny_llama, sst2_dir, tmp_path / "default", device="cpu")
     again = _simulate(tiny_llama, sst2_dir, tmp_path / "again")  # auto: the CPU here (the GPU where there is one)
     assert default.summary["device"] == "cpu" and again.summary["device"] == describe(resolve_device("auto"))
+    assert "peak_gpu_mib" not in default.summary  # the CPU's figure is the process's RSS, not this
     if not CUDA:
         assert again.fingerprint == default.fingerprint
     assert "device" not in json.loads((tmp_path / "default" / "job.json").read_text())["simulate"]  # how to run, not what
@@ -181,7 +182,7 @@ def test_a_cpu_runs_seed_log_replayed_on_the_gpu_ends_on_its_fingerprint(tiny_ll
 def test_a_short_simulate_on_the_gpu_ends_within_tolerance_of_the_cpu(tiny_llama, sst2_dir, tmp_path):
     cpu = _simulate(tiny_llama, sst2_dir, tmp_path / "cpu", device="cpu")
     gpu = _simulate(tiny_llama, sst2_dir, tmp_path / "gpu", device="cuda")
-    assert gpu.summary["device"].startswith("cuda:")
+    assert gpu.summary["device"].startswith("cuda:") and gpu.summary["peak_gpu_mib"] > 0
     for a, b in zip(cpu.records, gpu.records):
         assert a.round == b.round and a.forwards_block2 == b.forwards_block2 and a.flops == b.flops
         assert b.train_loss is None or abs(a.train_loss - b.train_loss) <= 1e-3 * max(1.0, abs(a.train_loss))

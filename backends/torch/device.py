@@ -50,3 +50,12 @@ def describe(device: torch.device | str) -> str:
         return device.type
     index = device.index if device.index is not None else torch.cuda.current_device()
     return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def peak_memory_mib(device: torch.device | str) -> float | None:
+    """The most GPU memory torch held at once on ``device`` (MiB), or None on the CPU, where the
+    process's peak RSS is the figure to read instead."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)

@@ -69,7 +69,7 @@ class SimulateJob:
         import transformers
 
         from edgezo.backends.choice import check_device, parse_backends, require
-        from edgezo.backends.torch.device import describe, resolve_device
+        from edgezo.backends.torch.device import describe, peak_memory_mib, resolve_device
         from edgezo.evaluate import make_evaluator
         from edgezo.jobdata import device_shards, load_job_data
         from edgezo.simulation import SimulatedDevice, run_simulation
@@ -156,6 +156,8 @@ class SimulateJob:
                 remote.close()
         if clock is not None:
             extra["sim_time_s"] = round(clock.now, 3)
+        if "device" in extra and (peak := peak_memory_mib(torch_device)) is not None:
+            extra["peak_gpu_mib"] = peak  # the GPU's own peak: the process's RSS does not see it
         if mixed:
             extra["replica_fingerprints"] = {e.backend: e.fingerprint() for e in executors.all()}
         from edgezo.backends.torch.factory import save_trained_model
