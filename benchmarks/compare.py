@@ -4,6 +4,10 @@ forward compute, run as ``edgezo simulate`` subprocesses and cached run by run.
     python benchmarks/compare.py run [--sweep all|grid|main|ablation|dirichlet] [--jobs 2]
                                      [--only task=sst2,method=spzo] [--dry-run] [--pin]
     python benchmarks/compare.py report
+    python benchmarks/compare.py --preset roberta-large|opt-1.3b|llama-3.2-3b run|report  (a GPU)
+
+The GPU presets (the paper's models, ``benchmarks/sweeps_gpu.py``) keep their rows and report
+under ``benchmarks/results/compare-<preset>/``; see docs/comparison.md.
 
 The sweeps and every setting are in ``benchmarks/sweeps.py``. Each run's cache key hashes the
 harness version and its exact ``edgezo simulate`` arguments. A finished run leaves a small JSON row
@@ -46,7 +50,8 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # imported (by the tes
     sys.path.append(str(Path(__file__).resolve().parent))
 
 import sweeps  # noqa: E402
-from sweeps import SETTINGS, SWEEPS, RunSpec, Settings  # noqa: E402
+import sweeps_gpu  # noqa: E402
+from sweeps import SWEEPS, RunSpec, Settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = REPO / "benchmarks" / "results" / "compare" / "rows"
@@ -77,12 +82,13 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def measured_rates(s: Settings, rows: dict[str, dict]) -> dict[str, float]:
-    """Counted FLOPs per CPU second per task, from cached rows (their median): the cost estimate
-    of the runs still to do follows this machine rather than the constants in sweeps.py."""
+    """Counted FLOPs per CPU second (a GPU preset: per wall second) per task, from cached rows
+    (their median): the cost estimate of the runs still to do follows this machine rather than the
+    constants in sweeps.py."""
     per_task: dict[str, list[float]] = {}
     for row in rows.values():
         task = s.tasks.get(row.get("task"))
-        busy = row.get("cpu_s", 0) - s.startup_cpu_s
+        busy = row.get("wall_s" if s.unit == "GPU" else "cpu_s", 0) - s.startup_cpu_s
         if task is None or busy <= 0:
             continue
         flops = row["flops"] + row["eval_count"] * row["eval_samples"] * task.eval_flops_per_example
@@ -115,7 +121,8 @@ def build_row(spec: RunSpec, out: Path, usage: dict, provenance: dict) -> dict:
         "first_round": {k: first[k] for k in ("forwards_block1", "forwards_block2", "flops", "bytes_up", "bytes_down")},
         "flops": last["flops"], "forwards_block1": last["forwards_block1"], "forwards_block2": last["forwards_block2"],
         "bytes_up_per_device": last["bytes_up"], "bytes_down_per_device": last["bytes_down"],
-        "peak_rss_mib": round(usage["maxrss_kib"] / 1024, 1), "wall_s": round(usage["wall_s"], 1),
+        "peak_rss_mib": round(usage["maxrss_kib"] / 1024, 1), "peak_gpu_mib": summary.get("peak_gpu_mib"),
+        "wall_s": round(usage["wall_s"], 1),
         "cpu_s": round(usage["cpu_s"], 1), "simulate_wall_s": summary.get("wall_s"),
         "trainable_parameters": summary.get("trainable_parameters"), "split": summary.get("split"),
         "model": summary.get("model"), "fingerprint": summary.get("fingerprint"),
@@ -199,6 +206,7 @@ class Runner:
     child: Child
     jobs: int = 1
     say: Callable[[str], None] = print
+    unit: str = "CPU"  # what the estimates count (Settings.unit)
     launched: int = 0
     failed: list[str] = field(default_factory=list)
     _live: dict = field(default_factory=dict)
@@ -273,17 +281,18 @@ class Runner:
                     if row is not None:
                         rows.append(row)
                     if not self._stop:
-                        self.say(progress_line(spec, row, done, len(left), remaining_cpu, self.jobs))
+                        self.say(progress_line(spec, row, done, len(left), remaining_cpu, self.jobs, self.unit))
         return rows
 
 
-def progress_line(spec: RunSpec, row: dict | None, done: int, total: int, cpu_left: float, jobs: int) -> str:
-    head = f"[{done}/{total}, {total - done} left, ~{cpu_left / 3600:.1f} CPU-h left (~{cpu_left / 3600 / jobs:.1f} h at --jobs {jobs})]"
+def progress_line(spec: RunSpec, row: dict | None, done: int, total: int, cpu_left: float, jobs: int, unit: str = "CPU") -> str:
+    head = f"[{done}/{total}, {total - done} left, ~{cpu_left / 3600:.1f} {unit}-h left (~{cpu_left / 3600 / jobs:.1f} h at --jobs {jobs})]"
     if row is None:
         return f"{head} {spec.describe()}: failed"
     return (f"{head} {spec.describe()}: {100 * row['initial_accuracy']:.1f}% -> {100 * row['final_accuracy']:.1f}% "
             f"(best {100 * row['best_accuracy']:.1f}%), {row['rounds']} rounds, {row['flops']:.3g} FLOPs, "
-            f"{row['cpu_s']:.0f} CPU-s (est. {spec.est_cpu_s:.0f}), {row['wall_s']:.0f} s wall, {row['peak_rss_mib']:.0f} MiB")
+            f"{row['cpu_s']:.0f} CPU-s (est. {spec.est_cpu_s:.0f} {unit}-s), {row['wall_s']:.0f} s wall, {row['peak_rss_mib']:.0f} MiB"
+            + (f", {row['peak_gpu_mib']:.0f} MiB on the GPU" if row.get("peak_gpu_mib") else ""))
 
 
 # -- selection and planning ---------------------------------------------------------------------
@@ -330,7 +339,7 @@ def winner_notes(s: Settings, rows: dict) -> list[str]:
 
 
 def dry_run(s: Settings, names: list[str], rows: dict, only: dict, runs_dir: Path, jobs: int, say=print) -> float:
-    """List every run with its state and estimated cost; returns the CPU seconds still to spend."""
+    """List every run with its state and estimated cost; returns the CPU (or GPU) seconds still to spend."""
     rates = measured_rates(s, rows)
     if set(names) - {"grid"}:
         say("lr/eps per method (main, ablation and dirichlet runs use these):")
@@ -338,7 +347,8 @@ def dry_run(s: Settings, names: list[str], rows: dict, only: dict, runs_dir: Pat
             say("  " + note)
         if any(w["source"] == "fallback" for w in sweeps.choose_winners(s, rows).values()):
             say("  (runs listed with a fallback get a new key, and run again, once that method's grid rows exist)")
-    say("CPU rate per task (counted FLOPs per CPU-s): " + ", ".join(
+    u = s.unit
+    say(f"{u} rate per task (counted FLOPs per {u}-s): " + ", ".join(
         f"{t} {rates.get(t, ts.cpu_flops_per_s) / 1e9:.0f}G ({'measured from rows' if t in rates else 'sweeps.py'})"
         for t, ts in s.tasks.items()))
     todo_total = all_total = 0.0
@@ -350,12 +360,12 @@ def dry_run(s: Settings, names: list[str], rows: dict, only: dict, runs_dir: Pat
             todo += r.est_cpu_s if state != "cached" else 0.0
             eps = f"{r.eps:<7g}" if r.method.zero_order else "-      "
             say(f"  {state:<11} {r.key[:10]}  {r.task:<5} {r.name:<14} seed {r.seed}  lr {r.lr:<7g} eps {eps} "
-                f"{r.rounds:>4} rounds (eval every {r.eval_every})  ~{r.est_cpu_s / 60:5.1f} CPU-min")
+                f"{r.rounds:>4} rounds (eval every {r.eval_every})  ~{r.est_cpu_s / 60:5.1f} {u}-min")
         full = sum(r.est_cpu_s for r in specs)
-        say(f"  {name}: ~{full / 3600:.2f} CPU-h in all, ~{todo / 3600:.2f} CPU-h still to run")
+        say(f"  {name}: ~{full / 3600:.2f} {u}-h in all, ~{todo / 3600:.2f} {u}-h still to run")
         todo_total += todo
         all_total += full
-    say(f"\nestimated: ~{all_total / 3600:.2f} CPU-h for these sweeps, ~{todo_total / 3600:.2f} CPU-h still to run "
+    say(f"\nestimated: ~{all_total / 3600:.2f} {u}-h for these sweeps, ~{todo_total / 3600:.2f} {u}-h still to run "
         f"(~{todo_total / 3600 / jobs:.1f} h wall at --jobs {jobs})")
     return todo_total
 
@@ -390,7 +400,7 @@ def run_sweeps(s: Settings, names: list[str], rows_dir: Path = ROWS, runs_dir: P
     """Run the sweeps in order; each is built from the rows cached when it starts (the grid's
     winners for the ones after it). Returns the runner (launched count, failures)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
-    runner = Runner(rows_dir, runs_dir, child or working_tree_child(), jobs, say)
+    runner = Runner(rows_dir, runs_dir, child or working_tree_child(), jobs, say, s.unit)
     with exclusive(runs_dir), stopping_on_signals(runner.stop):
         for i, name in enumerate(names):
             rows = load_rows(rows_dir)
@@ -400,7 +410,7 @@ def run_sweeps(s: Settings, names: list[str], rows_dir: Path = ROWS, runs_dir: P
             if name != "grid":
                 for note in winner_notes(s, rows):
                     say("  " + note)
-            say(f"== {name}: {len(planned[0][1])} runs, {len(specs)} to run (~{sum(r.est_cpu_s for r in specs) / 3600:.2f} CPU-h)")
+            say(f"== {name}: {len(planned[0][1])} runs, {len(specs)} to run (~{sum(r.est_cpu_s for r in specs) / 3600:.2f} {s.unit}-h)")
             runner.run(specs, later)
             if runner.stopped:
                 break
@@ -408,8 +418,20 @@ def run_sweeps(s: Settings, names: list[str], rows_dir: Path = ROWS, runs_dir: P
 
 
 # -- command line -------------------------------------------------------------------------------
-def main(argv: list[str] | None = None, settings: Settings = SETTINGS) -> int:
+def preset_paths(name: str) -> dict[str, Path]:
+    """Where a preset keeps its rows, run folders, report and figures: the CPU sweep's are the
+    committed ones of this repository; a GPU preset's have their own folders and RESULTS.md."""
+    if name == "cpu":
+        return {"rows": ROWS, "runs": RUNS, "results": REPO / "benchmarks" / "RESULTS.md", "figures": REPO / "benchmarks" / "results"}
+    folder = REPO / "benchmarks" / "results" / f"compare-{name}"
+    return {"rows": folder / "rows", "runs": REPO / "runs" / f"compare-{name}", "results": folder / "RESULTS.md", "figures": folder}
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu", choices=sweeps_gpu.PRESETS,
+                    help="cpu: SmolLM2-135M on this CPU (the committed sweep); or a model of the paper on a GPU "
+                         "(benchmarks/sweeps_gpu.py), with its own rows and report under benchmarks/results/compare-NAME/")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) sweeps")
     run.add_argument("--sweep", default="all", choices=("all",) + SWEEPS)
@@ -418,12 +440,16 @@ def main(argv: list[str] | None = None, settings: Settings = SETTINGS) -> int:
     run.add_argument("--dry-run", action="store_true", help="list the runs, cached or not, and the estimated cost")
     run.add_argument("--pin", action="store_true", help="run the committed code (git archive HEAD), not the working tree")
     rep = sub.add_parser("report", help="write the RESULTS.md section and the PNGs from the cached rows")
-    rep.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
-    rep.add_argument("--figures", type=Path, default=REPO / "benchmarks" / "results")
+    rep.add_argument("--results", type=Path, help="the markdown file of the report (default: the preset's)")
+    rep.add_argument("--figures", type=Path, help="the folder of its PNGs (default: the preset's)")
     for p in (run, rep):
-        p.add_argument("--rows", type=Path, default=ROWS, help=argparse.SUPPRESS)
-        p.add_argument("--runs", type=Path, default=RUNS, help=argparse.SUPPRESS)
+        p.add_argument("--rows", type=Path, help=argparse.SUPPRESS)
+        p.add_argument("--runs", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    for name, path in preset_paths(args.preset).items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, path)
+    settings = settings or sweeps_gpu.preset(args.preset)
     if args.command == "report":
         import compare_report
 

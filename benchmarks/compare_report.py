@@ -251,18 +251,21 @@ def ratio_summary(s: Settings, ratios: dict[str, dict]) -> list[str]:
 
 
 def memory_lines(s: Settings, main: list) -> list[str]:
-    body = []
+    body, gpu = [], s.unit == "GPU"
+    peak = "peak_gpu_mib" if gpu else "peak_rss_mib"  # on a GPU the model's memory is not in the RSS
     for m in s.methods:
         done = [(spec, row) for spec, row in main if row and spec.name == m.label]
-        per_task = [spread([r["peak_rss_mib"] for sp, r in done if sp.task == t], "{:.0f}") for t in s.tasks]
+        per_task = [spread([r[peak] for sp, r in done if sp.task == t and r.get(peak) is not None], "{:.0f}") for t in s.tasks]
         per_round = [(r["bytes_up_per_device"] / r["rounds"], r["bytes_down_per_device"] / r["rounds"]) for _, r in done]
         up_down = f"{mean(u for u, _ in per_round):,.0f} / {mean(d for _, d in per_round):,.0f}" if per_round else "—"
         cpu = spread([r["cpu_s"] / 60 for _, r in done], "{:.1f}")
         body.append([m.label] + per_task + [up_down, cpu])
+    memory = ("Peak GPU memory of the run (MiB, `torch.cuda.max_memory_allocated`)" if gpu
+              else "Peak RSS of the whole `edgezo simulate` process (MiB, from `os.wait4`)")
     return ["### Memory, bytes and time per method", "",
-            "Peak RSS of the whole `edgezo simulate` process (MiB, from `os.wait4`), payload bytes per device per round "
+            f"{memory}, payload bytes per device per round "
             "(up / down, averaged over tasks), and CPU minutes per run (one thread).", ""] \
-        + table(["method"] + [f"peak MiB {t}" for t in s.tasks] + ["bytes/round up / down", "CPU min/run"], body)
+        + table(["method"] + [f"peak {'GPU ' * gpu}MiB {t}" for t in s.tasks] + ["bytes/round up / down", "CPU min/run"], body)
 
 
 def single_seed_lines(title: str, note: str, pairs: list, target: float | None, base_reach: Reach | None) -> list[str]:

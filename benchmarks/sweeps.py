@@ -103,6 +103,8 @@ class Settings:
     """All settings of the comparison. Shared settings are the same for every method of a task."""
 
     model: str | None = None  # --model; None: the CLI's default SmolLM2-135M-Instruct
+    device: str | None = None  # --device; None: not passed (the CLI's auto), so the CPU rows' keys stay
+    unit: str = "CPU"  # what the cost estimate counts: CPU (one-thread) or GPU seconds
     layers: int = 30  # SmolLM2-135M's decoder layers (F1/F2 of the forward-count model)
     default_split: int = 20  # the CLI's default split (two thirds), given explicitly to SPZO
     head_flops_per_example: float = 2 * 576 * 49152  # tied output head, one position per sequence
@@ -143,24 +145,34 @@ def _per_example(tokens: float) -> float:
     return 212.3e6 * tokens + 2 * 576 * 49152
 
 
+# Mean prompt tokens (train, validation) of each task at the max-lengths of TASKS below; the GPU
+# presets (sweeps_gpu.py) reuse them for their models' FLOPs per example.
+PROMPT_TOKENS = {"sst2": (17.2, 29.3), "rte": (68.5, 66.9), "boolq": (91.0, 91.6), "wic": (38.3, 39.0)}
+
+
+def _task(name: str, max_length: int, eval_samples: int, budget: float, seeds: tuple[int, ...], rate: float) -> TaskSettings:
+    train, dev = PROMPT_TOKENS[name]
+    return TaskSettings(name, max_length, eval_samples, budget, seeds, _per_example(train), _per_example(dev), rate)
+
+
 TASKS = {
     # SST-2: no prompt is longer than 62 tokens, so 64 cuts nothing (train 17, dev 29 tokens).
     # 300 of the 872 validation examples (+-2.3 points binomial noise; all methods of a seed share
     # the same 300, so their differences are less noisy than that). The budget is ~20% of the
     # 30-round default job (5.8e13): SPZO 31 rounds, FedZO 21, DeComFL 13 (P=10: 6), MeZO 253,
     # FedAvg 42.
-    "sst2": TaskSettings("sst2", 64, 300, 1.5e13, (0, 1, 2), _per_example(17.2), _per_example(29.3), 55e9),
+    "sst2": _task("sst2", 64, 300, 1.5e13, (0, 1, 2), 55e9),
     # RTE: 96 tokens keep the hypothesis and the end of the premise (mean 68.5 of 75 tokens at
     # 128; batches pad to the longest, 95 instead of 126 tokens). 200 of the 277 validation
     # examples (the whole split would cost 0.5 CPU-h more). Budget: SPZO 10 rounds, DeComFL 4.
-    "rte": TaskSettings("rte", 96, 200, 1.9e13, (0, 1, 2), _per_example(68.5), _per_example(66.9), 61e9),
+    "rte": _task("rte", 96, 200, 1.9e13, (0, 1, 2), 61e9),
     # BoolQ: passages are long (median 138 tokens); 96 keeps the question and the end of the
     # passage. No train split here: the CLI splits val.jsonl (idx % 5 == 0 -> 654 dev, 2,616
     # train). 200 validation examples. Budget: SPZO 8 rounds, DeComFL 3.
-    "boolq": TaskSettings("boolq", 96, 200, 1.9e13, (0,), _per_example(91.0), _per_example(91.6), 77e9),
+    "boolq": _task("boolq", 96, 200, 1.9e13, (0,), 77e9),
     # WiC: prompts are at most 81 tokens (mean 38); 64 cuts almost none. 300 of 638 validation.
     # Budget: SPZO 12 rounds, DeComFL 5.
-    "wic": TaskSettings("wic", 64, 300, 1.3e13, (0,), _per_example(38.3), _per_example(39.0), 66e9),
+    "wic": _task("wic", 64, 300, 1.3e13, (0,), 66e9),
 }
 
 METHODS = (
@@ -287,6 +299,8 @@ def simulate_args(s: Settings, task: TaskSettings, m: Method, seed: int, lr: flo
         args += ["--train-samples", str(task.train_samples)]
     if s.model:
         args += ["--model", s.model]
+    if s.device:
+        args += ["--device", s.device]
     return tuple(args)
 
 

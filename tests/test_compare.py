@@ -15,6 +15,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # comp
 import compare  # noqa: E402
 import compare_report  # noqa: E402
 import sweeps  # noqa: E402
+import sweeps_gpu  # noqa: E402
 from sweeps import GridSpec, Method, Settings, TaskSettings  # noqa: E402
 
 CLIENTS, K, P2, FEDZO_P = 2, 2, 2, 2
@@ -168,3 +169,73 @@ def test_no_target_where_the_best_gain_is_within_the_evaluation_noise():
     assert all(v is None for v in below.values())
     above = compare_report.targets(s, pairs({t: 0.10 for t in s.tasks}))
     assert all(v == pytest.approx(compare_report.TARGET_FRACTION * 0.10) for v in above.values())
+
+
+# -- presets ------------------------------------------------------------------------------------
+COMMITTED_ROWS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "compare" / "rows"
+
+
+def test_every_committed_row_is_still_a_run_of_the_cpu_sweep():
+    """A committed row is found again by its cache key: a change to the sweeps' arguments (a new
+    option passed, a default spelled out) would silently orphan the measured rows."""
+    rows = compare.load_rows(COMMITTED_ROWS)
+    if not rows:
+        pytest.fail(f"no rows under {COMMITTED_ROWS}: the committed sweep is missing")
+    keys = {r.key for name in sweeps.SWEEPS for r in sweeps.build_sweep(sweeps.SETTINGS, name, rows)}
+    # MeZO first ran the shared grid and diverged (why MEZO_GRID is lower); those rows stay as evidence.
+    keys |= {r.key for r in sweeps.grid_runs(replace(sweeps.SETTINGS, grid={"mezo": sweeps.ZO_GRID}))}
+    assert set(rows) <= keys, sorted(set(rows) - keys)
+
+
+@pytest.mark.parametrize("name", sorted(sweeps_gpu.MODELS))
+def test_a_gpu_preset_is_the_cpu_sweep_on_the_papers_model(name):
+    from edgezo.commands.simulate import simulate
+
+    shape, cpu = sweeps_gpu.MODELS[name], sweeps.SETTINGS
+    s = sweeps_gpu.preset(name)
+    main = sweeps.build_sweep(s, "main", {})
+    assert len(main) == len(sweeps.build_sweep(cpu, "main", {}))
+    for spec in main:
+        args = list(spec.args)
+        assert args[args.index("--model") + 1] == shape.hub_id and args[args.index("--device") + 1] == "cuda"
+        assert args[args.index("--eval-samples") + 1] == str(sweeps_gpu.FULL_VALIDATION[spec.task])
+        simulate.make_context("simulate", args)  # every argument is one the real CLI accepts
+    spzo = next(r for r in main if r.name == "spzo" and r.task == "sst2")
+    cpu_spzo = next(r for r in sweeps.build_sweep(cpu, "main", {}) if r.name == "spzo" and r.task == "sst2")
+    assert abs(spzo.rounds / cpu_spzo.rounds - sweeps_gpu.ROUNDS_SCALE) < 1.5
+    assert f"--split {shape.default_split}" in " ".join(spzo.args)
+    splits = [c["split"] for _, c in s.ablation if "split" in c]
+    assert shape.default_split in splits and all(0 < x < shape.layers for x in splits)
+
+
+def test_gpu_preset_has_its_own_rows_and_report(tmp_path, capsys):
+    paths = compare.preset_paths("roberta-large")
+    assert paths["rows"] != compare.ROWS and paths["results"].name == "RESULTS.md" and "compare-roberta-large" in str(paths["rows"])
+    assert compare.main(["--preset", "roberta-large", "run", "--sweep", "main", "--dry-run",
+                         "--rows", str(tmp_path / "rows"), "--runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "GPU-h" in out and "CPU-h" not in out
+
+
+def test_the_harness_runs_a_masked_lm_with_an_explicit_device(tiny_models, tiny_settings, tmp_path):
+    """What a RoBERTa preset runs, at tiny scale: a masked LM through the harness, --device passed."""
+    s = replace(tiny_settings, model=str(tiny_models["roberta"]), device="cpu",
+                tasks={"sst2": replace(tiny_settings.tasks["sst2"], seeds=(0,), rounds=1)},
+                methods=(tiny_settings.method("spzo"), Method("fedavg", "fedavg", zero_order=False)),
+                grid={"spzo": GridSpec((2e-3,)), "fedavg": GridSpec((2e-3,))}, fallback={"spzo": (1e-3, 1e-3), "fedavg": (1e-3, 1e-3)})
+    runner = compare.run_sweeps(s, ["main"], tmp_path / "rows", tmp_path / "runs", jobs=1, say=lambda msg: None)
+    assert runner.failed == [] and runner.launched == 2
+    for row in compare.load_rows(tmp_path / "rows").values():
+        assert row["args"][row["args"].index("--device") + 1] == "cpu" and len(row["curve"]) == 2
+        assert row["peak_gpu_mib"] is None  # recorded on a GPU only
+
+
+def test_a_gpu_reports_memory_is_the_gpus_own_peak():
+    s = sweeps_gpu.preset("roberta-large")
+    spec = next(r for r in sweeps.build_sweep(s, "main", {}) if r.name == "spzo")
+    row = {"peak_rss_mib": 3000.0, "peak_gpu_mib": 1234.0, "bytes_up_per_device": 480, "bytes_down_per_device": 480,
+           "rounds": 10, "cpu_s": 60.0}
+    gpu = "\n".join(compare_report.memory_lines(s, [(spec, row)]))
+    cpu = "\n".join(compare_report.memory_lines(sweeps.SETTINGS, [(spec, row)]))
+    assert "| spzo | 1234 |" in gpu and "max_memory_allocated" in gpu
+    assert "| spzo | 3000 |" in cpu
