@@ -55,13 +55,14 @@ def flops_to_target(row: dict, target_gain: float) -> Reach:
     return Reach(row["flops"], False)
 
 
-def targets(s: Settings, main: list[tuple[RunSpec, dict | None]]) -> dict[str, float | None]:
-    """Each task's target gain (None where no zero-order method gained beyond the noise)."""
+def targets(s: Settings, main: list[tuple[RunSpec, dict | None]], seed: int | None = None) -> dict[str, float | None]:
+    """Each task's target gain (None where no zero-order method gained beyond the noise); with
+    ``seed``, the same rule over that seed's runs alone (the seed-level target)."""
     out = {}
     for task in s.tasks:
         gains = {}
         for spec, row in main:
-            if row and spec.task == task and spec.method.zero_order:
+            if row and spec.task == task and spec.method.zero_order and seed in (None, spec.seed):
                 gains.setdefault(spec.method.label, []).append(gain(row))
         best = max((mean(g) for g in gains.values()), default=0.0)
         out[task] = TARGET_FRACTION * best if best > noise_floor(s.tasks[task].eval_samples) else None
@@ -185,7 +186,9 @@ def settings_lines(s: Settings) -> list[str]:
         "CLI counts as two forwards (3 × the forward FLOPs per step).",
         "",
         f"Target: a gain over the run's own round-0 accuracy of {TARGET_FRACTION:.0%} of the best zero-order "
-        "method's mean gain (main sweep); no target where that gain is within one binomial standard error of the evaluation subset (0.5/√n). Ratios are baseline FLOPs ÷ FedSPZO FLOPs to the target, per seed "
+        "method's mean gain (main sweep); no target where that gain is within one binomial standard error of the evaluation subset (0.5/√n). "
+        "Where a task has none, the same rule over one seed's runs gives a seed-level target (listed under the task's table, and used by "
+        "the one-seed ablation and Dirichlet tables). Ratios are baseline FLOPs ÷ FedSPZO FLOPs to the target, per seed "
         "(> : the baseline never reached it, so its whole budget is a lower bound; <: FedSPZO did not). "
         "The evaluation subsets are small (binomial noise ±2-3.5 points at 50-80% accuracy), but all methods of a "
         "seed share theirs.",
@@ -240,6 +243,29 @@ def task_lines(s: Settings, task: str, main: list, target: float | None, png: st
             f"Target: {f'none (no zero-order method gained more than the noise of {s.tasks[task].eval_samples} examples, {100 * noise_floor(s.tasks[task].eval_samples):.1f} points, on average)' if target is None else f'+{100 * target:.1f} points over round 0'}. "
             f"Budget {t.budget_flops:.2g} forward FLOPs; accuracy in % on {t.eval_samples} validation examples, mean ± std (seeds).", ""]
     return head + table(["method", "rounds", "FLOPs spent", "round 0", "final", "best", "FLOPs to target", "baseline ÷ FedSPZO"], body), ratios
+
+
+def seed_level_lines(s: Settings, task: str, main: list) -> list[str]:
+    """Where a task has no target over all its seeds: each seed whose own best zero-order gain
+    clears the noise, with that seed's target and each baseline's FLOPs ratio on it."""
+    groups = by_label(main, task)
+    parts = []
+    for seed in s.tasks[task].seeds:
+        one = [(spec, row) for spec, row in main if spec.seed == seed]
+        target = targets(s, one, seed)[task]
+        spzo = spzo_reach_by_seed(groups, target).get(seed) if target is not None else None
+        if spzo is None:
+            continue
+        cells = []
+        for label, done in groups.items():
+            r = next((ratio(spzo, flops_to_target(row, target)) for spec, row in done if spec.seed == seed), None)
+            if label != SPZO:
+                cells.append(f"{label} {'n/a' if r is None else f'{r[1]}{r[0]:.2f}×'}")
+        parts.append(f"seed {seed} (target +{100 * target:.1f} points; FedSPZO {'reached it' if spzo.reached else 'did not'}): " + ", ".join(cells))
+    if not parts:
+        return ["No seed alone has a zero-order gain beyond the noise either."]
+    return ["Seed-level targets (the same rule over one seed's runs; baseline ÷ FedSPZO FLOPs): " + "; ".join(parts) + ". "
+            f"Seeds not listed had no zero-order gain beyond the noise."]
 
 
 def ratio_summary(s: Settings, ratios: dict[str, dict]) -> list[str]:
@@ -315,6 +341,17 @@ def coverage_lines(sweeps: dict) -> list[str]:
     return [line]
 
 
+def single_seed_target(s: Settings, main: list, goal: dict, task: str, seed: int) -> tuple[float | None, str]:
+    """The target of a one-seed table (ablation, Dirichlet) and how it was set: the task's, or,
+    where the task has none, that seed's own from the main sweep."""
+    if goal[task] is not None:
+        return goal[task], f"target: the {task} target (+{100 * goal[task]:.1f} points)"
+    own = targets(s, [(spec, row) for spec, row in main if spec.seed == seed], seed)[task]
+    if own is None:
+        return None, f"no target ({task} has none, nor has seed {seed} alone)"
+    return own, f"target: seed {seed}'s own (+{100 * own:.1f} points; {task} has none over all its seeds)"
+
+
 def render(s: Settings, rows: dict[str, dict], figures: Path, md_dir: Path) -> str:
     """The whole section (markdown), drawing each task's PNG under ``figures`` on the way."""
     sweeps = joined(s, rows)
@@ -329,21 +366,25 @@ def render(s: Settings, rows: dict[str, dict], figures: Path, md_dir: Path) -> s
         pngs[task] = os.path.relpath(path, md_dir)
         lines, ratios[task] = task_lines(s, task, sweeps["main"], goal[task], pngs[task])
         out += lines + [""]
+        if goal[task] is None and len(s.tasks[task].seeds) > 1:
+            out += seed_level_lines(s, task, sweeps["main"]) + [""]
     out += ratio_summary(s, ratios) + [""] + memory_lines(s, sweeps["main"]) + [""] + grid_lines(s, sweeps["grid"], winners) + [""]
     at = s.tasks[s.ablation_task]
+    at_goal, at_says = single_seed_target(s, sweeps["main"], goal, at.name, s.ablation_seed)
     base = next((row for spec, row in sweeps["main"] if row and spec.task == at.name and spec.name == SPZO and spec.seed == s.ablation_seed), None)
-    base_reach = flops_to_target(base, goal[at.name]) if base and goal[at.name] is not None else None
+    base_reach = flops_to_target(base, at_goal) if base and at_goal is not None else None
     out += single_seed_lines(f"### Ablation: FedSPZO on {at.name} (seed {s.ablation_seed})",
                              f"One change at a time from {spzo_point(s)} (that point is the main sweep's run), "
-                             "each at the task's budget; ÷ reference: the setting's FLOPs to target over the default's.",
-                             sweeps["ablation"], goal[at.name], base_reach) + [""]
+                             f"each at the task's budget; {at_says}; ÷ reference: the setting's FLOPs to target over the default's.",
+                             sweeps["ablation"], at_goal, base_reach) + [""]
     dt = s.tasks[s.dirichlet_task]
+    dt_goal, dt_says = single_seed_target(s, sweeps["main"], goal, dt.name, s.dirichlet_seed)
     pairs = sweeps["dirichlet"]
     dir_spzo = next((row for spec, row in pairs if row and spec.name == SPZO), None)
-    dir_reach = flops_to_target(dir_spzo, goal[dt.name]) if dir_spzo and goal[dt.name] is not None else None
+    dir_reach = flops_to_target(dir_spzo, dt_goal) if dir_spzo and dt_goal is not None else None
     out += single_seed_lines(f"### Dirichlet(α = {s.dirichlet_alpha:g}) label skew on {dt.name} (seed {s.dirichlet_seed})",
-                             f"The {dt.name} target of the IID sweep; ÷ reference: the method's FLOPs to target over FedSPZO's.",
-                             pairs, goal[dt.name], dir_reach) + [""]
+                             f"{dt_says[0].upper()}{dt_says[1:]}, from the IID runs; ÷ reference: the method's FLOPs to target over FedSPZO's.",
+                             pairs, dt_goal, dir_reach) + [""]
     out += command_lines(s, sweeps, pngs)
     return "\n".join(out) + "\n"
 
