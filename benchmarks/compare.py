@@ -427,6 +427,14 @@ def preset_paths(name: str) -> dict[str, Path]:
     return {"rows": folder / "rows", "runs": REPO / "runs" / f"compare-{name}", "results": folder / "RESULTS.md", "figures": folder}
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (as the report names it), else as given."""
+    try:
+        return f"{Path(path).resolve().relative_to(REPO)}/"
+    except ValueError:
+        return f"{path}/"
+
+
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu", choices=sweeps_gpu.PRESETS,
@@ -453,7 +461,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     if args.command == "report":
         import compare_report
 
-        compare_report.write_report(settings, load_rows(args.rows), args.results, args.figures)
+        compare_report.write_report(settings, load_rows(args.rows), args.results, args.figures, shown_path(args.rows))
         print(f"wrote {args.results} (section compare) and figures under {args.figures}")
         return 0
     names, only = expand(args.sweep), parse_only(args.only)

@@ -217,6 +217,14 @@ def test_gpu_preset_has_its_own_rows_and_report(tmp_path, capsys):
     assert "GPU-h" in out and "CPU-h" not in out
 
 
+def test_a_reports_header_names_the_rows_it_was_made_from(tmp_path):
+    assert compare.shown_path(compare.ROWS) == "benchmarks/results/compare/rows/"
+    gpu_rows = compare.preset_paths("opt-1.3b")["rows"]
+    assert compare.shown_path(gpu_rows) == "benchmarks/results/compare-opt-1.3b/rows/"
+    assert "from benchmarks/results/compare-opt-1.3b/rows/;" in compare_report.render(
+        sweeps_gpu.preset("opt-1.3b"), {}, tmp_path, tmp_path, compare.shown_path(gpu_rows)).splitlines()[0]
+
+
 def test_the_harness_runs_a_masked_lm_with_an_explicit_device(tiny_models, tiny_settings, tmp_path):
     """What a RoBERTa preset runs, at tiny scale: a masked LM through the harness, --device passed."""
     s = replace(tiny_settings, model=str(tiny_models["roberta"]), device="cpu",
