@@ -352,8 +352,11 @@ def single_seed_target(s: Settings, main: list, goal: dict, task: str, seed: int
     return own, f"target: seed {seed}'s own (+{100 * own:.1f} points; {task} has none over all its seeds)"
 
 
+CPU_ROWS_SHOWN = "benchmarks/results/compare/rows/"  # how the header names the committed CPU sweep's rows
+
+
 def render(s: Settings, rows: dict[str, dict], figures: Path, md_dir: Path,
-           source: str = "benchmarks/results/compare/rows/") -> str:
+           source: str = CPU_ROWS_SHOWN) -> str:
     """The whole section (markdown), drawing each task's PNG under ``figures`` on the way;
     ``source`` names the rows' folder in the header, so a GPU preset's report says where its rows are."""
     sweeps = joined(s, rows)
@@ -403,7 +406,7 @@ def replace_section(path: Path, body: str) -> None:
 
 
 def write_report(s: Settings, rows: dict[str, dict], results_md: Path, figures: Path,
-                 source: str = "benchmarks/results/compare/rows/") -> str:
+                 source: str = CPU_ROWS_SHOWN) -> str:
     body = render(s, rows, Path(figures), Path(results_md).resolve().parent, source)
     replace_section(Path(results_md), body)
     return body
