@@ -24,7 +24,12 @@ class JobData:
     dev: list[Example]
 
 
-def load_job_data(cfg: JobConfig, train_samples: int | None = None, need_train: bool = True, need_dev: bool = True) -> JobData:
+def load_job_data(cfg: JobConfig, train_samples: int | None = None, need_train: bool = True, need_dev: bool = True,
+                  eval_seed: int | None = None) -> JobData:
+    """``cfg.eval_samples`` validation examples are drawn with ``eval_seed``, or, when it is None,
+    with the run's seed (each seed then scores another subset). Runs that share an ``eval_seed``
+    (or evaluate the whole split) score the same examples, so they can be compared example by
+    example."""
     task = get_task(cfg.task)
     train = load_examples(task, cfg.data, "train") if need_train else []
     dev = load_examples(task, cfg.data, "dev") if need_dev else []
@@ -34,9 +39,14 @@ def load_job_data(cfg: JobConfig, train_samples: int | None = None, need_train: 
         keep = np.random.default_rng(cfg.seed).permutation(len(train))[:train_samples]
         train = [train[k] for k in sorted(keep)]
     if cfg.eval_samples and need_dev:
-        keep = np.random.default_rng(cfg.seed + 1).permutation(len(dev))[: cfg.eval_samples]
+        keep = eval_subset(len(dev), cfg.eval_samples, cfg.seed + 1 if eval_seed is None else eval_seed)
         dev = [dev[k] for k in sorted(keep)]
     return JobData(task, train, dev)
+
+
+def eval_subset(size: int, samples: int, seed: int) -> np.ndarray:
+    """Which ``samples`` of ``size`` validation examples a run scores (indices, unsorted)."""
+    return np.random.default_rng(seed).permutation(size)[:samples]
 
 
 def device_shards(cfg: JobConfig, train: list[Example], devices: int | None = None) -> list[list[int]]:

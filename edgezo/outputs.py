@@ -1,6 +1,9 @@
 """What a job writes to its output folder, shared by ``simulate`` and ``coordinate``:
 ``metrics.jsonl`` (one JSON object per round), ``summary.json``, ``accuracy_vs_flops.png`` and
-``model/`` (safetensors that ``from_pretrained`` loads)."""
+``model/`` (safetensors that ``from_pretrained`` loads); a classification job's simulate run also
+writes ``eval_examples.jsonl``: one line per evaluation (every evaluated round), each example's
+hit and correct-label log-probability in the evaluation set's order, so two runs that scored the
+same examples (``--eval-seed``, or the whole split) can be compared example by example."""
 
 from __future__ import annotations
 
@@ -33,10 +36,16 @@ class RunOutputs:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.out / "metrics.jsonl"
+        self.examples_path = self.out / "eval_examples.jsonl"
         self.records: list[dict] = []
+        examples: list[dict] = []
         if resume_round is not None:
             self.records = [d for d in self.read_rows(self.metrics_path) if d.get("round", 1 << 30) <= resume_round]
+            examples = [d for d in self.read_rows(self.examples_path) if d.get("round", 1 << 30) <= resume_round]
         self.metrics_path.write_text("".join(json.dumps(d) + "\n" for d in self.records), encoding="utf-8")
+        self.examples_path.unlink(missing_ok=True)
+        if examples:
+            self.examples_path.write_text("".join(json.dumps(d) + "\n" for d in examples), encoding="utf-8")
 
     @staticmethod
     def read_rows(path: Path) -> list[dict]:
@@ -51,11 +60,16 @@ class RunOutputs:
                 continue  # a torn last line
         return rows
 
-    def add(self, record: RoundRecord) -> None:
-        d = record.to_dict()
+    def add(self, record: RoundRecord, metrics: dict | None = None, examples: dict | None = None) -> None:
+        """The round's metrics row, with the evaluation's other ``metrics`` (``eval_loss``), and
+        its per-example scores as a line of eval_examples.jsonl."""
+        d = {**record.to_dict(), **(metrics or {})}
         self.records.append(d)
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(d) + "\n")
+        if examples is not None:
+            with open(self.examples_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"round": record.round, **examples}) + "\n")
 
     def finish(self, cfg: JobConfig, ex, info, started: float, save: Callable[[Path], None], extra: dict | None = None) -> dict:
         """``save(folder)`` writes the trained model (``model/``)."""

@@ -61,6 +61,7 @@ class SimulateSettings(AggregationSettings):
     backend: str = "auto"  # auto, torch, mlx, int8, or a comma-separated list given to the devices in turn
     device: str = "auto"  # where the torch backend runs: auto (a GPU when usable), cpu or cuda
     train_samples: int | None = None  # only the first N training examples (after a seeded shuffle)
+    eval_seed: int | None = None  # draws the --eval-samples subset (None: the run's seed); equal for every run compared
     devices: str | None = None  # heterogeneous devices from profiles: NAME:COUNT,... or a TOML file
     round_seconds: float | None = None  # simulated round deadline (with devices)
     plan: bool = False  # plan each device's work from its profile
@@ -73,6 +74,7 @@ class SimulateSettings(AggregationSettings):
     def validate(self) -> "SimulateSettings":
         self.device = _device(self.device)
         _at_least("train_samples", self.train_samples, 1)
+        _at_least("eval_seed", self.eval_seed, 0)
         _positive("round_seconds", self.round_seconds)
         _at_least("max_p1", self.max_p1, 1)
         _at_least("max_p2", self.max_p2, 1)

@@ -161,6 +161,16 @@ class SplitExecutor(ABC):
     def predict(self, batch: Batch) -> list[int]:
         return self._argmax(self._block2_logits(self._block1(batch, ()), ()))
 
+    def label_logits(self, batch: Batch) -> np.ndarray:
+        """[B, labels] float32 verbalizer logits of the current model as NumPy: evaluation takes
+        the accuracy, the loss and each example's correct-label log-probability from one forward."""
+        return self._numpy(self._block2_logits(self._block1(batch, ()), ()))
+
+    def _numpy(self, logits) -> np.ndarray:
+        """Logits of the backend's framework as a float32 NumPy array (a backend whose arrays
+        live off the host overrides it)."""
+        return np.asarray(logits, dtype=np.float32)
+
     def forward_flops(self, batch: Batch) -> tuple[float, float]:
         """Multiply-adds x 2 over the real tokens: weights of each unit, plus attention scores.
 

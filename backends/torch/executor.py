@@ -46,6 +46,7 @@ class TorchExecutor(SplitExecutor):
     forward_block1 = torch.no_grad()(SplitExecutor.forward_block1)
     forward_block2 = torch.no_grad()(SplitExecutor.forward_block2)
     predict = torch.no_grad()(SplitExecutor.predict)
+    label_logits = torch.no_grad()(SplitExecutor.label_logits)
     apply_update = torch.no_grad()(SplitExecutor.apply_update)
 
     # -- the hooks of SplitExecutor -------------------------------------------------------------
@@ -87,6 +88,9 @@ class TorchExecutor(SplitExecutor):
 
     def _argmax(self, logits: torch.Tensor) -> list[int]:
         return logits.argmax(dim=1).tolist()
+
+    def _numpy(self, logits: torch.Tensor) -> np.ndarray:
+        return logits.detach().float().cpu().numpy()
 
     def _get(self, name: str) -> torch.Tensor:
         return self.params[name].data

@@ -16,6 +16,7 @@ S = SimulateSettings
 
 @click.command(context_settings={"show_default": True})
 @apply(JOB_OPTIONS + TASK_OPTIONS + [TRAIN_SAMPLES] + AGGREGATION_OPTIONS)
+@click.option("--eval-seed", type=int, help="Draw the --eval-samples validation subset with this seed instead of the run's, so runs of every seed and method score the same examples (a paired comparison). [default: the run's seed]")
 @click.option("--devices", help="Heterogeneous devices from profiles: NAME:COUNT,... (measured or reference names, or files) or a TOML file of [[devices]] profile/count; sets --clients. Each device's round time is simulated from its profile.")
 @click.option("--round-seconds", type=float, help="Round deadline in simulated seconds (with --devices): devices that cannot answer in time are left out of the round; the planning budget of --plan.")
 @click.option("--plan", is_flag=True, help="Give each device of --devices its own K, P1, P2 and batch from its profile and --round-seconds (otherwise everyone does the job's).")

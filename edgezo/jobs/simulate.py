@@ -91,7 +91,7 @@ class SimulateJob:
         if s.train_samples is not None and s.train_samples < cfg.clients:
             raise ConfigError(f"--train-samples {s.train_samples} is fewer than --clients {cfg.clients}")
         out = prepare_out(cfg.out, s.overwrite, s.resume)  # before the model loads
-        data = load_job_data(cfg, s.train_samples)
+        data = load_job_data(cfg, s.train_samples, eval_seed=s.eval_seed)
         shards = device_shards(cfg, data.train)
         executors = BackendPool(cfg, data.task, say, device=s.device)
         ex, info = executors.get(_first_backend(requested, fleet is not None))
@@ -130,8 +130,11 @@ class SimulateJob:
         bar = tqdm(total=cfg.rounds * cfg.clients, initial=done * cfg.clients, desc="devices x rounds", unit="dev",
                    disable=not self.progress, dynamic_ncols=True)
 
+        evaluator = make_evaluator(ex, data.task, data.dev, not self.progress)
+
         def on_round(record: RoundRecord, entry) -> None:
-            outputs.add(record)
+            evaluated = record.eval_accuracy is not None  # the evaluator's last call measured this round
+            outputs.add(record, evaluator.metrics() if evaluated else None, evaluator.examples() if evaluated else None)
             if entry is not None:
                 seedlog.append(entry)
             if self.progress:
@@ -145,7 +148,7 @@ class SimulateJob:
         remote = None if self.engine is None else start_engine(self.engine, cfg, data.train, shards, device_executors, works,
                                                                aggregation, executors.all(), resume)
         try:
-            run_simulation(cfg, devices, ex, make_evaluator(ex, data.task, data.dev, not self.progress), aggregation, clock,
+            run_simulation(cfg, devices, ex, evaluator, aggregation, clock,
                            on_round=on_round, on_device=lambda: bar.update(1), resume=resume, engine=remote)
         except JobStopped as e:
             say(f"stopped after round {outputs.records[-1]['round']}: {e}; continue with --resume")
