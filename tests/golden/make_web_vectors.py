@@ -1,0 +1,238 @@
+"""Golden vectors for the browser device's JavaScript (web/test/): computed here with the Python
+reference (edgezo.keys, edgezo.perturb, the torch executor's update arithmetic, the coordinator's
+msgspec messages, numpy's Generator for batches) and checked in as web_vectors.json, so the Node
+tests compare the JavaScript port with the reference bit for bit without running Python.
+
+Run from the repository root:  OMP_NUM_THREADS=1 python tests/golden/make_web_vectors.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgezo.backends.torch.perturb import add_scaled
+from edgezo import perturb
+from edgezo.coordinator import messages as m
+from edgezo.engine import device_batch_indices
+from edgezo.estimators import ProbeConfig, update_rule
+from edgezo.keys import Direction, fnv1a64
+from edgezo.methods import method_of
+
+OUT = Path(__file__).with_name("web_vectors.json")
+BIG = (1 << 63) + 12345
+MAX64 = (1 << 64) - 1
+NAMES = ["model.norm.weight", "model.layers.20.input_layernorm.weight", "model.layers.0.self_attn.q_proj.lora_A", "ünïcode.weight"]
+DIRECTIONS = [(42, 3, 1, 2, 0, 5, 0), (0, 1, 0, 2, 0, 0, 0), (BIG, 7, 9, 1, 3, 0, 0), (MAX64, 1, 0, 0, 1, 0, 4),
+              (-1, 2, 1, 2, 1, 15, 0), (0, -1, 0, 0, 0, 0, 0), (123456789, 250, 99, 0, 7, 0, 65535)]
+
+
+def key_vectors() -> list[dict]:
+    out = []
+    for fields in DIRECTIONS:
+        for name in NAMES:
+            d = Direction(*fields)
+            key = d.tensor_key(name)
+            spans = [(0, 1), (0, 31), (0, 33), (5, 70), (0, 577), (1000003, 8), (4093, 100)]
+            out.append({
+                "fields": [str(f) for f in fields], "name": name, "fnv": str(fnv1a64(name)), "key": str(key),
+                "words": [int(w) for w in perturb.words(key, 0, 4)],
+                "rademacher": [{"start": s, "count": c, "signs": "".join("-" if v < 0 else "+" for v in perturb.rademacher(key, s, c))}
+                               for s, c in spans],
+                "gaussian_f32_hex": [f"{np.float32(v).view(np.uint32):08x}" for v in perturb.gaussian(key, 0, 8)],
+            })
+    return out
+
+
+def replica(seed: int) -> list[tuple[str, int, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    shapes = [("model.layers.0.input_layernorm.weight", 1, 33), ("model.layers.1.mlp.bias", 1, 5),
+              ("model.layers.2.input_layernorm.weight", 2, 577), ("model.norm.weight", 2, 64)]
+    return [(n, b, (1 + 0.1 * rng.normal(size=k)).astype(np.float32)) for n, b, k in shapes]
+
+
+def fingerprint(tensors) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, _, data in tensors:
+        h.update(name.encode())
+        h.update(data.astype("<f4").tobytes())
+    return h.hexdigest()
+
+
+def apply_torch(tensors, update, distribution):
+    """The torch executor's arithmetic (add_scaled per row in sorted order) on copies."""
+    out = []
+    for name, block, data in tensors:
+        t = torch.from_numpy(data.copy())
+        for d, coef in sorted(update):
+            if d.covers(block):
+                add_scaled(t, d.tensor_key(name), coef, distribution)
+        out.append((name, block, t.numpy()))
+    return out
+
+
+def update_vectors() -> list[dict]:
+    cases = []
+    for seed, run_seed, method, variant in [(0, 0, "spzo", "joint"), (1, BIG, "spzo", "clean"), (2, MAX64, "mezo", "joint"),
+                                             (3, 7, "fedzo", "joint")]:
+        rng = np.random.default_rng(100 + seed)
+        probe = method_of(method).probe(2, 3, 1e-3, variant, method_of(method).default_difference)
+        stream = 2 if method == "fedzo" else 0
+        dirs = method_of(method).directions(probe, run_seed, 5, 2, stream)
+        scalars = {d: float(rng.normal() * 10) for d in dirs}
+        update = update_rule(scalars, 0.003, variant)
+        tensors = replica(seed)
+        after = apply_torch(tensors, update, perturb.RADEMACHER)
+        msg = m.Update(v=1, run="edgezo", round=5, run_seed=run_seed, rows=m.pack_update(update), fingerprint=fingerprint(after))
+        cases.append({
+            "method": method, "variant": variant, "stream": stream, "lr": 0.003, "round": 5, "run_seed": str(run_seed),
+            "directions": [[d.step, d.block, d.i, d.j, d.stream] for d in dirs],
+            "scalars": [scalars[d] for d in dirs],
+            "update": [[d.step, d.block, d.i, d.j, d.stream, c] for d, c in update],
+            "rows_hex": m.pack_update(update).hex(), "update_msg_hex": m.encode(msg).hex(),
+            "tensors": [{"name": n, "block": b, "f32_hex": d.astype("<f4").tobytes().hex()} for n, b, d in tensors],
+            "after_f32_hex": [d.astype("<f4").tobytes().hex() for _, _, d in after],
+            "fingerprint_before": fingerprint(tensors), "fingerprint_after": fingerprint(after),
+            "perturbed_f32_hex": perturbed(tensors, run_seed),
+        })
+    return cases
+
+
+def perturbed(tensors, run_seed) -> list[str]:
+    """w + s·z1 + s·z2 (a joint-SPZO probe: block 1 and block 2 directions) on copies, torch arithmetic."""
+    d1, d2 = Direction(run_seed, 5, 1, 1, 0), Direction(run_seed, 5, 1, 2, 0, 2)
+    out = []
+    for name, block, data in tensors:
+        t = torch.from_numpy(data.copy())
+        for d in (d1, d2):
+            if d.covers(block):
+                add_scaled(t, d.tensor_key(name), -1e-3, perturb.RADEMACHER)
+        out.append(t.numpy().astype("<f4").tobytes().hex())
+    return out
+
+
+def batch_vectors() -> list[dict]:
+    out = []
+    for n, batch, steps, seed, rnd, device in [(100, 16, 3, 0, 1, 0), (5, 16, 2, 42, 3, 1), (1000, 8, 4, BIG, 250, 2147483647),
+                                               (20000, 500, 2, 7, 9, 3), (20000, 16, 2, 7, 9, 3), (12001, 300, 1, 1, 1, 1),
+                                               (67349, 16, 10, 0, 12, 1843005491), (3, 3, 2, 5, 1, 0), (1, 1, 1, 0, 1, 0)]:
+        out.append({"n": n, "batch": batch, "steps": steps, "seed": str(seed), "round": rnd, "device": device,
+                    "indices": device_batch_indices(list(range(n)), batch, steps, seed, rnd, device)})
+    return out
+
+
+def message_vectors() -> list[dict]:
+    ref = m.ModelRef(name="HuggingFaceTB/SmolLM2-135M-Instruct", revision="main", digest="ab" * 32)
+    job = {"task": "sst2", "method": "spzo", "rounds": 20, "local_steps": 10, "p1": 1, "p2": 8, "split": None, "lr": 0.00025,
+           "eps": 0.001, "batch_size": 16, "max_length": 128, "trainable": "norm", "seed": BIG, "alpha": 0.5}
+    msgs = [
+        m.Announce(v=1, run="edgezo", state="running", model=ref, job=job, split=20, round=3, rounds=20, fingerprint="cd" * 32,
+                   log_chunk=50, checkpoint_url="http://127.0.0.1:4000", checkpoint_round=0,
+                   trainable=[("model.layers.0.input_layernorm.weight", 1, 576), ("model.norm.weight", 2, 576)]),
+        m.Announce(v=1, run="edgezo", state="finished", model=ref, job={}, split=2, round=2, rounds=2, fingerprint="", log_chunk=50),
+        m.Assign(v=1, run="edgezo", round=7, attempt=0, lr=0.00025, timeout_s=300.0,
+                 tasks=[m.DeviceTask(device="dev-a", k=10, p1=1, p2=8, batch=16), m.DeviceTask(device="web-1", k=1, p1=2, p2=3, batch=300)]),
+        m.Result(v=1, run="edgezo", round=7, attempt=1, device="web-1", scalars=m.pack_scalars([0.1234, -2.5, 1e-30, 65504.0]),
+                 examples=16, loss=0.6931471805599453, forwards1=4, forwards2=4, flops=1.5e12, compute_s=7.75, fingerprint="ef" * 32),
+        m.Update(v=1, run="edgezo", round=2, run_seed=MAX64, rows=bytes.fromhex("0000010000000000000000fca9f1d24d6220bf"),
+                 fingerprint="12" * 32),
+        m.Status(v=1, run="edgezo", device="dev-a", state="offline"),
+        m.Status(v=1, run="edgezo", device="web-1", state="online", replica_round=3, examples=1234, backend="onnxruntime-web/wasm",
+                 profile={"name": "web-1", "backend": "onnxruntime-web", "memory_available_gb": 2.0, "forward_s_per_token": 0.0021},
+                 memory_gb=2.0, instance="0123456789ab"),
+        m.LogRequest(v=1, run="edgezo", device="web-1", first=1, last=70000),
+        m.LogChunk(v=1, run="edgezo", device="web-1", entries=[
+            m.Update(v=1, run="edgezo", round=1, run_seed=0, rows=b"", fingerprint=""),
+            m.Update(v=1, run="edgezo", round=2, run_seed=0, rows=bytes(19), fingerprint="34" * 32)], last=2),
+        m.Refused(v=1, run="edgezo", device="web-1", key="", reason="device 'web-1' is not enrolled"),
+    ]
+    return [{"type": type(x).__name__, "hex": m.encode(x).hex(), "plain": plain(x)} for x in msgs]
+
+
+def plain(x):
+    """A message as JSON: bytes as hex, ints beyond 2^53 as decimal strings."""
+    return _conv(_asdict(x))
+
+
+def _conv(v):
+    if isinstance(v, (bytes, bytearray)):
+        return {"hex": v.hex()}
+    if isinstance(v, dict):
+        return {k: _conv(w) for k, w in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_conv(w) for w in v]
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2**53:
+        return {"int": str(v)}
+    return v
+
+
+def _asdict(x):
+    import msgspec
+
+    out = {}
+    for f in msgspec.structs.fields(x):
+        v = getattr(x, f.name)
+        out[f.name] = _asdict(v) if isinstance(v, msgspec.Struct) else [_asdict(e) if isinstance(e, msgspec.Struct) else e for e in v] if isinstance(v, list) else v
+    return out
+
+
+def bad_payloads() -> list[dict]:
+    """Payloads the reference decoder refuses, with the reason's gist (the JS must refuse them too)."""
+    import msgspec
+
+    enc = msgspec.msgpack.encode
+    ok = {"type": "assign", "v": 1, "run": "edgezo", "round": 7, "attempt": 0, "lr": 0.1, "timeout_s": 300.0, "tasks": []}
+    cases = {
+        "not msgpack": b"\xc1garbage",
+        "a list, not a map": enc([1, 2, 3]),
+        "unknown type": enc({**ok, "type": "bogus"}),
+        "no type": enc({k: v for k, v in ok.items() if k != "type"}),
+        "missing field": enc({k: v for k, v in ok.items() if k != "lr"}),
+        "str for int": enc({**ok, "round": "7"}),
+        "float for int": enc({**ok, "round": 7.0}),
+        "bool for int": enc({**ok, "round": True}),
+        "str for bytes": enc({"type": "result", "v": 1, "run": "e", "round": 1, "attempt": 0, "device": "d", "scalars": "abcd",
+                              "examples": 1, "loss": 0.5, "forwards1": 0, "forwards2": 0, "flops": 0.0, "compute_s": 0.0, "fingerprint": ""}),
+        "version 2": enc({**ok, "v": 2}),
+        "bad task": enc({**ok, "tasks": [{"device": "d", "k": 1}]}),
+        "truncated": m.encode(m.Assign(v=1, run="edgezo", round=7, attempt=0, lr=0.1, timeout_s=3.0, tasks=[]))[:-3],
+        "oversized": b"\x80" + bytes(1 << 20),
+    }
+    out = []
+    for why, payload in cases.items():
+        try:
+            m.decode(payload)
+            raise AssertionError(f"the reference accepted {why}")
+        except m.BadMessage as e:
+            out.append({"why": why, "hex": payload.hex() if len(payload) < 4096 else None, "size": len(payload), "reference_error": str(e)})
+    extra = enc({**ok, "extra_key": [1, {"x": None}], "lr": 1})  # unknown keys ignored; an int where a float goes
+    out_ok = {"hex": extra.hex(), "plain": plain(m.decode(extra))}
+    return out, out_ok
+
+
+def main() -> None:
+    bad, accepted = bad_payloads()
+    vectors = {"keys": key_vectors(), "updates": update_vectors(), "batches": batch_vectors(), "messages": message_vectors(),
+               "bad_payloads": bad, "accepted_extra": accepted}
+    OUT.write_text(json.dumps(vectors, indent=None, separators=(",", ":"), default=_json) + "\n")
+    print(f"wrote {OUT} ({OUT.stat().st_size:,} bytes)")
+
+
+def _json(v):
+    if isinstance(v, (bytes, bytearray)):
+        return {"hex": v.hex()}
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    raise TypeError(type(v))
+
+
+if __name__ == "__main__":
+    main()
