@@ -216,10 +216,41 @@ def bad_payloads() -> list[dict]:
     return out, out_ok
 
 
+def local_round_vectors() -> list[dict]:
+    """Each method's local round (probes, local updates between steps, scalars in canonical order)
+    on tests/toy_executor.py's quadratic, whose loss the Node test re-implements as its forward."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from toy_executor import QuadraticExecutor
+
+    out = []
+    for method, variant, difference, stream in [("spzo", "joint", "central", 0), ("spzo", "clean", "central", 0),
+                                                 ("mezo", "joint", "central", 0), ("fedzo", "joint", "forward", 2),
+                                                 ("decomfl", "joint", "forward", 0)]:
+        ex = QuadraticExecutor(n1=40, n2=70, coupling=0.3, seed=3)
+        start = {n: v.copy() for n, v in ex.theta.items()}
+        impl = method_of(method)
+        probe = impl.probe(2, 3, 1e-3, variant, difference)
+        batches = [0.1, -0.2, 0.3]
+        result = impl.local_round(ex, batches, probe, 0.01, BIG, 4, stream)
+        order = impl.directions(probe, BIG, 4, len(batches), stream)
+        out.append({
+            "method": method, "variant": variant, "difference": difference, "stream": stream, "p1": 2, "p2": 3, "eps": 1e-3,
+            "lr": 0.01, "run_seed": str(BIG), "round": 4, "batches": batches,
+            "theta": {n: v.astype("<f4").tobytes().hex() for n, v in start.items()},
+            "t1": ex.t1.tolist(), "t2": ex.t2.tolist(), "c": ex.c, "m": ex.m,
+            "directions": [[d.step, d.block, d.i, d.j, d.stream] for d in order],
+            "scalars": [result.scalars[d] for d in order], "losses": result.losses,
+            "after_local_f32_hex": {n: v.astype("<f4").tobytes().hex() for n, v in ex.theta.items()},
+        })
+    return out
+
+
 def main() -> None:
     bad, accepted = bad_payloads()
     vectors = {"keys": key_vectors(), "updates": update_vectors(), "batches": batch_vectors(), "messages": message_vectors(),
-               "bad_payloads": bad, "accepted_extra": accepted}
+               "bad_payloads": bad, "accepted_extra": accepted, "local_rounds": local_round_vectors()}
     OUT.write_text(json.dumps(vectors, indent=None, separators=(",", ":"), default=_json) + "\n")
     print(f"wrote {OUT} ({OUT.stat().st_size:,} bytes)")
 
