@@ -247,7 +247,45 @@ def local_round_vectors() -> list[dict]:
     return out
 
 
+TOKENS_OUT = Path(__file__).with_name("web_tokens.json")
+PROMPT_SENTENCES = [
+    "a fine film", "it 's a charming and often affecting journey .", "unflinchingly bleak and desperate",
+    "the acting , costumes , music , cinematography and sound are all astounding given the production 's austere locales .",
+    "Ünïcödé, émojis 🎬🍿 and CJK 電影 — all in one review!", "numbers 1234567 and 3.14159, dates 2026-12-07",
+    "   leading and trailing spaces   ", "tabs\tand\nnewlines inside", "{braces} are {not} formatted {{}}",
+    "a " * 40 + "very long review that must be truncated from the left",
+]
+
+
+def token_vectors() -> dict:
+    """Prompts (the SST-2 template over made-up sentences) tokenised by the default model's own
+    tokenizer as edgezo batches them (backends/hf/tokenize.py), with max_length 24 so long ones are
+    truncated from the left; the Node test runs the page's tokenisation over the same tokenizer.json."""
+    from edgezo.backends.hf.source import resolve_model
+    from edgezo.backends.hf.tokenize import encode_prompts, load_tokenizer, verbalizer_token_ids
+    from edgezo.tasks import TASKS
+
+    source = resolve_model(None)
+    tokenizer = load_tokenizer(Path(source.folder))
+    task = TASKS["sst2"]
+    prompts = [task.causal_template.format(sentence=s) for s in PROMPT_SENTENCES]
+    enc = encode_prompts(tokenizer, prompts, 24, "causal")
+    single = [tokenizer(p)["input_ids"] for p in prompts]
+    return {"model": source.folder.name, "tokenizer_sha256": _sha256(Path(source.folder) / "tokenizer.json"), "max_length": 24,
+            "pad_token_id": tokenizer.pad_token_id, "sentences": PROMPT_SENTENCES, "prompts": prompts, "ids": single,
+            "batch_input_ids": enc.input_ids.tolist(), "batch_attention_mask": enc.attention_mask.tolist(),
+            "verbalizer_ids": verbalizer_token_ids(tokenizer, task.causal_verbalizers)}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def main() -> None:
+    TOKENS_OUT.write_text(json.dumps(token_vectors(), ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote {TOKENS_OUT}")
     bad, accepted = bad_payloads()
     vectors = {"keys": key_vectors(), "updates": update_vectors(), "batches": batch_vectors(), "messages": message_vectors(),
                "bad_payloads": bad, "accepted_extra": accepted, "local_rounds": local_round_vectors()}
