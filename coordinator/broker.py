@@ -20,6 +20,7 @@ import logging
 import math
 import socket
 import threading
+from dataclasses import dataclass
 
 from edgezo.errors import EdgezoError
 
@@ -110,12 +111,31 @@ def _quiet_amqtt_logging() -> None:
     _amqtt_logging_quieted = True
 
 
-def _amqtt_config(host: str, port: int) -> dict:
-    """Anonymous access, one TCP listener, no $SYS topics and no packet logging."""
+def _amqtt_config(host: str, port: int, websocket: "WebSocketListener | None" = None) -> dict:
+    """Anonymous access, one TCP listener (and a WebSocket one for browser devices), no $SYS
+    topics and no packet logging."""
+    listeners = {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": -1}}
+    if websocket is not None:
+        listeners["ws"] = {"type": "ws", "bind": f"{websocket.host}:{websocket.port}", "max_connections": -1}
+        if websocket.certfile is not None:
+            listeners["ws"].update(ssl=True, certfile=websocket.certfile, keyfile=websocket.keyfile)
     return {
-        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": -1}},
+        "listeners": listeners,
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
+
+
+@dataclass(frozen=True)
+class WebSocketListener:
+    """MQTT over WebSockets for browser devices (``coordinate --web-port``): amqtt serves it on
+    the address given (and only there), with TLS (``wss://``) when a certificate is given, which a
+    page served over HTTPS needs. ``port`` 0: a free port, read back from
+    :attr:`EmbeddedBroker.ws_port`."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    certfile: str | None = None
+    keyfile: str | None = None
 
 
 def _keepalive_broker_class():
@@ -160,7 +180,8 @@ class EmbeddedBroker(BrokerBase):
 
     protocol = "3.1.1"
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", start_timeout: float = 10.0):
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", start_timeout: float = 10.0,
+                 websocket: WebSocketListener | None = None):
         try:
             from amqtt.broker import Broker  # noqa: F401  (checked here for a clear error)
         except ImportError:
@@ -171,6 +192,8 @@ class EmbeddedBroker(BrokerBase):
         _quiet_amqtt_logging()
         self.host = host
         self.port = port
+        self.websocket = websocket
+        self.ws_port: int | None = websocket.port if websocket is not None else None  # the port it got
         self._broker = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -185,6 +208,8 @@ class EmbeddedBroker(BrokerBase):
                 "choose another port or pass --broker"
             ) from None
         log.info("embedded MQTT broker (amqtt, MQTT 3.1.1) listening on %s", self.address)
+        if websocket is not None:
+            log.info("embedded MQTT broker: WebSocket listener on %s", format_address(websocket.host, self.ws_port))
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -205,11 +230,16 @@ class EmbeddedBroker(BrokerBase):
             loop.close()
 
     async def _start(self) -> None:
-        self._broker = _keepalive_broker_class()(_amqtt_config(self.host, self.port))
+        self._broker = _keepalive_broker_class()(_amqtt_config(self.host, self.port, self.websocket))
         await self._broker.start()
         if self.port == 0:  # amqtt binds port 0 as given; ask the listening socket which port it got
-            server = self._broker._servers["default"].instance  # no public accessor in amqtt 0.12
-            self.port = server.sockets[0].getsockname()[1]
+            self.port = self._bound_port("default")
+        if self.websocket is not None and self.ws_port == 0:
+            self.ws_port = self._bound_port("ws")
+
+    def _bound_port(self, listener: str) -> int:
+        server = self._broker._servers[listener].instance  # no public accessor in amqtt 0.12
+        return list(server.sockets)[0].getsockname()[1]
 
     def stop(self, timeout: float = 3.0) -> None:
         """Shut the broker down (clients see the connection drop) and end its thread. Idempotent.

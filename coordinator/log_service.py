@@ -42,6 +42,7 @@ class LogService:
         self.round = replay(ex, self.entries, verify=True)  # and every logged fingerprint
         self.fingerprint = ex.fingerprint()  # of the global model; recomputed only when it changes
         self.trainable = trainable_layout(ex)
+        self.onnx_sha256 = ""  # the browser devices' ONNX export (coordinate --web-port), announced when set
         self.http: CheckpointServer | None = None
 
     # -- the log ------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ class LogService:
             v=m.PROTOCOL_VERSION, run=self.run, state=state, model=self.model, job=shared_job(self.cfg),
             split=self.ex.split, round=self.round, rounds=self.cfg.rounds, fingerprint=self.fingerprint,
             log_chunk=self.log_chunk, checkpoint_url=self.http.url if (self.http and ck) else "",
-            checkpoint_round=ck.round if ck else 0, trainable=self.trainable,
+            checkpoint_round=ck.round if ck else 0, trainable=self.trainable, onnx_sha256=self.onnx_sha256,
         )
         payload = m.encode(msg)
         self.link.publish(self.topics.announce, payload, retain=True)

@@ -49,6 +49,9 @@ class Announce(msgspec.Struct, tag="announce"):
     # The trained tensors in fingerprint order, as [name, block, numel] (PROTOCOL.md section 9.2):
     # a device checks its own selection against it before working. []: not announced (not checked).
     trainable: list[tuple[str, int, int]] = []
+    # SHA-256 of the ONNX export browser devices download (coordinate --web-port; PROTOCOL.md 5):
+    # a page checks the model it fetched against it. "": no browser device is served.
+    onnx_sha256: str = ""
 
 
 class DeviceTask(msgspec.Struct, frozen=True):

@@ -129,8 +129,15 @@ class CoordinateSettings(AggregationSettings, BrokerConnection):
     overwrite: bool = False  # replace a finished or different run in --out (a resume needs no flag)
     enrolled: str | None = None  # signed messages: the file of the devices' public lines (None: unsigned)
     key: str | None = None  # the coordinator's signing key; None: STATE/coordinator.key, made on first use
+    web_port: int | None = None  # serve browser devices (the page, the ONNX export) on this port; None: no
+    web_host: str = "127.0.0.1"  # the only address the web server (and the embedded broker's WebSocket listener) binds
+    web_data: str | None = None  # a task data folder whose training shards pages may fetch (/job/data?shard=I/N)
+    web_broker: str | None = None  # ws(s)://HOST:PORT pages use to reach --broker's WebSocket listener
+    certfile: str | None = None  # HTTPS (and wss:// on the embedded broker) for the web server
+    keyfile: str | None = None
 
     def validate(self) -> "CoordinateSettings":
+        self._validate_web()
         _at_least("min_devices", self.min_devices, 1)
         _at_least("devices_per_round", self.devices_per_round, 0)
         _positive("round_timeout", self.round_timeout)
@@ -153,6 +160,30 @@ class CoordinateSettings(AggregationSettings, BrokerConnection):
                 raise ConfigError(f"{', '.join(given)} only {'matters' if len(given) == 1 else 'matter'} with --plan "
                                   "(per-device planning); add --plan or drop it")
         return self
+
+
+    def _validate_web(self) -> None:
+        """The browser-device options: each needs --web-port; --broker needs --web-broker."""
+        if self.web_port is None:
+            given = [f"--{n.replace('_', '-')}" for n in ("web_data", "web_broker", "certfile", "keyfile")
+                     if getattr(self, n) is not None] + (["--web-host"] if self.web_host != CoordinateSettings.web_host else [])
+            if given:
+                raise ConfigError(f"{', '.join(given)} only {'matters' if len(given) == 1 else 'matter'} when serving browser "
+                                  "devices: add --web-port PORT, or drop it")
+            return
+        if not 0 <= self.web_port <= 65535:
+            raise ConfigError(f"--web-port must be a port number, 0 to 65535 (got {self.web_port})")
+        if self.keyfile is not None and self.certfile is None:
+            raise ConfigError("--keyfile is the key of --certfile: add --certfile CERT.pem (HTTPS), or drop --keyfile")
+        if self.web_broker is not None and not self.web_broker.startswith(("ws://", "wss://")):
+            raise ConfigError(f"--web-broker must be a WebSocket URL, ws://HOST:PORT or wss://HOST:PORT (got {self.web_broker!r})")
+        if self.broker is not None and self.web_broker is None:
+            raise ConfigError("browser devices reach the broker over WebSockets: with --broker, pass --web-broker ws://HOST:PORT "
+                              "(its WebSocket listener; mosquitto: `listener 9001` then `protocol websockets`), or drop --broker "
+                              "to let the embedded broker open one")
+        if self.web_broker is not None and self.broker is None:
+            raise ConfigError("--web-broker names another broker's WebSocket listener: with the embedded broker (no --broker) "
+                              "the coordinator opens its own; drop --web-broker or add --broker")
 
 
 @dataclass

@@ -35,6 +35,12 @@ S = CoordinateSettings
 @click.option("--overwrite", is_flag=True, help="Replace a run in --out that is not this job's (a restart with the same state folder resumes without it).")
 @click.option("--enrolled", type=click.Path(dir_okay=False), help="Signed messages (Ed25519, needs the signing extra): a file of the devices' public lines, 'ed25519:<base64> <device-id>' each (what `edgezo keys show` prints on a device). Every status, result and log request must then be signed by the enrolled key of the device its topic names, and the coordinator signs what it publishes: on a broker without an ACL no stranger can answer for a device or announce a fake one. [default: unsigned]")
 @click.option("--key", type=click.Path(dir_okay=False), help="With --enrolled: the coordinator's signing key (a PEM file, `edgezo keys init --key PATH`). [default: STATE/coordinator.key, made on first use; its public line is printed and kept in STATE/coordinator.pub]")
+@click.option("--web-port", type=int, help="Serve browser devices on this port (0: any free port): a phone or laptop joins by opening the printed URL (or scanning its QR code); the page runs the job's model as an ONNX export (made once, cached, checked against the torch executor) and speaks MQTT over WebSockets. See docs/browser.md. [default: no browser devices]")
+@click.option("--web-host", default=S.web_host, help="With --web-port: the only address the web server (and the embedded broker's WebSocket listener) binds; 0.0.0.0 for phones on the network.")
+@click.option("--web-data", type=click.Path(file_okay=False), help="With --web-port: a task data folder whose training examples pages may fetch by shard, /join?device-id=NAME&shard=I/N (as `join --data FOLDER --shard I/N`), for demos and tests. [default: the page asks for a file]")
+@click.option("--web-broker", help="With --web-port and --broker: the URL pages reach that broker's WebSocket listener at, ws://HOST:PORT or wss://HOST:PORT. [default: with the embedded broker, its own WebSocket listener]")
+@click.option("--certfile", type=click.Path(dir_okay=False), help="With --web-port: serve HTTPS with this PEM certificate (browsers run WASM threads only in a secure context; the embedded broker then serves wss://).")
+@click.option("--keyfile", type=click.Path(dir_okay=False), help="The private key of --certfile. [default: in --certfile]")
 @click.option("--quiet", is_flag=True, help=QUIET_HELP)
 @click.pass_context
 def coordinate(ctx, config_file, **options):

@@ -35,6 +35,7 @@ class CoordinateJob:
         self.say = say or (lambda msg: None)
         self.progress = progress
         self.rejected = 0
+        self.onnx_sha256 = ""  # with --web-port: the browser devices' ONNX export, announced
 
     @classmethod
     def from_options(cls, config_file: str | Path | None = None, **options) -> "CoordinateJob":
@@ -95,8 +96,13 @@ class CoordinateJob:
             from edgezo.coordinator.signed_link import SignedLink
 
             link = SignedLink(link, key, enrolment=enrolment)  # signs what it publishes; the pump checks the devices'
+        web = None
         try:
             ex, info = self._load_model(data)
+            from edgezo.coordinator.web_serving import start_for_job
+
+            web = start_for_job(s, ex, info, cfg, data, embedded, self.say)  # --web-port: browser devices (None without)
+            self.onnx_sha256 = web[1] if web else ""
             planning = self._planning(ex, info, data, limits, fallback) if s.plan else None
             extra = {f.name: getattr(s, f.name) for f in fields(CoordinatorSettings) if f.name == "max_missed"}
             settings = CoordinatorSettings(
@@ -108,6 +114,8 @@ class CoordinateJob:
                 settings.advertise_host = link.settings.host
             return self._coordinate(settings, link, ex, info, data, aggregation, out, tqdm)
         finally:
+            if web is not None:
+                web[0].stop()
             link.close()
             if embedded is not None:
                 embedded.stop()
@@ -144,7 +152,9 @@ class CoordinateJob:
         if broker is None:
             from edgezo.coordinator.broker import EmbeddedBroker
 
-            embedded = EmbeddedBroker(port=s.port)
+            from edgezo.coordinator.web_serving import websocket_listener
+
+            embedded = EmbeddedBroker(port=s.port, websocket=websocket_listener(s))  # browser devices: MQTT over WebSockets
             self.say(f"no --broker given: started an embedded MQTT broker (amqtt) on {embedded.host}:{embedded.port} "
                      f"(this machine only; devices here join with: edgezo join --broker {embedded.host}:{embedded.port}). "
                      "For devices on other machines run mosquitto and pass --broker")
@@ -203,6 +213,7 @@ class CoordinateJob:
 
         coordinator = Coordinator(cfg, settings, link, ex, model, make_evaluator(ex, data.task, data.dev, not self.progress),
                                   on_record, say=say)
+        coordinator.logs.onnx_sha256 = self.onnx_sha256  # announced: browser devices check their download
         outputs = RunOutputs(out, resume_round=coordinator.round or None)
         if outputs.records:
             coordinator.continue_totals(outputs.records[-1])

@@ -79,6 +79,7 @@ class MosquittoBroker(BrokerBase):
         port: int = 0,
         tls_files: tuple[str, str, str] | None = None,
         start_timeout: float = 5.0,
+        websocket: bool = False,
     ):
         self.binary = find_mosquitto()
         self.host = "127.0.0.1"
@@ -89,6 +90,7 @@ class MosquittoBroker(BrokerBase):
         self._proc: subprocess.Popen | None = None
         self._options = self._write_auth_files(password_file, acl_file, allow_anonymous)
         self._listener_options = []
+        self.ws_port: int | None = free_port(self.host) if websocket else None  # MQTT over WebSockets (browser devices)
         if tls_files is not None:
             ca, cert, key = tls_files
             self._listener_options = [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
@@ -128,6 +130,7 @@ class MosquittoBroker(BrokerBase):
             f"listener {self.port} {self.host}",
             "max_connections -1",
             *self._listener_options,
+            *self._websocket_lines(),
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             # As root, mosquitto otherwise drops to user "mosquitto", who cannot read our 0700 temp dir.
@@ -135,6 +138,18 @@ class MosquittoBroker(BrokerBase):
         path = self.dir / "mosquitto.conf"
         path.write_text("\n".join(lines) + "\n")
         return path
+
+    def _websocket_lines(self) -> list[str]:
+        """A WebSocket listener on the same host. ``socket_domain ipv4``: without it mosquitto 2.0's
+        (libwebsockets) listener binds every interface, whatever address the listener line names."""
+        if self.ws_port is None:
+            return []
+        return [f"listener {self.ws_port} {self.host}", "protocol websockets", "socket_domain ipv4", "max_connections -1",
+                *self._listener_options]
+
+    @property
+    def ws_url(self) -> str:
+        return f"{'wss' if self._listener_options else 'ws'}://{self.host}:{self.ws_port}"
 
     # ----- process
 
@@ -161,7 +176,7 @@ class MosquittoBroker(BrokerBase):
         # Should the owner forget stop(), do not leave a broker running after Python exits.
         weakref.finalize(self, _kill_quietly, self._proc)
         deadline = time.monotonic() + self.start_timeout
-        while not port_accepts(self.host, self.port):
+        while not (port_accepts(self.host, self.port) and (self.ws_port is None or port_accepts(self.host, self.ws_port))):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self._reap()
                 raise EdgezoError(f"mosquitto did not start on {self.address}: {self.log_tail()}")

@@ -1,0 +1,244 @@
+"""The web server browser devices join through (``edgezo coordinate --web-port``; issue 26).
+
+A phone has no Python: it joins by opening ``/join?device-id=NAME``, a page (``edgezo/web_assets``,
+built from ``web/``) that downloads the job's ONNX export and tokenizer from here and then speaks
+the MQTT protocol over WebSockets like any device. Routes (``web/CONTRACT.md``):
+
+* ``/join`` -> the page (without ``device-id``: a redirect to a fresh random one, so every phone
+  that scans the same QR code gets its own id);
+* ``/assets/<file>`` -> a file of the built page;
+* ``/job/config.json`` -> where the broker's WebSocket listener is and what to download;
+* ``/job/model.onnx``, ``/job/tokenizer.json`` -> the export and the model's tokenizer;
+* ``/job/data?shard=I/N`` -> a shard of ``--web-data``'s training examples (demos and tests).
+
+Every response carries the cross-origin isolation headers (COOP/COEP/CORP): WASM threads need
+them. A stdlib ``ThreadingHTTPServer`` on a daemon thread, bound only to the host given; HTTPS
+when given a certificate (a browser allows WASM threads only in a secure context, and then only
+``wss://`` to the broker). Nothing here knows the model or the job beyond :class:`WebJob`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import shutil
+import ssl
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from edgezo.errors import EdgezoError
+
+from .transport import format_address
+
+log = logging.getLogger("edgezo.web")
+
+ISOLATION_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".mjs": "text/javascript; charset=utf-8",
+    ".wasm": "application/wasm", ".json": "application/json", ".css": "text/css; charset=utf-8",
+    ".onnx": "application/octet-stream", ".map": "application/json", ".svg": "image/svg+xml", ".png": "image/png",
+}
+PAGE = "index.html"
+
+
+@dataclass(frozen=True)
+class BrokerWebSocket:
+    """Where pages reach the broker: ``url`` as given (``--web-broker``), or else ``scheme`` and
+    ``port`` on the host name the page itself was loaded from (the embedded broker's listener)."""
+
+    url: str | None = None
+    scheme: str = "ws"
+    port: int | None = None
+
+    def for_host(self, page_host: str) -> str:
+        if self.url is not None:
+            return self.url
+        return f"{self.scheme}://{format_address(page_host, self.port)}"
+
+
+@dataclass(frozen=True)
+class WebJob:
+    """What the pages of one job are served: the run (topic prefix ``edgezo/<run>/``), the broker,
+    the export and its SHA-256, the tokenizer file, the built page's folder, and ``shard(i, n)``
+    -> JSONL bytes (None: no ``--web-data``)."""
+
+    run: str
+    broker: BrokerWebSocket
+    model_path: Path
+    model_sha256: str
+    tokenizer_path: Path
+    assets: Path
+    shard: Callable[[int, int], bytes] | None = None
+
+    def config(self, page_host: str) -> dict:
+        """``/job/config.json``."""
+        return {"run": self.run, "broker_ws": self.broker.for_host(page_host), "prefix": f"edgezo/{self.run}/",
+                "model_url": "/job/model.onnx", "model_sha256": self.model_sha256, "tokenizer_url": "/job/tokenizer.json",
+                "data_url": "/job/data" if self.shard is not None else None}
+
+
+def parse_shard_query(text: str) -> tuple[int, int]:
+    """``I/N`` with ``0 <= I < N`` (as ``join --shard``), else ValueError with the reason."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"shard {text!r} must look like I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "edgezo-web"
+    job: WebJob  # set on the subclass the server makes
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        route = {"/join": self._join, "/job/config.json": self._config, "/job/model.onnx": self._model,
+                 "/job/tokenizer.json": self._tokenizer, "/job/data": self._data}.get(url.path)
+        try:
+            if route is not None:
+                route(query)
+            elif url.path.startswith("/assets/"):
+                self._asset(url.path[len("/assets/"):])
+            elif url.path == "/":
+                self._redirect("/join")
+            else:
+                self._error(404, f"no such page: {url.path} (browser devices join at /join?device-id=NAME)")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the browser went away mid-download
+
+    def _join(self, query: dict) -> None:
+        if not query.get("device-id"):
+            params = {k: v[0] for k, v in query.items()}
+            self._redirect("/join?" + urlencode({"device-id": f"web-{secrets.token_hex(4)}", **params}))
+            return
+        self._file(self.job.assets / PAGE, no_store=True)
+
+    def _config(self, query: dict) -> None:
+        host = (self.headers.get("Host") or self.server.server_address[0]).rsplit(":", 1)[0].strip("[]")
+        self._bytes(json.dumps(self.job.config(host)).encode(), "application/json", no_store=True)
+
+    def _model(self, query: dict) -> None:
+        self._file(self.job.model_path)
+
+    def _tokenizer(self, query: dict) -> None:
+        self._file(self.job.tokenizer_path)
+
+    def _data(self, query: dict) -> None:
+        if self.job.shard is None:
+            self._error(404, "this coordinator serves no training data (start it with --web-data FOLDER); pick a file on the page")
+            return
+        try:
+            i, n = parse_shard_query(query.get("shard", [""])[0])
+            body = self.job.shard(i, n)
+        except (ValueError, EdgezoError) as exc:
+            self._error(400, str(exc))
+            return
+        self._bytes(body, "application/x-ndjson", no_store=True)
+
+    def _asset(self, name: str) -> None:
+        folder = self.job.assets
+        if "/" in name or "\\" in name or name.startswith(".") or not (folder / name).is_file():
+            self._error(404, f"no such asset: {name}")
+            return
+        self._file(folder / name)
+
+    # -- responses -------------------------------------------------------------------------
+    def _headers(self, status: int, content_type: str, length: int, no_store: bool = False) -> None:
+        self.send_response(status)
+        for key, value in ISOLATION_HEADERS.items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Cache-Control", "no-store" if no_store else "no-cache")
+        self.end_headers()
+
+    def _bytes(self, body: bytes, content_type: str, status: int = 200, no_store: bool = False) -> None:
+        self._headers(status, content_type, len(body), no_store)
+        self.wfile.write(body)
+
+    def _file(self, path: Path, no_store: bool = False) -> None:
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError:
+            self._error(404, f"{path.name} is not available on this coordinator")
+            return
+        with f:
+            size = Path(path).stat().st_size
+            self._headers(200, CONTENT_TYPES.get(Path(path).suffix, "application/octet-stream"), size, no_store)
+            shutil.copyfileobj(f, self.wfile, 1 << 20)
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(302)
+        for key, value in ISOLATION_HEADERS.items():
+            self.send_header(key, value)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _error(self, status: int, message: str) -> None:
+        self._bytes(json.dumps({"error": message}).encode(), "application/json", status, no_store=True)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the stdlib's signature
+        log.debug("web %s: %s", self.address_string(), format % args)
+
+
+class WebServer:
+    """The job's web server on ``host:port`` (0: a free port), on a daemon thread; HTTPS with
+    ``certfile``/``keyfile``. ``start()`` returns once it listens; ``stop()`` ends it."""
+
+    def __init__(self, job: WebJob, host: str = "127.0.0.1", port: int = 0,
+                 certfile: str | None = None, keyfile: str | None = None):
+        if not (job.assets / PAGE).is_file():
+            raise EdgezoError(f"the browser device's page is missing ({job.assets / PAGE}): build it with `npm ci && npm run build` "
+                              "in web/, or reinstall edgezo")
+        handler = type("WebHandler", (_Handler,), {"job": job})
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise EdgezoError(f"cannot serve browser devices on {format_address(host, port)} ({exc.strerror or exc}); "
+                              "choose another --web-port or --web-host") from None
+        self._server.daemon_threads = True
+        self.scheme = "http"
+        if certfile is not None:
+            self._server.socket = _tls_context(certfile, keyfile).wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
+        self.host, self.port = host, self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="edgezo-web", daemon=True)
+
+    def start(self) -> "WebServer":
+        self._thread.start()
+        return self
+
+    def url(self, host: str | None = None) -> str:
+        return f"{self.scheme}://{format_address(host or self.host, self.port)}"
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+
+
+def _tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise EdgezoError(f"cannot use the certificate {certfile} (key {keyfile or 'in the same file'}): {exc}; "
+                          "pass a PEM certificate with --certfile and its key with --keyfile") from None
+    return context
+
+
+__all__ = ["BrokerWebSocket", "ISOLATION_HEADERS", "WebJob", "WebServer", "parse_shard_query"]

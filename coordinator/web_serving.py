@@ -1,0 +1,158 @@
+"""Serving browser devices for a coordinated job: the export, its check, the shards, the server.
+
+``edgezo coordinate --web-port`` calls :func:`serve_browser_devices` once the model is loaded and
+before the first round: the ONNX export is made (or taken from the cache), checked against the
+torch executor on the job's own batches (``edgezo.backends.torch.onnx_check``), and only then
+served; its SHA-256 goes into the announcement, so a page refuses any other model bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgezo.config import JobConfig
+from edgezo.errors import EdgezoError
+
+from .web_server import BrokerWebSocket, WebJob, WebServer
+
+CHECK_BATCHES = 2  # batches of the job the export is checked on before it is served
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    """``--web-port``, ``--web-host``, ``--web-data``, ``--web-broker``, ``--certfile``/``--keyfile``."""
+
+    port: int
+    host: str = "127.0.0.1"
+    data: str | None = None
+    broker_url: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    cache_dir: Path | None = None  # the export cache (default ~/.cache/edgezo/onnx)
+
+
+def assets_folder() -> Path:
+    """The built page: ``edgezo/web_assets`` (a package data folder; ``npm run build`` in web/ writes it)."""
+    import edgezo
+
+    return Path(edgezo.__file__).resolve().parent / "web_assets"
+
+
+def shard_jsonl(cfg: JobConfig, folder: str, i: int, n: int) -> bytes:
+    """Shard ``i`` of ``n`` of the task's training examples in ``folder``, as ``edgezo join --data
+    FOLDER --shard i/N`` holds them, one JSON object per line in the shard's order: the template's
+    fields and ``label`` (the label index)."""
+    from edgezo.jobdata import device_shards, load_job_data
+
+    job = replace(cfg, data=folder)
+    data = load_job_data(job, need_dev=False)
+    shard = device_shards(job, data.train, n)[i]
+    lines = (json.dumps({**data.train[k].fields, "label": data.train[k].label}, ensure_ascii=False) for k in shard)
+    return ("\n".join(lines) + "\n").encode()
+
+
+def check_batches(ex, data, cfg: JobConfig, count: int = CHECK_BATCHES) -> list:
+    """``count`` seeded batches of ``batch_size`` validation examples of the job (at least 2 rows)."""
+    from edgezo.jobdata import make_batcher
+
+    examples = data.dev or data.train
+    if len(examples) < 2:
+        raise EdgezoError("checking the ONNX export needs at least 2 validation examples of the job")
+    make_batch = make_batcher(ex, data.task, examples)
+    rng = np.random.default_rng([cfg.seed, 0x0E1B])
+    size = max(2, min(cfg.batch_size, len(examples)))
+    return [make_batch(sorted(rng.choice(len(examples), size=size, replace=False).tolist())) for _ in range(count)]
+
+
+def tokenizer_file(ex, model_folder: str, fallback: Path) -> Path:
+    """The model's ``tokenizer.json``; a model folder without one gets the loaded tokenizer's
+    serialisation written to ``fallback``."""
+    path = Path(model_folder) / "tokenizer.json"
+    if path.is_file():
+        return path
+    backend = getattr(ex.tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise EdgezoError(f"the model in {model_folder} has no fast tokenizer (tokenizer.json): browser devices cannot tokenise for it")
+    backend.save(str(fallback))
+    return fallback
+
+
+def serve_browser_devices(ex, info, cfg: JobConfig, data, run: str, options: WebOptions, broker: BrokerWebSocket,
+                          say: Callable[[str], None]) -> tuple[WebServer, str]:
+    """Export (cached), check, and serve; returns the running server and the export's SHA-256."""
+    from edgezo.backends.torch.onnx_check import check_export
+    from edgezo.backends.torch.onnx_export import cached_export
+    from edgezo.keys import Direction
+
+    assets = assets_folder()
+    batches = check_batches(ex, data, cfg)
+    export = cached_export(ex, batches[0], info.digest, cfg.trainable, options.cache_dir, say)
+    agreement = check_export(export.path, ex, batches, Direction(cfg.seed, 1, 0, 0, 0, 0), cfg.eps)
+    say(f"ONNX export checked against the torch executor on {agreement.batches} batches of the job: label logits within "
+        f"{agreement.max_logit_diff:.2g}, probe scalars within {agreement.max_scalar_rel_diff:.2g} relative")
+    shard = functools.lru_cache(maxsize=16)(functools.partial(shard_jsonl, cfg, options.data)) if options.data else None
+    job = WebJob(run, broker, export.path, export.sha256, tokenizer_file(ex, info.path, export.path.with_name("tokenizer.json")),
+                 assets, shard)
+    server = WebServer(job, options.host, options.port, options.certfile, options.keyfile).start()
+    return server, export.sha256
+
+
+def websocket_listener(settings):
+    """The embedded broker's WebSocket listener for ``CoordinateSettings`` with --web-port (None without)."""
+    from .broker import WebSocketListener
+
+    if settings.web_port is None:
+        return None
+    return WebSocketListener(settings.web_host, 0, settings.certfile, settings.keyfile)
+
+
+def start_for_job(settings, ex, info, cfg: JobConfig, data, embedded, say: Callable[[str], None]) -> tuple[WebServer, str] | None:
+    """What ``CoordinateJob`` runs after loading the model: with --web-port, serve browser devices
+    (the embedded broker's WebSocket listener, or --web-broker) and print how they join; returns
+    (the server, the export's SHA-256 for the announcement), or None without --web-port."""
+    if settings.web_port is None:
+        return None
+    if settings.web_broker is not None:
+        broker = BrokerWebSocket(url=settings.web_broker)
+    else:
+        broker = BrokerWebSocket(scheme="wss" if settings.certfile else "ws", port=embedded.ws_port)
+    options = WebOptions(settings.web_port, settings.web_host, settings.web_data, settings.web_broker, settings.certfile, settings.keyfile)
+    server, sha256 = serve_browser_devices(ex, info, cfg, data, settings.run, options, broker, say)
+    host = settings.advertise_host or (settings.web_host if settings.web_host not in ("0.0.0.0", "::") else _lan_address())
+    say(join_banner(f"{server.url(host)}/join"))
+    return server, sha256
+
+
+def _lan_address() -> str:
+    """This machine's address on its default route (what a phone on the same network reaches), or 127.0.0.1."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, the kernel only picks the route's source address
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def join_banner(url: str) -> str:
+    """The join URL and its QR code for the terminal (segno, from the web extra; without it the URL alone)."""
+    try:
+        import io
+
+        import segno
+    except ImportError:
+        return f"browser devices join at {url}  (pip install 'edgezo[web]' to print a QR code here)"
+    out = io.StringIO()
+    segno.make(url, error="m").terminal(out=out, compact=True)
+    return f"browser devices join at {url}  (or scan:)\n{out.getvalue()}"
+
+
+__all__ = ["WebOptions", "assets_folder", "check_batches", "join_banner", "serve_browser_devices", "shard_jsonl", "start_for_job",
+           "websocket_listener"]
