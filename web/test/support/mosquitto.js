@@ -1,0 +1,41 @@
+/** A private mosquitto for the Node tests: one TCP and one WebSocket listener on 127.0.0.1. */
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { createServer, connect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+    server.on("error", reject);
+  });
+}
+
+const accepts = (port) => new Promise((resolve) => {
+  const socket = connect(port, "127.0.0.1", () => { socket.end(); resolve(true); });
+  socket.on("error", () => resolve(false));
+});
+
+export function mosquittoPath() {
+  for (const p of ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto", "/opt/homebrew/sbin/mosquitto"]) {
+    if (existsSync(p)) return p;
+  }
+  throw new Error("mosquitto not found; install it: apt-get install -y mosquitto");
+}
+
+/** Start mosquitto; returns {tcp, ws, stop()}. */
+export async function startMosquitto() {
+  const [tcp, ws] = [await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), "edgezo-web-mosquitto-"));
+  const conf = join(dir, "mosquitto.conf");
+  writeFileSync(conf, [`listener ${tcp} 127.0.0.1`, `listener ${ws} 127.0.0.1`, "protocol websockets", "allow_anonymous true",
+    "max_queued_messages 100000", "persistence false", ""].join("\n"));
+  const proc = spawn(mosquittoPath(), ["-c", conf], { stdio: "ignore" });
+  for (let k = 0; k < 100 && !(await accepts(tcp) && await accepts(ws)); k++) await new Promise((r) => setTimeout(r, 50));
+  return { tcp, ws, stop: () => new Promise((resolve) => { proc.once("exit", resolve); proc.kill("SIGTERM"); }) };
+}
