@@ -1,0 +1,91 @@
+"""The ONNX export browser devices run (backends/torch/onnx_export.py, onnx_check.py), on a real
+tiny LLaMA built from a config: the graph's contract (inputs, outputs, dynamic shapes), agreement
+with the torch executor on the job's batches with perturbed trainables, the loss the page computes,
+the cache, and that a graph computing something else is refused before it is served."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgezo.backends.torch.factory import build_torch_executor
+from edgezo.backends.torch.onnx_check import check_export, label_loss, onnx_outputs, onnx_session, trainable_values
+from edgezo.backends.torch.onnx_export import OUTPUTS, cached_export, export_key
+from edgezo.config import JobConfig
+from edgezo.coordinator.web_serving import check_batches
+from edgezo.errors import EdgezoError
+from edgezo.jobdata import load_job_data
+from edgezo.keys import Direction
+
+
+@pytest.fixture(scope="module")
+def job(tiny_llama, sst2_dir):
+    torch.set_num_threads(1)
+    cfg = JobConfig(model=str(tiny_llama), task="sst2", batch_size=8, eval_samples=64, seed=5).validate()
+    data = load_job_data(cfg, need_train=False)
+    ex, info = build_torch_executor(cfg, data.task)
+    return cfg, data, ex, info
+
+
+@pytest.fixture(scope="module")
+def export(job, tmp_path_factory):
+    cfg, data, ex, info = job
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    made = cached_export(ex, check_batches(ex, data, cfg, 1)[0], info.digest, cfg.trainable, cache)
+    return made, cache
+
+
+def test_graph_inputs_and_outputs_are_the_contract(job, export):
+    cfg, data, ex, info = job
+    session = onnx_session(export[0].path)
+    inputs = session.get_inputs()
+    assert [i.name for i in inputs] == ["input_ids", "attention_mask", *ex.names]
+    assert [i.type for i in inputs[:2]] == ["tensor(int64)"] * 2 and {i.type for i in inputs[2:]} == {"tensor(float)"}
+    assert all(isinstance(d, str) for d in inputs[0].shape)  # batch and length are dynamic
+    assert [tuple(i.shape) for i in inputs[2:]] == [tuple(ex.params[n].shape) for n in ex.names]
+    assert [o.name for o in session.get_outputs()] == list(OUTPUTS)
+
+
+def test_export_agrees_with_the_executor_on_the_jobs_batches_perturbed_too(job, export):
+    cfg, data, ex, info = job
+    batches = check_batches(ex, data, cfg, 3)
+    agreement = check_export(export[0].path, ex, batches, Direction(cfg.seed, 4, 1, 0, 0, 0), 1e-2)
+    assert agreement.batches == 3 and agreement.max_logit_diff < 1e-5
+    assert np.allclose(agreement.scalars_onnx, agreement.scalars_torch, rtol=1e-3, atol=1e-5)
+    assert any(abs(s) > 1e-4 for s in agreement.scalars_torch)  # the probe moved the loss: the check compared something
+
+
+def test_page_loss_from_label_logits_is_the_executors_loss(job, export):
+    """PROTOCOL.md 9.4: softmax over the label words only; a batch of another length than the traced one."""
+    cfg, data, ex, info = job
+    batch = ex.encode(["Review: a fine film\nSentiment:", "Review: it was bad , and long and dull .\nSentiment:", "Review: great\nSentiment:"],
+                      [1, 0, 1])
+    logits, normalizer = onnx_outputs(onnx_session(export[0].path), batch, trainable_values(ex))
+    assert logits.shape == (3, 2) and normalizer.shape == (3,)
+    assert label_loss(logits, [1, 0, 1]) == pytest.approx(ex.forward_block2(ex.forward_block1(batch), batch), rel=1e-6)
+    assert np.all(normalizer > logits.max(axis=1))  # logsumexp over the whole vocabulary exceeds any one logit
+
+
+def test_the_cache_is_reused_and_keyed_by_what_the_graph_depends_on(job, export):
+    cfg, data, ex, info = job
+    made, cache = export
+    again = cached_export(ex, None, info.digest, cfg.trainable, cache)  # no sample needed: nothing is exported
+    assert again == made
+    assert export_key(ex, "0" * 64, cfg.trainable) != made.key
+    assert export_key(ex, info.digest, "bitfit") != made.key
+    (made.path.parent / "export.json").write_text((made.path.parent / "export.json").read_text().replace(made.sha256, "f" * 64))
+    with pytest.raises(EdgezoError, match="sample batch"):  # a broken cache entry is exported again (here: refused before work)
+        cached_export(ex, ex.encode(["x"], [0]), info.digest, cfg.trainable, cache)
+
+
+def test_an_export_that_computes_something_else_is_refused(job, export):
+    cfg, data, ex, info = job
+    frozen = ex.params["model.layers.1.mlp.down_proj.weight"]
+    saved = frozen.data.clone()
+    frozen.data.mul_(1.5)  # the executor's model is no longer the exported one
+    try:
+        with pytest.raises(EdgezoError, match="disagrees with the torch executor on batch 0"):
+            check_export(export[0].path, ex, check_batches(ex, data, cfg, 1), Direction(cfg.seed, 1, 0, 0, 0, 0), cfg.eps)
+    finally:
+        frozen.data.copy_(saved)
