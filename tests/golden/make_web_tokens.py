@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-OUT = HERE / "web_tokens.json"
+OUT = HERE / "web_tokens_sst2.json"
 TINY_TOKENIZER = HERE / "tiny_tokenizer.json"
 EXAMPLES = 40  # SST-2 validation examples, in file order
 TRUNCATED_MAX_LENGTH = 12  # one batch encoded with a short max_length shows the left truncation
