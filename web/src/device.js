@@ -55,7 +55,8 @@ export class BrowserDevice {
    * @param o.deviceId, o.run, o.instance   who this is (instance: random per page load)
    * @param o.link        the MQTT link (subscribe/publish/next/connections/close)
    * @param o.model       `{sha256, inputNames, baseTrainable: Map, lossOf(replica, distribution)}`
-   * @param o.data        `{size, makeBatch(indices), index}`: the examples this device holds
+   * @param o.data        `{size, index, batcher(job)}`: the examples this device holds; `batcher` gives
+   *                      `makeBatch(indices)` for the announced job (task, max_length), or throws why not
    * @param o.profile, o.memoryGb, o.backend   what the status tells the coordinator
    * @param o.report      `(patch) => void`: state for the page (`phase`, `round`, `loss`, ...)
    */
@@ -132,6 +133,14 @@ export class BrowserDevice {
       this.replica = buildReplica(ann.trainable, this.model.baseTrainable, this.model.inputNames);
     } catch (e) {
       throw new DeviceError(e.message);
+    }
+    if (this.model.baseFingerprint && fingerprint(this.replica) !== this.model.baseFingerprint) {
+      throw new DeviceError("the base trainable tensors the coordinator served do not give their stated fingerprint; reload the page");
+    }
+    try {
+      this.makeBatch = this.data.batcher(this.job);
+    } catch (e) {
+      throw new DeviceError(`the data on this page does not fit job ${ann.run}: ${e.message}`);
     }
     this.loss = this.model.lossOf(this.replica, this.distribution);
     this.index = this.data.index ?? Number(fnv1a64(this.deviceId) % (1n << 31n));
@@ -268,7 +277,7 @@ export class BrowserDevice {
     const t0 = performance.now();
     const positions = Array.from({ length: this.data.size }, (_, k) => k);
     const indices = deviceBatchIndices(positions, task.batch, task.k, this.job.seed, assign.round, this.index);
-    const batches = indices.map((ix) => this.data.makeBatch(ix));
+    const batches = indices.map((ix) => this.makeBatch(ix));
     const before = snapshot(this.replica);
     const startPrint = fingerprint(this.replica);
     this.report({ phase: "working", round: assign.round, progress: `0/${task.k} steps` });

@@ -8,10 +8,11 @@
 
 /** The built-in tasks' causal templates and label counts (edgezo/tasks.py). */
 export const TASKS = {
-  sst2: { template: "Review: {sentence}\nSentiment:", labels: 2 },
-  rte: { template: "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:", labels: 2 },
-  boolq: { template: "{passage}\nQuestion: {question}?\nAnswer:", labels: 2 },
-  wic: { template: 'Does the word "{word}" have the same meaning in these two sentences?\n{sentence1}\n{sentence2}\nAnswer:', labels: 2 },
+  sst2: { template: "Review: {sentence}\nSentiment:", labels: 2, labelNames: ["negative", "positive"] },
+  rte: { template: "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:", labels: 2, labelNames: ["entailment", "not_entailment"] },
+  boolq: { template: "{passage}\nQuestion: {question}?\nAnswer:", labels: 2, labelNames: ["false", "true"] },
+  wic: { template: 'Does the word "{word}" have the same meaning in these two sentences?\n{sentence1}\n{sentence2}\nAnswer:', labels: 2,
+    labelNames: ["different", "same"] },
 };
 
 /** A job's task (`Announce.job.task`): a built-in name, or a user task's JSON text (edgezo/taskfile.py). */
@@ -27,7 +28,7 @@ export function taskOf(ref) {
   if (spec.kind === "generation" || !spec.template || !spec.labels) {
     throw new Error(`task ${JSON.stringify(spec.name)} is not a classification task with a template and label words; the browser device runs classification tasks only`);
   }
-  return { name: spec.name ?? "task", template: spec.template, labels: Object.keys(spec.labels).length };
+  return { name: spec.name ?? "task", template: spec.template, labels: Object.keys(spec.labels).length, labelNames: Object.keys(spec.labels) };
 }
 
 /** The names `{field}` a template uses (Python str.format; `{{` and `}}` are literal braces). */

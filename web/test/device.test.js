@@ -113,7 +113,7 @@ function startDevice(deviceId, overrides = {}) {
     will: { topic: t.status(deviceId), payload: offlineStatus(RUN, deviceId, instance) }, onEvent: (e) => states.push(e) });
   const device = new BrowserDevice({ deviceId, run: RUN, instance, link, idCheckMs: 300, announceTimeoutMs: 5000, logTimeoutMs: 3000,
     model: { sha256: MODEL_SHA, inputNames: LAYOUT.map(([n]) => n), baseTrainable: base(), lossOf: lossFromForward(tinyForward) },
-    data: { size: SENTENCES.length, makeBatch, index: 1 }, report: (patch) => states.push(patch), ...overrides });
+    data: { size: SENTENCES.length, batcher: () => makeBatch, index: 1 }, report: (patch) => states.push(patch), ...overrides });
   return { device, states, link, done: device.start().finally(() => link.close()) };
 }
 

@@ -1,26 +1,61 @@
 /**
- * The page's tokenisation against edgezo's (tests/golden/web_tokens.json, written by the Python
- * reference with the default model's tokenizer): @huggingface/tokenizers over the same
- * tokenizer.json, the SST-2 template, left truncation and right padding; and the loss.
- *
- * The tokenizer.json is the default model's, converted once by edgezo into its cache
- * ($EDGEZO_CACHE or ~/.cache/edgezo/converted/<model>/, made by any `edgezo` command or Python test
- * that loads the default model); it is 3.5 MB, so it is not checked in.
+ * The page's tokenisation against edgezo's: tests/golden/web_tokens_sst2.json (written by
+ * tests/golden/make_web_tokens.py with the Python executors' tokenisation) over two tokenizers:
+ * the tiny test models' (tests/golden/tiny_tokenizer.json, committed: always checked) and
+ * SmolLM2-135M-Instruct's (3.5 MB, not committed: checked from the converted model folder edgezo
+ * keeps in its cache, recorded in the fixture, whenever that folder exists), with
+ * @huggingface/tokenizers, the SST-2 template, right padding and left truncation; and
+ * tests/golden/web_tokens.json (tests/golden/make_web_vectors.py: awkward made-up prompts, unicode,
+ * braces, a long one truncated, over SmolLM2's tokenizer); and the loss.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
-import { homedir } from "node:os";
-import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 
 import { Tokenizer } from "@huggingface/tokenizers";
 
 import { encodeBatch, fillTemplate, labelLoss, promptIds, taskOf, templateFields } from "../src/prompts.js";
 import { sha256HexSync } from "../src/sha256.js";
+import { jobTokenizer } from "../src/tokenizer.js";
 
-const golden = JSON.parse(readFileSync(new URL("../../tests/golden/web_tokens.json", import.meta.url), "utf8"));
-const cache = process.env.EDGEZO_CACHE || join(homedir(), ".cache", "edgezo");
-const tokenizerPath = join(cache, "converted", golden.model, "tokenizer.json");
+const goldenDir = new URL("../../tests/golden/", import.meta.url);
+const golden = JSON.parse(readFileSync(new URL("web_tokens_sst2.json", goldenDir), "utf8"));
+const awkward = JSON.parse(readFileSync(new URL("web_tokens.json", goldenDir), "utf8"));
+const tokenizerFile = (record) => (record.tokenizer_json.startsWith("/") ? record.tokenizer_json : fileURLToPath(new URL(record.tokenizer_json, goldenDir)));
+
+/** Every example's ids, the padded batch and the left-truncated batch, as the fixture records them. */
+function checkTokenizer(record) {
+  const json = readFileSync(tokenizerFile(record));
+  assert.equal(sha256HexSync(json), record.tokenizer_sha256, "the tokenizer.json is the one the fixture was made with");
+  const { encode, padId } = jobTokenizer(Tokenizer, JSON.parse(json.toString("utf8")));
+  assert.equal(padId, record.pad_token_id, "the pad token the page picks is edgezo's");
+  const sst2 = taskOf("sst2");
+  assert.ok(record.examples.length >= 20);
+  for (const e of record.examples) {
+    const prompt = fillTemplate(sst2.template, { sentence: e.sentence });
+    assert.equal(prompt, e.prompt);
+    assert.deepEqual(promptIds(encode, prompt, 128), e.ids, prompt);
+  }
+  assert.deepEqual(golden.verbalizers.map((w) => encode(w, false)[0]), record.verbalizer_ids);
+  for (const b of [record.batch, record.truncated_batch]) {
+    const batch = encodeBatch(encode, b.prompts, b.max_length, record.pad_token_id);
+    const [rows, width] = batch.dims;
+    const grid = (flat) => Array.from({ length: rows }, (_, r) => Array.from(flat.subarray(r * width, (r + 1) * width), Number));
+    assert.deepEqual(grid(batch.inputIds), b.input_ids, `max_length ${b.max_length}`);
+    assert.deepEqual(grid(batch.attentionMask), b.attention_mask, `max_length ${b.max_length}`);
+    assert.deepEqual(batch.lengths.map((n) => n - 1), b.target_positions);
+  }
+}
+
+test("the tiny test models' tokenizer: every golden prompt, batch and truncated batch as edgezo tokenises them", () => {
+  checkTokenizer(golden.tiny);
+});
+
+const smol = golden.smollm2;
+test("SmolLM2-135M-Instruct's tokenizer: every golden prompt, batch and truncated batch as edgezo tokenises them",
+  { skip: !existsSync(tokenizerFile(smol)) && `no ${smol.tokenizer_json}: load the default model once (any edgezo command) to convert it` },
+  () => checkTokenizer(smol));
 
 test("templates fill as Python's str.format (fields never formatted, {{ }} literal)", () => {
   const sst2 = taskOf("SST2");
@@ -30,24 +65,25 @@ test("templates fill as Python's str.format (fields never formatted, {{ }} liter
   assert.throws(() => fillTemplate(sst2.template, { text: "x" }), /no field "sentence"/);
   assert.throws(() => taskOf("mnli"), /unknown task "mnli"/);
   const user = taskOf(JSON.stringify({ name: "mine", template: "Q: {q}\nA:", labels: { yes: " Yes", no: " No" } }));
-  assert.deepEqual(user, { name: "mine", template: "Q: {q}\nA:", labels: 2 });
+  assert.deepEqual(user, { name: "mine", template: "Q: {q}\nA:", labels: 2, labelNames: ["yes", "no"] });
 });
 
-test("every golden prompt tokenises and batches exactly as edgezo does", { skip: !existsSync(tokenizerPath) && `no ${tokenizerPath}: run any edgezo command on the default model once to convert it` }, () => {
-  const json = readFileSync(tokenizerPath);
-  assert.equal(sha256HexSync(json), golden.tokenizer_sha256, "the cached tokenizer.json is the one the fixture was made with");
-  const tokenizer = new Tokenizer(JSON.parse(json.toString("utf8")), {});
-  const encode = (text, special) => tokenizer.encode(text, { add_special_tokens: special }).ids;
-  const prompts = golden.sentences.map((sentence) => fillTemplate(taskOf("sst2").template, { sentence }));
-  assert.deepEqual(prompts, golden.prompts);
-  prompts.forEach((p, k) => assert.deepEqual(encode(p, true), golden.ids[k], JSON.stringify(p)));
-  assert.deepEqual([" negative", " positive"].map((w) => encode(w, false)[0]), golden.verbalizer_ids);
-  const batch = encodeBatch(encode, prompts, golden.max_length, golden.pad_token_id);
-  const [rows, width] = batch.dims;
-  const grid = (flat) => Array.from({ length: rows }, (_, b) => Array.from(flat.subarray(b * width, (b + 1) * width), Number));
-  assert.deepEqual(grid(batch.inputIds), golden.batch_input_ids);
-  assert.deepEqual(grid(batch.attentionMask), golden.batch_attention_mask);
-});
+const awkwardTokenizer = smol.tokenizer_json; // the same converted SmolLM2 folder (awkward.tokenizer_sha256 checks it)
+test("awkward prompts (unicode, braces, tabs, a truncated one) batch as edgezo batches them with SmolLM2's tokenizer",
+  { skip: !existsSync(awkwardTokenizer) && `no ${awkwardTokenizer}: load the default model once (any edgezo command) to convert it` }, () => {
+    const json = readFileSync(awkwardTokenizer);
+    assert.equal(sha256HexSync(json), awkward.tokenizer_sha256);
+    const { encode, padId } = jobTokenizer(Tokenizer, JSON.parse(json.toString("utf8")));
+    assert.equal(padId, awkward.pad_token_id);
+    const prompts = awkward.sentences.map((sentence) => fillTemplate(taskOf("sst2").template, { sentence }));
+    assert.deepEqual(prompts, awkward.prompts);
+    prompts.forEach((p, k) => assert.deepEqual(encode(p, true), awkward.ids[k], JSON.stringify(p)));
+    const batch = encodeBatch(encode, prompts, awkward.max_length, padId);
+    const [rows, width] = batch.dims;
+    const grid = (flat) => Array.from({ length: rows }, (_, b) => Array.from(flat.subarray(b * width, (b + 1) * width), Number));
+    assert.deepEqual(grid(batch.inputIds), awkward.batch_input_ids);
+    assert.deepEqual(grid(batch.attentionMask), awkward.batch_attention_mask);
+  });
 
 test("left truncation keeps the end of the prompt and the special tokens around it", () => {
   const encode = (text, special) => {
