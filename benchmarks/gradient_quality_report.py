@@ -1,0 +1,151 @@
+"""``gradient_quality.py report``: the tables (printed and in RESULTS.md, section "Gradient quality
+(mechanism bench)", kept at the end of the file between its markers) and one plot per trainable
+set, from ``benchmarks/results/gradient_quality/<trainable>.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HEADING = "## Gradient quality (mechanism bench)"
+BEGIN, END = "<!-- gradient-quality:begin -->", "<!-- gradient-quality:end -->"
+ORDER = ("norm", "lora", "bitfit")
+
+
+def pm(value: float, se: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+def sci(value: float, se: float) -> str:
+    return f"{value:.3g} ± {se:.2g}"
+
+
+def shown_rows(settings: list[dict]) -> list[dict]:
+    """The rows a table shows: joint P1 = 1 over P2 and split, the P1 = P2 diagonal, clean at the
+    default's counts, the single-block rows, backprop, and the best three by descent per FLOP."""
+    def keep(s):
+        if s["estimator"] == "spzo-joint":
+            return s["p1"] == 1 or (s["p1"] == s["p2"] and s["split"] == 20)
+        if s["estimator"] == "spzo-clean":
+            return s["p2"] == 4 and s["p1"] == 1
+        return s["p1"] in (1, 4, 16) or s["estimator"] == "backprop"
+    rows = [s for s in settings if keep(s)]
+    zo = [s for s in settings if s["estimator"] != "backprop"]
+    best = sorted(zo, key=lambda s: -s["per_flop_vs_default"])[:3]
+    return rows + [s for s in best if s not in rows]
+
+
+def table(result: dict) -> list[str]:
+    cks = list(result["checkpoints"])
+    head = "| setting | GFLOP/step | " + " | ".join(
+        f"{c}: cosine | {c}: descent/FLOP vs default | {c}: best step vs default" for c in cks) + " |"
+    lines = [head, "|" + " --- |" * (2 + 3 * len(cks))]
+    by_label = {c: {s["setting"]: s for s in result["checkpoints"][c]["settings"]} for c in cks}
+    for s in shown_rows(result["checkpoints"][cks[0]]["settings"]):
+        cells = [s["setting"] + (" **(default)**" if s["setting"] == result["default"] else ""), f"{s['gflops_per_step']:.0f}"]
+        for c in cks:
+            f = by_label[c][s["setting"]]
+            cells += [sci(f["cosine"], f["cosine_se"]), pm(f["per_flop_vs_default"], f["per_flop_vs_default_se"]),
+                      pm(f["step_size_vs_default"], f["step_size_vs_default_se"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def checkpoint_notes(result: dict) -> list[str]:
+    out = []
+    for c, ck in result["checkpoints"].items():
+        default = next(s for s in ck["settings"] if s["setting"] == result["default"])
+        best = max((s for s in ck["settings"] if s["estimator"] != "backprop"), key=lambda s: s["per_flop_vs_default"])
+        lin = ", ".join(f"{r['method']}{'-' + r['variant'] if r['variant'] else ''} {r['difference']}: {100 * r['relative_difference']:.2g}%"
+                        for r in ck["linearisation"])
+        shares = "; ".join(f"split {s}: {100 * v['share']:.0f} ± {100 * v['share_se']:.0f}%" for s, v in ck["block2_share"].items())
+        out += [
+            f"- **{c}** ({ck['checkpoint'].get('steps', 0)} SGD steps; mean batch loss {ck['mean_batch_loss']:.3f}; "
+            f"{ck['batches']} batches of {result['batch']}): ‖G‖² = {sci(ck['gradient_norm2'], ck['gradient_norm2_se'])}; "
+            f"default's descent ratio {sci(default['descent_ratio'], default['descent_ratio_se'])} "
+            f"(relative SE {100 * default['descent_ratio_se'] / default['descent_ratio']:.0f}%), "
+            f"{sci(default['descent_per_gflop'], default['descent_per_gflop_se'])} per GFLOP; best: {best['setting']} at "
+            f"{pm(best['per_flop_vs_default'], best['per_flop_vs_default_se'])}× the default's descent per FLOP.",
+            f"  block 2's share of ‖G‖²: {shares}. A 512-example gradient as the reference would scale every ratio by "
+            f"cos²(g_512, G) = {ck['cos2_of_512_example_gradient']:.2f}. Forward-difference curvature term "
+            f"E[q²] = {sci(ck['curvature_q2'], ck['curvature_q2_se'])}. Real scalars vs linearised (relative "
+            f"difference): {lin}.",
+        ]
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cks = list(result["checkpoints"])
+    fig, axes = plt.subplots(1, len(cks), figsize=(6 * len(cks), 4.2), squeeze=False)
+    for ax, c in zip(axes[0], cks):
+        settings = result["checkpoints"][c]["settings"]
+        for est, style in (("spzo-joint", "-o"), ("spzo-clean", ":s")):
+            for split in sorted({s["split"] for s in settings if s["estimator"] == est}):
+                rows = sorted((s for s in settings if s["estimator"] == est and s["p1"] == 1 and s["split"] == split), key=lambda s: s["p2"])
+                ax.errorbar([s["p2"] for s in rows], [s["per_flop_vs_default"] for s in rows],
+                            yerr=[s["per_flop_vs_default_se"] for s in rows], fmt=style, capsize=2, label=f"{est} P1=1 split {split}")
+        for est, style in (("central", "--^"), ("forward", "--v")):
+            rows = sorted((s for s in settings if s["estimator"] == est), key=lambda s: s["p1"])
+            ax.errorbar([s["p1"] for s in rows], [s["per_flop_vs_default"] for s in rows],
+                        yerr=[s["per_flop_vs_default_se"] for s in rows], fmt=style, capsize=2, label=f"{est} (x = P)")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("P2 (SPZO) or P (single block)")
+        ax.set_ylabel("descent per forward FLOP / default's")
+        ax.set_title(f"{result['trainable']}, {c} checkpoint")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def section(results: dict[str, dict], folder: Path) -> list[str]:
+    first = next(iter(results.values()))
+    lines = [HEADING, "", BEGIN, "",
+             f"Expected one-step descent per forward FLOP of each estimator setting, from backpropagated batch gradients "
+             f"of {first['model']} on {first['task'].upper()} (the default job's template, batch {first['batch']}, max length "
+             f"{first['max_length']}, eps {first['eps']:g}, {first['distribution']} probes). Descent ratio "
+             f"r = E[G·ĝ]²/(E‖ĝ‖²‖G‖²) with G the population gradient (‖G‖² by the U-statistic over batch pairs); "
+             "descent per FLOP = r / the step's forward FLOPs (edgezo's forward-count model); "
+             "'vs default' columns are paired ratios to the default setting on the same batches, ± one jackknife SE. "
+             "Formulas and method: `benchmarks/gradient_quality_stats.py`.", ""]
+    for name, result in results.items():
+        lines += [f"### {name} ({result['elements']:,} trainable elements, {result['tensors']} tensors)", ""]
+        lines += table(result) + [""] + checkpoint_notes(result) + [""]
+        lines += [f"![{name}](results/gradient_quality/{name}.png)", "", f"Command: `{result['command']}`", ""]
+    lines += [END, ""]
+    return lines
+
+
+def write_section(results_md: Path, lines: list[str]) -> None:
+    """Replace the section between its markers, or append it at the end of the file."""
+    text = results_md.read_text(encoding="utf-8")
+    block = "\n".join(lines)
+    if BEGIN in text and END in text:
+        start = text.index(HEADING) if HEADING in text else text.index(BEGIN)
+        stop = text.index(END) + len(END)
+        text = text[:start] + block.rstrip("\n") + text[stop:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    results_md.write_text(text, encoding="utf-8")
+
+
+def report(folder: Path, results_md: Path) -> None:
+    results = {}
+    for name in ORDER:
+        path = folder / f"{name}.json"
+        if path.exists():
+            results[name] = json.loads(path.read_text())
+    if not results:
+        raise SystemExit(f"no results in {folder}: run `python benchmarks/gradient_quality.py run` first")
+    for name, result in results.items():
+        plot(result, folder / f"{name}.png")
+        print(f"\n{name}:\n" + "\n".join(table(result)))
+    write_section(results_md, section(results, folder))
+    print(f"\nwrote {results_md} (section '{HEADING}') and the plots in {folder}")

@@ -1,0 +1,300 @@
+"""The gradient-quality bench's statistics (pure NumPy): what each zero-order estimator's
+estimate ĝ is worth against the true gradient, per forward FLOP.
+
+Setting. h = (h1, h2) is the gradient of one training batch's loss (block 1, block 2; d1, d2
+trainable elements), G = E_batch[h] the population gradient. Every probe z is Rademacher (the
+canonical generator's default: ‖z‖² = d exactly, E[zzᵀ] = I, odd moments 0). With the job's small
+eps a central-difference scalar is h·z to O(eps²) (checked against real forwards: see
+``gradient_quality_grads.validate_linearisation``), so, conditionally on the batch, the second
+moments below are exact (no Monte-Carlo over probes is needed; the unit tests check them against
+edgezo's own method code on a quadratic toy):
+
+* central SPSA (MeZO, DeComFL central), P probes: ĝ = (1/P) Σ_p (h·z_p) z_p,
+  E‖ĝ‖² = ‖h‖² (d + P − 1) / P.
+* forward difference (FedZO, DeComFL forward), P probes, P + 1 forwards: the scalar is
+  h·z + q with q = (eps/2) zᵀHz (curvature; not small for eps = 1e-3, measured), and q z has mean
+  zero and is uncorrelated with (h·z) z (odd moments vanish), so
+  E‖ĝ‖² = ‖h‖² (d + P − 1) / P + d·E[q²] / P, E[q²] measured from the same directions probed
+  by both differences (q = forward scalar − central scalar).
+* FedSPZO joint (the default): s_ij = h1·z1_i + h2·z2_ij,
+  ĝ2 = (1/(P1P2)) Σ_ij s_ij z2_ij, ĝ1 = (1/P1) Σ_i mean_j(s_ij) z1_i. Both are unbiased. The
+  shared block-1 probe enters every s_ij of its i: block 2's estimate carries block 1's gradient
+  as noise, and block 1's carries block 2's averaged over the P2 probes:
+  E‖ĝ1‖² = [d1 (‖h1‖² + ‖h2‖²/P2) + (P1 − 1) ‖h1‖²] / P1,
+  E‖ĝ2‖² = [d2 (‖h1‖² + ‖h2‖²) + (P1P2 − 1) ‖h2‖²] / (P1P2).
+  (Cross terms between (i, j) and (i, l) that share z1_i reduce to ‖h2‖², as between
+  independent probes, because E[h1·z1_i] = 0.)
+* FedSPZO clean: block 1 has its own full-forward scalar h1·z1_i, block 2 is probed on the
+  unperturbed activations (h2·z2_ij): two independent SPSA estimates,
+  E‖ĝ1‖² = ‖h1‖² (d1 + P1 − 1) / P1, E‖ĝ2‖² = ‖h2‖² (d2 + P1P2 − 1) / (P1P2).
+* backprop (FedAvg's step, the first-order reference): ĝ = h, E‖ĝ‖² = ‖h‖².
+
+Figures. For an unbiased ĝ, E[G·ĝ] = ‖G‖², so the expected one-step descent ratio
+E[G·ĝ]² / (E‖ĝ‖² ‖G‖²) = ‖G‖² / E‖ĝ‖²; its square root is the effective cosine, its quotient by
+the step's forward FLOPs the descent per FLOP, and the best step size η* = E[G·ĝ] / E‖ĝ‖² (the
+same ratio, in units of 1/‖G‖²... all relative to the default setting). ‖G‖² is estimated
+without bias from N independent batch gradients by the U-statistic
+(1/(N(N−1))) Σ_{a≠b} h_a·h_b (every pair of batches, no batch with itself), E‖ĝ‖² by the mean
+over batches of the conditional moment above; standard errors by the delete-one-batch jackknife
+of the whole figure. A gradient of M examples as the reference (the brief's "512-example g")
+scales every ratio by cos²(g_M, G) = ‖G‖² / (‖G‖² + tr Σ_1 / M), reported beside it.
+
+Costs are forward FLOPs per step from edgezo's forward-count model (docs/algorithm.md): joint
+2·P1·(F1 + P2·F2); clean F1 + 2·P1·(F1 + F2) + 2·P1·P2·F2; central 2P(F1 + F2); forward
+(P + 1)(F1 + F2); backprop 3(F1 + F2) (as ``edgezo.methods.fedavg`` counts it), with F1, F2 the
+executor's ``forward_flops`` of the batch at the setting's split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+PROBES = (1, 2, 4, 8, 16)
+
+# -- the estimators: forwards per step and the conditional second moment ------------------------
+
+Moment = Callable[["Setting", np.ndarray, np.ndarray, int, int, float], np.ndarray]
+Forwards = Callable[["Setting"], tuple[int, int]]
+
+
+def _whole_model(s: "Setting", a1, a2, d1, d2, q2):
+    return (a1 + a2) * (d1 + d2 + s.p1 - 1) / s.p1
+
+
+def _forward_difference(s: "Setting", a1, a2, d1, d2, q2):
+    return _whole_model(s, a1, a2, d1, d2, q2) + (d1 + d2) * q2 / s.p1
+
+
+def _joint(s: "Setting", a1, a2, d1, d2, q2):
+    n = s.p1 * s.p2
+    block1 = (d1 * (a1 + a2 / s.p2) + (s.p1 - 1) * a1) / s.p1
+    block2 = (d2 * (a1 + a2) + (n - 1) * a2) / n
+    return block1 + block2
+
+
+def _clean(s: "Setting", a1, a2, d1, d2, q2):
+    n = s.p1 * s.p2
+    return a1 * (d1 + s.p1 - 1) / s.p1 + a2 * (d2 + n - 1) / n
+
+
+def _backprop(s: "Setting", a1, a2, d1, d2, q2):
+    return a1 + a2
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One estimator family: its label, conditional E‖ĝ‖² and forwards per step (block 1, 2)."""
+
+    name: str
+    moment: Moment
+    forwards: Forwards
+    split_matters: bool  # whether its moment and cost depend on the split (SPZO only)
+
+
+ESTIMATORS = {e.name: e for e in (
+    Estimator("spzo-joint", _joint, lambda s: (2 * s.p1, 2 * s.p1 * s.p2), True),
+    Estimator("spzo-clean", _clean, lambda s: (1 + 2 * s.p1, 2 * s.p1 + 2 * s.p1 * s.p2), True),
+    Estimator("central", _whole_model, lambda s: (2 * s.p1, 2 * s.p1), False),
+    Estimator("forward", _forward_difference, lambda s: (s.p1 + 1, s.p1 + 1), False),
+    Estimator("backprop", _backprop, lambda s: (3, 3), False),
+)}
+
+
+@dataclass(frozen=True)
+class Setting:
+    estimator: str
+    p1: int = 1
+    p2: int = 1
+    split: int = 20  # single-block estimators' figures do not depend on it (their F1 + F2 neither)
+
+    @property
+    def family(self) -> Estimator:
+        return ESTIMATORS[self.estimator]
+
+    @property
+    def label(self) -> str:
+        if self.family.split_matters:
+            return f"{self.estimator} P1={self.p1} P2={self.p2} split={self.split}"
+        if self.estimator == "backprop":
+            return "backprop"
+        return f"{self.estimator} P={self.p1}"
+
+    def forwards(self) -> tuple[int, int]:
+        return self.family.forwards(self)
+
+    def flops(self, f1, f2):
+        """Forward FLOPs of one step given one block-1 and one block-2 forward's FLOPs."""
+        n1, n2 = self.forwards()
+        return n1 * np.asarray(f1) + n2 * np.asarray(f2)
+
+    def second_moment(self, a1, a2, d1: int, d2: int, q2: float = 0.0):
+        """E‖ĝ‖² over the probes given the batch's ‖h1‖², ‖h2‖² (arrays: one per batch)."""
+        return self.family.moment(self, np.asarray(a1, float), np.asarray(a2, float), d1, d2, q2)
+
+
+DEFAULT = Setting("spzo-joint", 1, 4, 20)  # the default job's (edgezo simulate with no options) on SmolLM2
+
+
+def settings_grid(splits=(10, 20, 25), probes=PROBES, default: Setting = DEFAULT) -> list[Setting]:
+    """FedSPZO joint and clean over P1 x P2 x split, central and forward over P, and backprop
+    (the single-block rows read their F1 + F2 at the default's split: the sum does not depend on it)."""
+    out = [Setting(v, p1, p2, s) for v in ("spzo-joint", "spzo-clean") for s in splits for p1 in probes for p2 in probes]
+    out += [Setting(e, p, 1, default.split) for e in ("central", "forward") for p in probes]
+    out += [Setting("backprop", 1, 1, default.split)]
+    return out if default in out else [default, *out]
+
+
+# -- the data of one checkpoint, and its figures --------------------------------------------
+
+
+def unit_block(unit: str, split: int) -> int:
+    """Block 1 is the embedding and layers[:split]; block 2 the rest and the head."""
+    if unit == "embed":
+        return 1
+    if unit.startswith("layers."):
+        return 1 if int(unit.split(".")[1]) < split else 2
+    return 2
+
+
+@dataclass
+class Checkpoint:
+    """What the figures of one checkpoint need: per-unit Gram matrices of the N batch gradients
+    (gram[u, a, b] = h_a,u · h_b,u), the units' sizes and names, the per-batch FLOPs of a block-1
+    and a block-2 forward at each split (flops[b, split-1] = (split, F1, F2)), and E[q²]."""
+
+    gram: np.ndarray  # [U, N, N]
+    dims: np.ndarray  # [U]
+    units: list[str]
+    flops: np.ndarray  # [N, L-1, 3]
+    q2: float = 0.0
+
+    @property
+    def batches(self) -> int:
+        return self.gram.shape[1]
+
+    def block_norms(self, split: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """Per batch ‖h1‖², ‖h2‖² and the blocks' sizes at ``split``."""
+        one = np.array([unit_block(u, split) == 1 for u in self.units])
+        diag = np.einsum("unn->un", self.gram)
+        return diag[one].sum(0), diag[~one].sum(0), int(self.dims[one].sum()), int(self.dims[~one].sum())
+
+    def block_flops(self, split: int) -> tuple[np.ndarray, np.ndarray]:
+        row = self.flops[:, split - 1]
+        if not np.all(row[:, 0] == split):
+            raise ValueError(f"the FLOPs table has no split {split}")
+        return row[:, 1], row[:, 2]
+
+
+def gram_by_unit(grads: np.ndarray, unit_index: np.ndarray, units: int) -> np.ndarray:
+    """[U, N, N] Gram matrices of the batch gradients restricted to each unit."""
+    out = np.zeros((units, grads.shape[0], grads.shape[0]))
+    for u in range(units):
+        part = grads[:, unit_index == u].astype(np.float64)
+        out[u] = part @ part.T
+    return out
+
+
+def pair_mean(gram: np.ndarray) -> float:
+    """The U-statistic (1/(N(N−1))) Σ_{a≠b} gram[a, b]: unbiased for ‖E h‖²."""
+    n = gram.shape[0]
+    return float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
+
+
+def leave_one_out_pair_means(gram: np.ndarray) -> np.ndarray:
+    """pair_mean of the Gram matrix without batch b, for every b."""
+    n = gram.shape[0]
+    off = gram.sum() - np.trace(gram)
+    rows = gram.sum(1) - np.diag(gram)
+    return (off - 2 * rows) / ((n - 1) * (n - 2))
+
+
+def jackknife_se(full: float, leave_one_out: np.ndarray) -> float:
+    """The delete-one jackknife standard error of a statistic."""
+    n = len(leave_one_out)
+    return float(np.sqrt((n - 1) / n * np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
+
+
+def loo_means(x: np.ndarray) -> np.ndarray:
+    return (x.sum() - x) / (len(x) - 1)
+
+
+@dataclass
+class SettingTerms:
+    """A setting's per-batch E‖ĝ‖² and step FLOPs on one checkpoint."""
+
+    y: np.ndarray
+    cost: np.ndarray
+
+
+def setting_terms(ck: Checkpoint, s: Setting) -> SettingTerms:
+    a1, a2, d1, d2 = ck.block_norms(s.split)
+    f1, f2 = ck.block_flops(s.split)
+    return SettingTerms(s.second_moment(a1, a2, d1, d2, ck.q2), s.flops(f1, f2))
+
+
+def figures(ck: Checkpoint, s: Setting, reference: SettingTerms) -> dict:
+    """A setting's figures with jackknife SEs: descent ratio r = ‖G‖²/E‖ĝ‖², effective cosine
+    √r, r per GFLOP of a step, and, against ``reference`` (the default setting on the same
+    batches: a paired comparison), the best-step-size ratio and the descent-per-FLOP ratio."""
+    total = ck.gram.sum(0)
+    g2, g2_loo = pair_mean(total), leave_one_out_pair_means(total)
+    t = setting_terms(ck, s)
+
+    def stat(g, y, c, ry, rc):
+        r = g / y
+        return np.array([r, np.sqrt(max(r, 0.0)), r / (c / 1e9), ry / y, (ry * rc) / (y * c)])
+
+    full = stat(g2, t.y.mean(), t.cost.mean(), reference.y.mean(), reference.cost.mean())
+    loo = np.stack([stat(g, y, c, ry, rc) for g, y, c, ry, rc in zip(
+        g2_loo, loo_means(t.y), loo_means(t.cost), loo_means(reference.y), loo_means(reference.cost))])
+    se = [jackknife_se(full[k], loo[:, k]) for k in range(len(full))]
+    names = ("descent_ratio", "cosine", "descent_per_gflop", "step_size_vs_default", "per_flop_vs_default")
+    out = {"setting": s.label, "estimator": s.estimator, "p1": s.p1, "p2": s.p2,
+           "split": s.split if s.family.split_matters else None,
+           "forwards": list(s.forwards()), "gflops_per_step": float(t.cost.mean() / 1e9)}
+    for k, name in enumerate(names):
+        out[name] = float(full[k])
+        out[name + "_se"] = float(se[k])
+    return out
+
+
+def unit_shares(ck: Checkpoint) -> list[dict]:
+    """Each unit's share of ‖G‖² (U-statistics, so the batches' noise does not inflate small
+    units), with jackknife SEs."""
+    total = ck.gram.sum(0)
+    g2, g2_loo = pair_mean(total), leave_one_out_pair_means(total)
+    out = []
+    for u, name in enumerate(ck.units):
+        if ck.dims[u] == 0:
+            continue
+        share = pair_mean(ck.gram[u]) / g2
+        loo = leave_one_out_pair_means(ck.gram[u]) / g2_loo
+        out.append({"unit": name, "elements": int(ck.dims[u]), "share": share, "share_se": jackknife_se(share, loo)})
+    return out
+
+
+def block_share(ck: Checkpoint, split: int) -> tuple[float, float]:
+    """Block 2's share of ‖G‖² at ``split``, with its jackknife SE."""
+    total = ck.gram.sum(0)
+    two = sum(ck.gram[u] for u, name in enumerate(ck.units) if unit_block(name, split) == 2)
+    share = pair_mean(two) / pair_mean(total)
+    loo = leave_one_out_pair_means(two) / leave_one_out_pair_means(total)
+    return share, jackknife_se(share, loo)
+
+
+def reference_cos2(ck: Checkpoint, examples: int, batch: int) -> float:
+    """cos²(g_M, G) for a reference gradient g_M of ``examples`` examples: the factor by which
+    every descent ratio shrinks when measured against g_M instead of G."""
+    total = ck.gram.sum(0)
+    g2 = pair_mean(total)
+    per_batch_noise = float(np.trace(total) / total.shape[0]) - g2  # tr Σ_B
+    return g2 / (g2 + per_batch_noise * batch / examples)
+
+
+def mean_and_se(samples: np.ndarray) -> tuple[float, float]:
+    """A Monte-Carlo mean and its standard error."""
+    samples = np.asarray(samples, float)
+    return float(samples.mean()), float(samples.std(ddof=1) / np.sqrt(len(samples)))

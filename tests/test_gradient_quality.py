@@ -1,0 +1,189 @@
+"""The gradient-quality bench's statistics on cases with a known answer.
+
+The closed-form second moments (``gradient_quality_stats``) are checked against Monte-Carlo
+draws of edgezo's own method code (``Method.step`` + ``update_rule``) on the quadratic toy
+executor, whose gradient is exact and whose central differences are exact directional
+derivatives; the cost accounting against the forward counts the methods themselves report; the
+U-statistic, jackknife and figures against synthetic batch gradients with a known mean.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import gradient_quality_stats as st  # noqa: E402
+from edgezo.estimators import ProbeConfig, update_rule  # noqa: E402
+from edgezo.methods import method_of  # noqa: E402
+from edgezo.methods.fedavg import FedAvg  # noqa: E402
+from toy_executor import QuadraticExecutor, estimated_gradient  # noqa: E402
+
+N1, N2, COUPLING = 6, 10, 0.3
+
+
+def probe_of(s: st.Setting, eps: float) -> ProbeConfig:
+    if s.estimator.startswith("spzo"):
+        return ProbeConfig("spzo", s.p1, s.p2, eps, s.estimator.split("-")[1])
+    return ProbeConfig("decomfl", s.p1, 1, eps, difference=s.estimator)
+
+
+DRAWS = 800
+
+
+@lru_cache(maxsize=None)
+def monte_carlo(s: st.Setting, eps: float, draws: int = DRAWS):
+    """g·ĝ and ‖ĝ‖² of ``draws`` steps of the method itself on the toy (each round a fresh set
+    of seeds); cached, as two tests read the joint setting's draws."""
+    ex = QuadraticExecutor(N1, N2, COUPLING, seed=1)
+    probe = probe_of(s, eps)
+    method = method_of(probe.method)
+    g = ex.gradient(0.0)
+    dots, norms = [], []
+    for rnd in range(draws):
+        result = method.step(ex, 0.0, probe, 3, rnd, 0)
+        ghat = estimated_gradient(result.scalars, lambda sc: update_rule(sc, 1.0, probe.variant), ex)
+        dots.append(g @ ghat)
+        norms.append(ghat @ ghat)
+    return np.array(dots), np.array(norms)
+
+
+def forward_q2(ex: QuadraticExecutor, eps: float) -> float:
+    """E[q²] of the toy, q = (eps/2) zᵀHz: H = I plus the coupling c between θ1[:m] and θ2[:m],
+    so zᵀHz = d + 2c Σ_k z1_k z2_k and E[q²] = (eps/2)² (d² + 4c²m) for Rademacher z."""
+    d, m = N1 + N2, min(N1, N2)
+    return (eps / 2) ** 2 * (d**2 + 4 * COUPLING**2 * m)
+
+
+@pytest.mark.parametrize("setting, eps", [
+    (st.Setting("spzo-joint", 2, 3), 1e-3),
+    (st.Setting("spzo-joint", 1, 4), 1e-3),
+    (st.Setting("spzo-clean", 2, 3), 1e-3),
+    (st.Setting("central", 3), 1e-3),
+    (st.Setting("forward", 2), 0.05),  # eps large enough that the curvature term counts
+])
+def test_closed_form_moments_match_the_methods_own_estimates(setting, eps):
+    ex = QuadraticExecutor(N1, N2, COUPLING, seed=1)
+    h = ex.gradient(0.0)
+    a1, a2 = h[:N1] @ h[:N1], h[N1:] @ h[N1:]
+    q2 = forward_q2(ex, eps) if setting.estimator == "forward" else 0.0
+    dots, norms = monte_carlo(setting, eps)
+    dot, dot_se = st.mean_and_se(dots)
+    norm, norm_se = st.mean_and_se(norms)
+    assert abs(dot - h @ h) < 4 * dot_se  # unbiased: E[g·ĝ] = ‖g‖²
+    expected = float(setting.second_moment(a1, a2, N1, N2, q2))
+    assert abs(norm - expected) < 4 * norm_se, (norm, norm_se, expected)
+    assert norm_se < 0.06 * expected  # the check can fail: the MC is precise enough to tell terms apart
+
+
+def test_the_joint_variants_shared_block1_probe_is_not_independent_probing():
+    """The joint and clean moments differ by terms the MC resolves (the test above would not
+    tell them apart otherwise): joint block 2 carries block 1's gradient as noise."""
+    ex = QuadraticExecutor(N1, N2, COUPLING, seed=1)
+    h = ex.gradient(0.0)
+    a1, a2 = h[:N1] @ h[:N1], h[N1:] @ h[N1:]
+    joint = st.Setting("spzo-joint", 2, 3).second_moment(a1, a2, N1, N2)
+    clean = st.Setting("spzo-clean", 2, 3).second_moment(a1, a2, N1, N2)
+    _, norms = monte_carlo(st.Setting("spzo-joint", 2, 3), 1e-3)
+    mean, se = st.mean_and_se(norms)
+    assert abs(joint - clean) > 6 * se
+    assert abs(mean - clean) > 4 * se
+
+
+@pytest.mark.parametrize("setting", [st.Setting("spzo-joint", 2, 4), st.Setting("spzo-clean", 3, 2),
+                                     st.Setting("central", 4), st.Setting("forward", 4)])
+def test_cost_is_the_forward_count_the_method_reports(setting):
+    ex = QuadraticExecutor(N1, N2, COUPLING)
+    probe = probe_of(setting, 1e-3)
+    result = method_of(probe.method).step(ex, 0.0, probe, 0, 1, 0)
+    assert (result.forwards1, result.forwards2) == setting.forwards()
+    assert result.flops == pytest.approx(float(setting.flops(*ex.forward_flops(0.0))))
+
+
+def test_backprop_cost_is_what_fedavg_charges():
+    class FirstOrderToy(QuadraticExecutor):
+        def loss_and_grad(self, batch):
+            g = self.gradient(batch)
+            return self.loss(batch), {"block1.w": g[:N1], "block2.w": g[N1:]}
+
+        def add_to_trainable(self, deltas, scale=1.0):
+            for name, delta in deltas.items():
+                self.theta[name] += np.float32(scale) * delta.astype(np.float32)
+
+    ex = FirstOrderToy(N1, N2, COUPLING)
+    out = FedAvg().local_round(ex, [0.0], None, 0.1, 0, 1)
+    assert out.flops == pytest.approx(float(st.Setting("backprop").flops(*ex.forward_flops(0.0))))
+
+
+def synthetic_checkpoint(n=40, seed=0, sigma=0.5):
+    """Batch gradients h_b = G + N(0, σ²I) over 4 layers and a head, with a known G."""
+    rng = np.random.default_rng(seed)
+    units = ["embed", "layers.0", "layers.1", "layers.2", "layers.3", "head"]
+    dims = np.array([0, 30, 30, 30, 30, 10])
+    index = np.repeat(np.arange(len(units)), dims)
+    G = np.concatenate([np.full(k, scale) for k, scale in zip(dims, (0, 0.1, 0.1, 0.3, 0.3, 0.5))])
+    grads = G + sigma * rng.normal(size=(n, dims.sum()))
+    flops = np.array([[[s, 1e9 * s, 1e9 * (4 - s)] for s in (1, 2, 3)]] * n)
+    return st.Checkpoint(st.gram_by_unit(grads, index, len(units)), dims, units, flops), G, index
+
+
+def test_leave_one_out_pair_means_are_the_deleted_statistic():
+    ck, _, _ = synthetic_checkpoint(n=7)
+    total = ck.gram.sum(0)
+    loo = st.leave_one_out_pair_means(total)
+    for b in range(7):
+        keep = [a for a in range(7) if a != b]
+        assert loo[b] == pytest.approx(st.pair_mean(total[np.ix_(keep, keep)]))
+
+
+def test_figures_land_within_their_se_of_the_known_answer():
+    """Central SPSA with one probe on the synthetic gradients: r = ‖G‖² / (d·E‖h‖²) with
+    E‖h‖² = ‖G‖² + dσ²; block 2's share at split 2 is that of layers 2, 3 and the head."""
+    sigma, misses = 0.5, 0
+    for seed in range(20):
+        ck, G, index = synthetic_checkpoint(seed=seed, sigma=sigma)
+        d = int(ck.dims.sum())
+        known = (G @ G) / (d * (G @ G + d * sigma**2))
+        s = st.Setting("central", 1, 1, 2)
+        fig = st.figures(ck, s, st.setting_terms(ck, s))
+        misses += abs(fig["descent_ratio"] - known) > 2 * fig["descent_ratio_se"]
+        assert fig["per_flop_vs_default"] == pytest.approx(1.0)
+        share, share_se = st.block_share(ck, 2)
+        known_share = (G[index >= 3] @ G[index >= 3]) / (G @ G)
+        assert abs(share - known_share) < 4 * share_se
+    assert misses <= 4  # a 2-SE interval covers the known answer about 95% of the time
+
+
+def test_settings_grid_keeps_the_default_and_every_family():
+    grid = st.settings_grid()
+    assert st.DEFAULT in grid
+    assert {s.estimator for s in grid} == set(st.ESTIMATORS)
+    assert len(grid) == 2 * 3 * 25 + 2 * 5 + 1
+
+
+@pytest.mark.slow
+def test_the_real_pipeline_on_a_tiny_model(tiny_llama, sst2_dir, tmp_path):
+    """Backprop gradients, the mid-training checkpoint, the linearisation check through the
+    methods' own steps and every figure, on a tiny Llama over real SST-2 examples."""
+    import gradient_quality as gq
+    import gradient_quality_grads as grads
+
+    bench = grads.load_bench("norm", model=str(tiny_llama), data=str(sst2_dir), cache=tmp_path)
+    result = gq.trainable_result(bench, 6, [2, 3], (1, 4), ["base", "mid"])
+    assert set(result["checkpoints"]) == {"base", "mid"}
+    for ck in result["checkpoints"].values():
+        central = [r for r in ck["linearisation"] if r["difference"] == "central"]
+        assert all(r["relative_difference"] < 0.05 for r in central), central
+        rows = {s["setting"]: s for s in ck["settings"]}
+        assert rows["backprop"]["descent_ratio"] > rows[result["default"]]["descent_ratio"]
+        # joint SPZO with one probe of each block is one whole-model SPSA probe: same figures
+        assert rows["spzo-joint P1=1 P2=1 split=3"]["descent_per_gflop"] == pytest.approx(rows["central P=1"]["descent_per_gflop"])
+        assert rows[result["default"]]["per_flop_vs_default"] == pytest.approx(1.0)
+    assert result["checkpoints"]["mid"]["checkpoint"]["steps"] == grads.MID_STEPS
+    again = gq.trainable_result(bench, 6, [2, 3], (1, 4), ["base"])  # from the cache: the same figures
+    assert again["checkpoints"]["base"]["settings"] == result["checkpoints"]["base"]["settings"]
