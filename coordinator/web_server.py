@@ -9,6 +9,8 @@ the MQTT protocol over WebSockets like any device. Routes (``web/CONTRACT.md``):
 * ``/assets/<file>`` -> a file of the built page;
 * ``/job/config.json`` -> where the broker's WebSocket listener is and what to download;
 * ``/job/model.onnx``, ``/job/tokenizer.json`` -> the export and the model's tokenizer;
+* ``/job/trainable.safetensors`` -> the base model's trainable tensors (round 0; the page replays
+  the seed log from there, the graph takes them as inputs);
 * ``/job/data?shard=I/N`` -> a shard of ``--web-data``'s training examples (demos and tests).
 
 Every response carries the cross-origin isolation headers (COOP/COEP/CORP): WASM threads need
@@ -69,14 +71,15 @@ class BrokerWebSocket:
 @dataclass(frozen=True)
 class WebJob:
     """What the pages of one job are served: the run (topic prefix ``edgezo/<run>/``), the broker,
-    the export and its SHA-256, the tokenizer file, the built page's folder, and ``shard(i, n)``
-    -> JSONL bytes (None: no ``--web-data``)."""
+    the export and its SHA-256, the tokenizer file, the base trainables (a round-0 checkpoint file),
+    the built page's folder, and ``shard(i, n)`` -> JSONL bytes (None: no ``--web-data``)."""
 
     run: str
     broker: BrokerWebSocket
     model_path: Path
     model_sha256: str
     tokenizer_path: Path
+    trainable_path: Path
     assets: Path
     shard: Callable[[int, int], bytes] | None = None
 
@@ -84,7 +87,7 @@ class WebJob:
         """``/job/config.json``."""
         return {"run": self.run, "broker_ws": self.broker.for_host(page_host), "prefix": f"edgezo/{self.run}/",
                 "model_url": "/job/model.onnx", "model_sha256": self.model_sha256, "tokenizer_url": "/job/tokenizer.json",
-                "data_url": "/job/data" if self.shard is not None else None}
+                "trainable_url": "/job/trainable.safetensors", "data_url": "/job/data" if self.shard is not None else None}
 
 
 def parse_shard_query(text: str) -> tuple[int, int]:
@@ -106,7 +109,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query)
         route = {"/join": self._join, "/job/config.json": self._config, "/job/model.onnx": self._model,
-                 "/job/tokenizer.json": self._tokenizer, "/job/data": self._data}.get(url.path)
+                 "/job/tokenizer.json": self._tokenizer, "/job/trainable.safetensors": self._trainable,
+                 "/job/data": self._data}.get(url.path)
         try:
             if route is not None:
                 route(query)
@@ -135,6 +139,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _tokenizer(self, query: dict) -> None:
         self._file(self.job.tokenizer_path)
+
+    def _trainable(self, query: dict) -> None:
+        self._file(self.job.trainable_path)
 
     def _data(self, query: dict) -> None:
         if self.job.shard is None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -83,9 +86,20 @@ def tokenizer_file(ex, model_folder: str, fallback: Path) -> Path:
     return fallback
 
 
+def base_trainable_file(ex, folder: Path) -> Path:
+    """The trainable tensors as they are now (call it before the seed log is replayed: round 0) in
+    the checkpoint format of PROTOCOL.md section 10, with their fingerprint: the page's starting
+    replica, checked by that fingerprint and then by every replayed entry's."""
+    from .checkpoint_format import write_checkpoint
+
+    return write_checkpoint(folder, 0, ex.trainable_arrays(), ex.fingerprint())
+
+
 def serve_browser_devices(ex, info, cfg: JobConfig, data, run: str, options: WebOptions, broker: BrokerWebSocket,
                           say: Callable[[str], None]) -> tuple[WebServer, str]:
-    """Export (cached), check, and serve; returns the running server and the export's SHA-256."""
+    """Export (cached), check, and serve; returns the running server and the export's SHA-256.
+    ``ex`` must be the base model (before any seed-log entry is applied): its trainables are served
+    as round 0."""
     from edgezo.backends.torch.onnx_check import check_export
     from edgezo.backends.torch.onnx_export import cached_export
     from edgezo.keys import Direction
@@ -97,8 +111,10 @@ def serve_browser_devices(ex, info, cfg: JobConfig, data, run: str, options: Web
     say(f"ONNX export checked against the torch executor on {agreement.batches} batches of the job: label logits within "
         f"{agreement.max_logit_diff:.2g}, probe scalars within {agreement.max_scalar_rel_diff:.2g} relative")
     shard = functools.lru_cache(maxsize=16)(functools.partial(shard_jsonl, cfg, options.data)) if options.data else None
-    job = WebJob(run, broker, export.path, export.sha256, tokenizer_file(ex, info.path, export.path.with_name("tokenizer.json")),
-                 assets, shard)
+    files = Path(tempfile.mkdtemp(prefix="edgezo-web-"))  # this job's round-0 trainables (LoRA's depend on the run seed)
+    job = WebJob(run, broker, export.path, export.sha256, tokenizer_file(ex, info.path, files / "tokenizer.json"),
+                 base_trainable_file(ex, files), assets, shard)
+    weakref.finalize(job, shutil.rmtree, files, True)
     server = WebServer(job, options.host, options.port, options.certfile, options.keyfile).start()
     return server, export.sha256
 

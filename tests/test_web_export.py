@@ -13,7 +13,7 @@ from edgezo.backends.torch.factory import build_torch_executor
 from edgezo.backends.torch.onnx_check import check_export, label_loss, onnx_outputs, onnx_session, trainable_values
 from edgezo.backends.torch.onnx_export import OUTPUTS, cached_export, export_key
 from edgezo.config import JobConfig
-from edgezo.coordinator.web_serving import check_batches
+from edgezo.coordinator.web_serving import base_trainable_file, check_batches
 from edgezo.errors import EdgezoError
 from edgezo.jobdata import load_job_data
 from edgezo.keys import Direction
@@ -89,3 +89,15 @@ def test_an_export_that_computes_something_else_is_refused(job, export):
             check_export(export[0].path, ex, check_batches(ex, data, cfg, 1), Direction(cfg.seed, 1, 0, 0, 0, 0), cfg.eps)
     finally:
         frozen.data.copy_(saved)
+
+
+def test_base_trainables_are_served_as_a_round_0_checkpoint(job, tmp_path):
+    """The page's starting replica: the graph's trainable inputs at round 0, with their fingerprint."""
+    from safetensors import safe_open
+
+    cfg, data, ex, info = job
+    path = base_trainable_file(ex, tmp_path)
+    with safe_open(str(path), "np") as f:
+        assert f.metadata() == {"format": "edgezo-checkpoint-1", "round": "0", "fingerprint": ex.fingerprint()}
+        assert list(f.keys()) == sorted(ex.names)
+        assert all(np.array_equal(f.get_tensor(n), a) for n, a in ex.trainable_arrays().items())

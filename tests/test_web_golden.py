@@ -1,5 +1,5 @@
-"""The browser device's golden tokenisation (tests/golden/web_tokens_sst2.json, which the Node tests in
-web/test/ check the page's JavaScript against) still equals what the Python executors give."""
+"""The browser device's golden tokenisation (tests/golden/web_tokens_sst2.json: real SST-2 prompts for the page's JavaScript,
+incl. the tiny tokenizer its end-to-end test loads) still equals what the Python executors give."""
 
 from __future__ import annotations
 

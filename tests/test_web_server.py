@@ -51,12 +51,13 @@ def web_files(tmp_path):
     (tmp_path / "secret.txt").write_text("not an asset")
     (tmp_path / "model.onnx").write_bytes(b"onnx-bytes" * 1000)
     (tmp_path / "tokenizer.json").write_text('{"model": {}}')
+    (tmp_path / "trainable.safetensors").write_bytes(b"tensors")
     return tmp_path
 
 
 def make_job(folder: Path, shard=None) -> WebJob:
     return WebJob("demo", BrokerWebSocket(scheme="ws", port=9001), folder / "model.onnx", "ab" * 32, folder / "tokenizer.json",
-                  folder / "assets", shard)
+                  folder / "trainable.safetensors", folder / "assets", shard)
 
 
 def listening(port: int) -> list[str]:
@@ -88,10 +89,11 @@ def test_routes_serve_the_page_the_job_and_the_isolation_headers(web_files):
         config = json.loads(body)
         assert config == {"run": "demo", "broker_ws": "ws://phone-visible.example:9001", "prefix": "edgezo/demo/",
                           "model_url": "/job/model.onnx", "model_sha256": "ab" * 32, "tokenizer_url": "/job/tokenizer.json",
-                          "data_url": None}
+                          "trainable_url": "/job/trainable.safetensors", "data_url": None}
         assert headers["Cache-Control"] == "no-store"
         assert get(f"{base}/job/model.onnx")[2] == b"onnx-bytes" * 1000
         assert get(f"{base}/job/tokenizer.json")[2] == b'{"model": {}}'
+        assert get(f"{base}/job/trainable.safetensors")[2] == b"tensors"
         status, _, body = get(f"{base}/job/data?shard=0/2")
         assert status == 404 and b"--web-data" in body
         assert get(f"{base}/nothing")[0] == 404
