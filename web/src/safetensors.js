@@ -7,7 +7,7 @@
 
 const MAX_HEADER = 100 << 20;
 
-/** `{metadata, tensors: Map(name → Float32Array)}` from a safetensors file's bytes. */
+/** `{metadata, tensors: Map(name → Float32Array), shapes: Map(name → dims)}` from a safetensors file's bytes. */
 export function readSafetensors(bytes) {
   if (bytes.length < 8) throw new Error(`a safetensors file of ${bytes.length} bytes is cut short`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -21,6 +21,7 @@ export function readSafetensors(bytes) {
   }
   const data = bytes.subarray(8 + headerLength);
   const tensors = new Map();
+  const shapes = new Map();
   for (const [name, info] of Object.entries(header)) {
     if (name === "__metadata__") continue;
     if (info.dtype !== "F32") throw new Error(`tensor ${name} is ${info.dtype}; trainable tensors travel as F32`);
@@ -31,8 +32,9 @@ export function readSafetensors(bytes) {
     const src = new DataView(data.buffer, data.byteOffset + start, end - start);
     for (let k = 0; k < count; k++) out[k] = src.getFloat32(4 * k, true);
     tensors.set(name, out);
+    shapes.set(name, info.shape);
   }
-  return { metadata: header.__metadata__ ?? {}, tensors };
+  return { metadata: header.__metadata__ ?? {}, tensors, shapes };
 }
 
 /** A safetensors file of float32 tensors (for tests and tools): `[[name, Float32Array], ...]`. */

@@ -1,0 +1,193 @@
+/**
+ * The join page (issue 26): a phone joins a federated job by opening
+ * `/join?device-id=NAME[&shard=I/N][&token=T]`. It reads `/job/config.json`, holds its data (a
+ * shard the coordinator offers, or a file picked or pasted here), loads the tokenizer and the ONNX
+ * export (WebGPU where the browser has a real adapter and the build ships it, else WASM), checks
+ * the export's SHA-256, frees the model bytes once the session exists, measures itself, and runs
+ * the device loop over MQTT-over-WebSockets. Everything a person (or a test) needs to see is in
+ * `window.edgezoState` and on screen: job, round, loss, time per probe, what was sent, battery,
+ * network, and a clear message for every failure.
+ */
+
+import mqtt from "mqtt";
+import { Tokenizer } from "@huggingface/tokenizers";
+
+import { batcher, examplesFor, parseRecords } from "./data.js";
+import { BrowserDevice, checkName, offlineStatus, topicsOf } from "./device.js";
+import { connectLink } from "./link.js";
+import { lossFromForward, ortForward } from "./model.js";
+import { browserProfile, memoryLimitGb } from "./profile.js";
+import { taskOf } from "./prompts.js";
+import { readSafetensors } from "./safetensors.js";
+import { sha256Hex } from "./sha256.js";
+import { jobTokenizer } from "./tokenizer.js";
+import { render, showDataForm } from "./view.js";
+
+const state = {
+  phase: "loading", job: null, round: null, rounds: null, loss: null, lastScalars: null, sent: null, bytesSent: 0, error: null,
+  warning: null, progress: null, probeSeconds: null, backend: null, connection: null, battery: null, network: null, message: null,
+};
+window.edgezoState = state;
+
+function report(patch) {
+  if (patch.sent) state.bytesSent += patch.sent.bytes;
+  Object.assign(state, patch);
+  render(state);
+}
+
+async function fetchOk(url, what) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw new Error(`could not reach the coordinator for ${what} (${url}): ${e.message}`);
+  }
+  if (!response.ok) throw new Error(`the coordinator answered ${response.status} for ${what} (${url})`);
+  return response;
+}
+
+/** The examples: the offered shard (`shard=I/N` in the join link), else what the person gives. */
+async function loadRecords(config, shard) {
+  if (shard) {
+    if (!config.data_url) throw new Error(`the join link asks for shard ${shard}, but the coordinator offers no data (start it with --web-data)`);
+    const [i] = shard.split("/").map(Number);
+    const text = await (await fetchOk(`${config.data_url}?shard=${encodeURIComponent(shard)}`, `data shard ${shard}`)).text();
+    return { records: parseRecords(text, "shard.jsonl"), index: i };
+  }
+  report({ phase: "waiting for data", message: "pick or paste this device's examples (JSONL or CSV with the task's columns and label)" });
+  const { text, name } = await showDataForm(config.task);
+  return { records: parseRecords(text, name), index: null };
+}
+
+/** The model bytes, read with progress, checked against the digest the coordinator published. */
+async function downloadModel(config) {
+  const response = await fetchOk(config.model_url, "the model");
+  const total = Number(response.headers.get("Content-Length")) || 0;
+  const reader = response.body.getReader();
+  const parts = [];
+  let got = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    got += value.length;
+    report({ progress: `model ${(got / 2 ** 20).toFixed(0)}${total ? ` of ${(total / 2 ** 20).toFixed(0)}` : ""} MiB` });
+  }
+  const bytes = new Uint8Array(got);
+  let at = 0;
+  for (const p of parts.splice(0)) { bytes.set(p, at); at += p.length; }
+  const sha = await sha256Hex(bytes);
+  if (config.model_sha256 && sha !== config.model_sha256) {
+    throw new Error(`wrong model digest: the downloaded model has SHA-256 ${sha.slice(0, 12)}..., the coordinator published ${config.model_sha256.slice(0, 12)}... (a corrupted or tampered download); reload the page`);
+  }
+  return { bytes, sha };
+}
+
+/** onnxruntime-web: the WebGPU build where the browser has a real (not software) adapter and this
+ * build ships it, else WASM; `?ep=wasm|webgpu` forces one, `?threads=N` sets WASM threads. */
+async function loadRuntime(params) {
+  const forced = params.get("ep");
+  let ep = forced ?? "wasm";
+  if (!forced && navigator.gpu) {
+    const adapter = await navigator.gpu.requestAdapter().catch(() => null);
+    const real = adapter && !(adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter);
+    if (real && (await fetch("/assets/ort.webgpu.bundle.min.mjs", { method: "HEAD" }).then((r) => r.ok, () => false))) ep = "webgpu";
+  }
+  const bundle = ep === "webgpu" ? "ort.webgpu.bundle.min.mjs" : "ort.wasm.bundle.min.mjs";
+  const ort = await import(/* @vite-ignore */ `/assets/${bundle}`);
+  ort.env.wasm.wasmPaths = "/assets/";
+  const threads = Number(params.get("threads")) || (self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1);
+  ort.env.wasm.numThreads = threads;
+  return { ort, ep, threads };
+}
+
+async function loadSession(ort, ep, config) {
+  report({ phase: "downloading the model" });
+  let { bytes, sha } = await downloadModel(config);
+  report({ phase: "loading the model", progress: null });
+  const size = bytes.length;
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ep === "webgpu" ? ["webgpu", "wasm"] : ["wasm"] });
+  bytes = null; // the session holds its own copy: let the download go (the page otherwise needs twice the model's size)
+  return { session, sha, size };
+}
+
+/** The trainable tensors the job starts from (web/CONTRACT.md: /job/trainable.safetensors). */
+async function loadBaseTrainable(config) {
+  if (!config.trainable_url) throw new Error("the coordinator serves no trainable tensors (trainable_url in /job/config.json); update edgezo on the coordinator");
+  const file = readSafetensors(new Uint8Array(await (await fetchOk(config.trainable_url, "the trainable tensors")).arrayBuffer()));
+  return file;
+}
+
+/** One timed forward on a synthetic batch (after a warm-up): the profile's throughput. */
+async function measure(forward, base, inputNames) {
+  const [rows, width] = [4, 32];
+  const batch = { inputIds: new BigInt64Array(rows * width).fill(100n), attentionMask: new BigInt64Array(rows * width).fill(1n), dims: [rows, width] };
+  const tensors = inputNames.map((name) => ({ name, data: base.tensors.get(name) }));
+  await forward(batch, tensors);
+  const t0 = performance.now();
+  await forward(batch, tensors);
+  return { seconds: (performance.now() - t0) / 1000, tokens: rows * width };
+}
+
+function watchDevice(link) {
+  navigator.getBattery?.().then((b) => {
+    const show = () => report({ battery: `${Math.round(b.level * 100)}%${b.charging ? ", charging" : ""}` });
+    show();
+    b.addEventListener("levelchange", show);
+    b.addEventListener("chargingchange", show);
+  }).catch(() => {});
+  const net = () => report({ network: `${navigator.onLine ? "online" : "offline"}${navigator.connection ? `, ${navigator.connection.effectiveType ?? "?"}${navigator.connection.downlink ? ` ${navigator.connection.downlink} Mbit/s` : ""}` : ""}` });
+  net();
+  navigator.connection?.addEventListener?.("change", net);
+  addEventListener("online", () => { net(); link.reconnect(); });
+  addEventListener("offline", net);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) link.reconnect(); }); // the tab came back
+}
+
+async function main() {
+  const params = new URLSearchParams(location.search);
+  const deviceId = checkName("device", params.get("device-id"));
+  const shard = params.get("shard");
+  const config = await (await fetchOk("/job/config.json", "the job's settings")).json();
+  const run = config.run ?? config.prefix?.split("/")[1];
+  const data = await loadRecords(config, shard);
+  report({ phase: "loading the tokenizer" });
+  const tok = jobTokenizer(Tokenizer, await (await fetchOk(config.tokenizer_url, "the tokenizer")).json(), config.pad_token_id ?? null);
+  const { ort, ep, threads } = await loadRuntime(params);
+  report({ backend: `onnxruntime-web ${ep}${ep === "wasm" ? `, ${threads} thread${threads > 1 ? "s" : ""}` : ""}` });
+  const { session, sha, size } = await loadSession(ort, ep, config);
+  const base = await loadBaseTrainable(config);
+  const inputNames = session.inputNames.slice(2);
+  const forward = ortForward(ort, session, base.shapes);
+  report({ phase: "measuring this device" });
+  const timing = await measure(forward, base, inputNames);
+  const memory = memoryLimitGb({ deviceMemory: navigator.deviceMemory, jsHeapSizeLimit: performance.memory?.jsHeapSizeLimit });
+  const profile = browserProfile({ deviceId, backend: `onnxruntime-web-${ep}`, forwardSeconds: timing.seconds, tokens: timing.tokens,
+    modelBytes: size, memory, userAgent: navigator.userAgent, cores: navigator.hardwareConcurrency || 0 });
+  await runDevice({ params, config, run, deviceId, data, tok, sha, base, inputNames, forward, profile, memory, ep });
+}
+
+async function runDevice({ params, config, run, deviceId, data, tok, sha, base, inputNames, forward, profile, memory, ep }) {
+  const instance = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, "0")).join("");
+  const token = params.get("token");
+  const link = connectLink(mqtt, {
+    url: config.broker_ws, clientId: `edgezo-${deviceId}-${instance}`, username: config.username ?? (token ? deviceId : undefined),
+    password: config.password ?? token ?? undefined, will: { topic: topicsOf(run).status(deviceId), payload: offlineStatus(run, deviceId, instance) },
+    onEvent: (e) => report(e.error ? { connection: `error: ${e.error}` }
+      : { connection: e.connected ? "connected" : `lost: the broker at ${config.broker_ws} is unreachable; reconnecting every second` }),
+  });
+  watchDevice(link);
+  const device = new BrowserDevice({
+    deviceId, run, instance, link, profile, memoryGb: memory.available, backend: `onnxruntime-web/${ep}`, report,
+    model: { sha256: sha, inputNames, baseTrainable: base.tensors, baseFingerprint: base.metadata.fingerprint ?? null, lossOf: lossFromForward(forward) },
+    data: { size: data.records.length, index: data.index,
+      batcher: (job) => batcher(examplesFor(data.records, taskOf(job.task)), taskOf(job.task), tok.encode, job.max_length, tok.padId) },
+  });
+  addEventListener("pagehide", () => device.stop());
+  report({ phase: "connecting" });
+  const outcome = await device.start();
+  report({ phase: outcome === "finished" ? "finished" : "stopped" });
+  await link.close();
+}
+
+main().catch((e) => report({ phase: "error", error: e.message }));
