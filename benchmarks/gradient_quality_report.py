@@ -59,6 +59,11 @@ def checkpoint_notes(result: dict) -> list[str]:
         lin = ", ".join(f"{r['method']}{'-' + r['variant'] if r['variant'] else ''} {r['difference']}: {100 * r['relative_difference']:.2g}%"
                         for r in ck["linearisation"])
         shares = "; ".join(f"split {s}: {100 * v['share']:.0f} ± {100 * v['share_se']:.0f}%" for s, v in ck["block2_share"].items())
+        rows = {s["setting"]: s for s in ck["settings"]}
+        split = default["split"]
+        one = rows[f"spzo-joint P1=1 P2=1 split={split}"]["per_flop_vs_default"]
+        gains = ", ".join(f"P2={p}: {rows[f'spzo-joint P1=1 P2={p} split={split}']['per_flop_vs_default'] / one:.2f}×"
+                          for p in (2, 4, 8, 16) if f"spzo-joint P1=1 P2={p} split={split}" in rows)
         out += [
             f"- **{c}** ({ck['checkpoint'].get('steps', 0)} SGD steps; mean batch loss {ck['mean_batch_loss']:.3f}; "
             f"{ck['batches']} batches of {result['batch']}): ‖G‖² = {sci(ck['gradient_norm2'], ck['gradient_norm2_se'])}; "
@@ -66,7 +71,8 @@ def checkpoint_notes(result: dict) -> list[str]:
             f"(relative SE {100 * default['descent_ratio_se'] / default['descent_ratio']:.0f}%), "
             f"{sci(default['descent_per_gflop'], default['descent_per_gflop_se'])} per GFLOP; best: {best['setting']} at "
             f"{pm(best['per_flop_vs_default'], best['per_flop_vs_default_se'])}× the default's descent per FLOP.",
-            f"  block 2's share of ‖G‖²: {shares}. A 512-example gradient as the reference would scale every ratio by "
+            f"  Block-2 probes against none (joint, P1 = 1, split {split}, descent per FLOP over P2 = 1's): {gains}."
+            f" Block 2's share of ‖G‖²: {shares}. A 512-example gradient as the reference would scale every ratio by "
             f"cos²(g_512, G) = {ck['cos2_of_512_example_gradient']:.2f}. Forward-difference curvature term "
             f"E[q²] = {sci(ck['curvature_q2'], ck['curvature_q2_se'])}. Real scalars vs linearised (relative "
             f"difference): {lin}.",
@@ -81,7 +87,13 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     cks = list(result["checkpoints"])
-    fig, axes = plt.subplots(1, len(cks), figsize=(6 * len(cks), 4.2), squeeze=False)
+    fig, axes = plt.subplots(2, len(cks), figsize=(6 * len(cks), 8), squeeze=False)
+    for ax, c in zip(axes[1], cks):
+        units = result["checkpoints"][c]["units"]
+        ax.bar(range(len(units)), [100 * u["share"] for u in units], yerr=[100 * u["share_se"] for u in units], capsize=1)
+        ax.set_xticks(range(len(units)), [u["unit"].replace("layers.", "") for u in units], fontsize=6, rotation=90)
+        ax.set_ylabel("% of ‖G‖² (U-statistic ± SE)")
+        ax.set_title(f"{result['trainable']}, {c}: each unit's share of the gradient")
     for ax, c in zip(axes[0], cks):
         settings = result["checkpoints"][c]["settings"]
         for est, style in (("spzo-joint", "-o"), ("spzo-clean", ":s")):
