@@ -217,10 +217,14 @@ class Aggregation:
         values = np.clip(np.fromiter(scalars.values(), np.float64, len(scalars)), -self.clip, self.clip)
         return dict(zip(scalars, map(float, values)))
 
-    def combine(self, contributions: Iterable[tuple[dict[Direction, float], float]]) -> dict[Direction, float]:
+    def combine(self, contributions: Iterable[tuple[dict[Direction, float], float]],
+                screening: Screening | None = None) -> dict[Direction, float]:
         """(scalars, weight) per device -> one scalar per direction, by the rule, once the
-        out-of-bound scalars are left out."""
-        return robust_average(self.screen(contributions).kept, self.rule, self.trim)
+        out-of-bound scalars are left out. ``screening``: ``screen(contributions)`` when the
+        caller has it already (a round's review), so a round is screened once."""
+        if screening is None:
+            screening = self.screen(contributions)
+        return robust_average(screening.kept, self.rule, self.trim)
 
     def screen(self, contributions: Iterable[Contribution]) -> Screening:
         """``screen`` at this aggregation's bound: which devices' scalars ``combine`` leaves out."""

@@ -11,12 +11,13 @@ would break the model (``check_update``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from edgezo.aggregate import to_wire_precision
+from edgezo.estimators import LocalRound, ProbeConfig
 from edgezo.keys import Direction
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -102,6 +103,41 @@ def device_batch_indices(shard: Sequence[int], batch_size: int, steps: int, seed
     rng = np.random.default_rng([seed, rnd, device])
     size = min(batch_size, len(shard))
     return [[shard[k] for k in rng.choice(len(shard), size=size, replace=False)] for _ in range(steps)]
+
+
+@dataclass(frozen=True)
+class DeviceTurn:
+    """What one device does in one round, whoever runs it (``edgezo.simulation``, a Ray actor,
+    ``coordinator.device``): ``index`` picks its batches (``device_batch_indices``), ``position``
+    (1-based, among the round's devices) its direction stream (``Method.stream``), ``steps`` and
+    ``batch`` its local steps and batch size, ``probe`` how it probes the loss (None: a method
+    that backpropagates)."""
+
+    index: int
+    position: int
+    steps: int
+    batch: int
+    probe: ProbeConfig | None
+
+    def directions(self, method: Method, run_seed: int, rnd: int) -> list[Direction]:
+        """The directions this turn owes scalars for, sorted: the order a device sends them in."""
+        return method.directions(self.probe, run_seed, rnd, self.steps, method.stream(self.position))
+
+
+def device_round(method: Method, ex: Any, make_batch: Callable[[list[int]], Any], shard: Sequence[int], turn: DeviceTurn,
+                 run_seed: int, rnd: int, lr: float) -> LocalRound:
+    """One device's round on a replica that holds the round's starting weights: its batches, the
+    method's local steps on its stream, and its scalars as it sends them (float32).
+
+    Why one function: the simulation, the Ray actors and a real device must end on the same model
+    bit for bit, so the batches, the stream and the rounding are decided here only. The replica is
+    left where the local steps took it: the caller restores the round's start."""
+    indices = device_batch_indices(shard, turn.batch, turn.steps, run_seed, rnd, turn.index)
+    batches = [make_batch(ix) for ix in indices]
+    result = method.local_round(ex, batches, turn.probe, lr, run_seed, rnd, method.stream(turn.position))
+    result.examples = sum(b.size for b in batches)
+    result.scalars = to_wire_precision(result.scalars)
+    return result
 
 
 def evaluation_due(cfg: JobConfig, rnd: int) -> bool:
@@ -199,9 +235,9 @@ def review_round(method: Method, names: Sequence[str], contributions: Sequence[t
 
     ``names[k]`` names the device of ``contributions[k]``; both in a fixed order (device order), so
     the review does not depend on the order results arrived in."""
-    screening = aggregation.screen(contributions)
+    screening = aggregation.screen(contributions)  # once a round: the update below is combined from it
     cut = {names[k]: why for k, why in screening.outliers.items()}
-    update = method.aggregate(contributions, lr, variant, aggregation)
+    update = method.aggregate(contributions, lr, variant, aggregation, screening)
     verdict = check_update(update, lr, max_gain)
     if verdict.accepted:
         return RoundReview(update, cut)
@@ -216,20 +252,18 @@ def review_round(method: Method, names: Sequence[str], contributions: Sequence[t
 def apply_reviewed(method: Method, replicas: Sequence[tuple], results: Sequence[tuple], names: Sequence[str], lr: float,
                    variant: str, aggregation: Aggregation) -> tuple[list | None, RoundReview | None]:
     """A simulated round's close: ``review_round`` on the devices' results (``names[k]`` names
-    ``results[k]``), then every replica moved to the new global model by ``method.apply_round``,
-    or, if the update is refused, put back where the round started (its seed-log entry is empty).
-    Returns the update (None for a method without a seed log) and the review (None: nothing
-    reviewed, a first-order method), after logging the review's lines as warnings."""
+    ``results[k]``), then every replica put back where the round started and moved by the
+    reviewed update (empty when refused: the seed-log entry is empty too). Returns the update
+    (None for a method without a seed log: a first-order method's ``apply_round`` moves the
+    replica itself) and the review (None: nothing reviewed)."""
     if method.backprop:
         return method.apply_round(replicas, results, lr, variant, aggregation), None
     review = review_round(method, names, [(r.scalars, w) for r, w in results], lr, variant, aggregation)
-    if review.accepted:
-        update = method.apply_round(replicas, results, lr, variant, aggregation)
-    else:
-        update = review.update
-        for replica, weights in replicas:
-            replica.restore(weights)
-    return update, review
+    for replica, weights in replicas:
+        replica.restore(weights)
+        if review.update:
+            replica.apply_update(review.update)
+    return review.update, review
 
 
 def log_review(review: RoundReview | None, rnd: int) -> None:

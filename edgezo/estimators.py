@@ -27,8 +27,10 @@ DIFFERENCES = ("central", "forward")
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """How one step probes the loss: the method (by name), its counts and scale. Built from a job
-    or a device's task by ``Method.probe``."""
+    """How one step probes the loss: the method's name (a label: the method itself is passed as
+    an object), its counts and scale. Built from a job or a device's task by ``Method.probe``,
+    which also checks what depends on the method (its finite differences); the checks here need
+    no method, so this module, which the methods are built on, imports none."""
 
     method: str = "spzo"
     p1: int = 1
@@ -38,18 +40,14 @@ class ProbeConfig:
     difference: str = "central"
 
     def __post_init__(self):
-        from edgezo.methods import method_of  # the methods are built on this module
-
-        method = method_of(self.method)
-        if method.backprop:
-            raise EdgezoError(f"{self.method} backpropagates: it has no zero-order probe")
         if self.p1 < 1 or self.p2 < 1:
             raise EdgezoError(f"P1 and P2 must be at least 1 (got P1={self.p1}, P2={self.p2})")
         if not (self.eps > 0 and math.isfinite(self.eps)):
             raise EdgezoError(f"eps must be a positive number (got {self.eps})")
         if self.variant not in VARIANTS:
             raise EdgezoError(f"unknown SPZO variant {self.variant!r}; use one of {', '.join(VARIANTS)}")
-        method.check_difference(self.difference)
+        if self.difference not in DIFFERENCES:
+            raise EdgezoError(f"unknown finite difference {self.difference!r}; use one of {', '.join(DIFFERENCES)}")
 
 
 @dataclass

@@ -7,8 +7,8 @@ code a real device and the seed-log replay use, so the simulated global model is
 ``base + replay(seed log)``.
 
 The loop holds the algorithm only, as a training loop in mlx-lm's tuner does: the job's settings
-come as a ``JobConfig``, batching with each ``SimulatedDevice``, evaluation and reporting as
-callables; ``edgezo.commands.simulate`` does the I/O. Each method's own part (its step, its
+come as a ``JobConfig``, batching with each ``SimulatedDevice``, the devices' rounds (``round_fn``),
+evaluation and reporting as callables; ``edgezo.jobs.simulate`` does the I/O. Each method's own part (its step, its
 aggregation, its bytes) is the method's (``edgezo.methods``).
 """
 
@@ -20,13 +20,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edgezo.aggregate import Aggregation, to_wire_precision
+from edgezo.aggregate import Aggregation
 from edgezo.config import JobConfig, job_work, probe_config
 from edgezo.costmodel import Work
-from edgezo.engine import RoundRecord, Totals, apply_reviewed, device_batch_indices, evaluation_due, log_review, simulated_bytes
+from edgezo.engine import (DeviceTurn, RoundRecord, Totals, apply_reviewed, device_round, evaluation_due, log_review,
+                           simulated_bytes)
 from edgezo.errors import EdgezoError
 from edgezo.estimators import LocalRound
-from edgezo.methods import method_of
+from edgezo.methods import Method, method_of
+from edgezo.methods.base import Update
 from edgezo.seedlog import LogEntry, replay
 
 
@@ -63,7 +65,6 @@ class SimulatedDevice:
     executor: Any
     make_batch: Callable[[list[int]], Any]
     work: Work | None = None
-    sends: Callable[[dict], dict] | None = None  # what it sends instead of its scalars (tests: a hostile device)
 
 
 @dataclass
@@ -77,8 +78,48 @@ class Resume:
     last: dict
 
 
+@dataclass
+class RoundStart:
+    """What a round's devices start from: the round, its learning rate, the devices that take
+    part (indices, in order) and every replica's snapshot of the global model (``weights_of``)."""
+
+    rnd: int
+    lr: float
+    included: list[int]
+    weights: list[tuple[Any, Any]]  # (replica, its snapshot of the round's start)
+
+    def weights_of(self, ex: Any) -> Any:
+        return next(w for replica, w in self.weights if replica is ex)
+
+
+Results = list[tuple[LocalRound, float]]  # each device's round and its weight (examples), in device order
+RoundFn = Callable[[RoundStart, Callable[[], None]], Results]  # (round start, on_device) -> results
+
+
 def _ignore(*args) -> None:
     pass
+
+
+def local_rounds(cfg: JobConfig, devices: Sequence[SimulatedDevice], method: Method) -> RoundFn:
+    """The default ``round_fn``: every included device's round in this process, one after the
+    other, each from the round's starting weights (``edgezo.engine.device_round``)."""
+    turns = []
+    for index, device in enumerate(devices):
+        work = device.work or job_work(cfg)
+        turns.append(DeviceTurn(index, index + 1, work.k, work.batch, probe_config(cfg, work.p1, work.p2)))
+
+    def round_fn(start: RoundStart, on_device: Callable[[], None]) -> Results:
+        results = []
+        for index in start.included:
+            device = devices[index]
+            device.executor.restore(start.weights_of(device.executor))
+            result = device_round(method, device.executor, device.make_batch, device.shard, turns[index], cfg.seed,
+                                  start.rnd, start.lr)
+            results.append((result, float(result.examples)))
+            on_device()
+        return results
+
+    return round_fn
 
 
 def run_simulation(
@@ -91,7 +132,9 @@ def run_simulation(
     on_round: Callable[[RoundRecord, LogEntry | None], None] = _ignore,
     on_device: Callable[[], None] = _ignore,
     resume: Resume | None = None,
-    engine: Any = None,
+    round_fn: RoundFn | None = None,
+    follow: Callable[[int, Update | None], None] = _ignore,
+    method: Method | None = None,
 ) -> list[RoundRecord]:
     """Run the job's rounds; returns every round's record (round 0: before training).
 
@@ -101,22 +144,19 @@ def run_simulation(
     and the seed-log entry of the round (None for a method without a seed log); ``on_device``
     is called after each device's round (a progress bar). A ``clock`` leaves out the devices
     that miss its deadline and times the rounds. With ``resume``, the job continues after the
-    resumed rounds (and returns the records of the rounds it ran). An ``engine``
-    (``edgezo.engines``) computes the devices' rounds elsewhere (``round``) and is told each
-    global update (``follow``); the aggregation, the records and the seed log stay here.
+    resumed rounds (and returns the records of the rounds it ran).
+
+    Behaviour is passed in, as mlx-lm's trainer takes its loss and batch iterator: ``round_fn``
+    computes the included devices' rounds (default ``local_rounds``: here, one after the other;
+    a Ray engine's ``round``: on its actors), and ``follow`` is told each global update (the Ray
+    actors' replicas follow it). The aggregation, the records and the seed log stay here. Each
+    device's scalars are clipped here, on receipt, as the coordinator clips them. ``method``:
+    the job's method (None: ``cfg.method``'s).
     """
-    method = method_of(cfg.method)
-    replicas = [primary]
-    for device in devices:
-        if all(device.executor is not seen for seen in replicas):
-            replicas.append(device.executor)
-    if clock is not None and not any(clock.included(d) for d in range(len(devices))):
-        raise EdgezoError(f"no device can answer a round within the {clock.deadline:g} s deadline; "
-                          "raise --round-seconds, or plan each device's work with --plan")
-    if method.backprop and len(replicas) > 1:
-        raise EdgezoError(f"{cfg.method} backpropagates, which only the torch backend does: run it with --backend torch")
-    works = [device.work or job_work(cfg) for device in devices]
-    probes = [probe_config(cfg, w.p1, w.p2) for w in works]
+    method = method or method_of(cfg.method)
+    replicas = _replicas(primary, devices)
+    _check_runnable(cfg, method, len(devices), len(replicas), clock)
+    round_fn = round_fn or local_rounds(cfg, devices, method)
     totals = Totals()
     t0 = time.perf_counter()
 
@@ -133,27 +173,16 @@ def run_simulation(
         _continue(resume, replicas, clock)
     trainable = primary.trainable_numel(1) + primary.trainable_numel(2)
     for rnd in range(1 + (len(resume.entries) if resume else 0), cfg.rounds + 1):
-        lr = cfg.round_lr(rnd)
-        global_weights = [(replica, replica.snapshot()) for replica in replicas]
-        included = [d for d in range(len(devices)) if clock is None or clock.included(d)]  # an engine computes these
-        results: list[tuple[LocalRound, float]] = [] if engine is None else engine.round(rnd, lr, included, on_device)
-        for index, (device, work, probe) in enumerate(zip(devices, works, probes) if engine is None else ()):
-            if clock is not None and not clock.included(index):
-                continue
-            ex = device.executor
-            ex.restore(next(w for r, w in global_weights if r is ex))
-            indices = device_batch_indices(device.shard, work.batch, work.k, cfg.seed, rnd, index)
-            batches = [device.make_batch(ix) for ix in indices]
-            result = method.local_round(ex, batches, probe, lr, cfg.seed, rnd, method.stream(index + 1))
-            result.examples = sum(b.size for b in batches)
-            result.scalars = aggregation.clipped((device.sends or dict)(to_wire_precision(result.scalars)))
-            results.append((result, float(result.examples)))
-            on_device()
-        update, review = apply_reviewed(method, global_weights, results, [f"device {d}" for d in included], lr, cfg.variant, aggregation)
-        if engine is not None:  # its workers' replicas follow the global model
-            engine.follow(rnd, update)
+        included = [d for d in range(len(devices)) if clock is None or clock.included(d)]
+        start = RoundStart(rnd, cfg.round_lr(rnd), included, [(replica, replica.snapshot()) for replica in replicas])
+        results = round_fn(start, on_device)
+        for result, _ in results:
+            result.scalars = aggregation.clipped(result.scalars)
+        update, review = apply_reviewed(method, start.weights, results, [f"device {d}" for d in included], start.lr,
+                                        cfg.variant, aggregation)
+        follow(rnd, update)
         totals.add_round([r for r, _ in results], *simulated_bytes(method, [r.scalars for r, _ in results], trainable))
-        loss = float(np.mean([np.mean(r.losses) for r, _ in results]))
+        loss = float(np.mean([np.mean(r.losses) for r, _ in results]))  # what the devices reported
         accuracy = evaluate() if evaluation_due(cfg, rnd) else None
         if clock is not None:
             clock.advance()
@@ -163,6 +192,24 @@ def run_simulation(
             log_review(review, rnd)
         on_round(records[-1], None if update is None else LogEntry(rnd, update))
     return records
+
+
+def _check_runnable(cfg: JobConfig, method: Method, devices: int, replicas: int, clock: SimulatedClock | None) -> None:
+    """Refuse, in one line, a job no round of which could run."""
+    if clock is not None and not any(clock.included(d) for d in range(devices)):
+        raise EdgezoError(f"no device can answer a round within the {clock.deadline:g} s deadline; "
+                          "raise --round-seconds, or plan each device's work with --plan")
+    if method.backprop and replicas > 1:
+        raise EdgezoError(f"{cfg.method} backpropagates, which only the torch backend does: run it with --backend torch")
+
+
+def _replicas(primary: Any, devices: Sequence[SimulatedDevice]) -> list[Any]:
+    """The distinct executors of the job, ``primary`` first: each holds a replica of the global model."""
+    replicas = [primary]
+    for device in devices:
+        if all(device.executor is not seen for seen in replicas):
+            replicas.append(device.executor)
+    return replicas
 
 
 def _continue(resume: Resume, replicas: Sequence[Any], clock: SimulatedClock | None) -> None:

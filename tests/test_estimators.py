@@ -101,10 +101,22 @@ def test_fedzo_update_is_the_mean_of_device_updates():
             assert c == pytest.approx(alone[d] / 3)
 
 
-@pytest.mark.parametrize("bad", [dict(p1=0), dict(p2=0), dict(eps=0.0), dict(eps=float("nan")), dict(method="sgd"), dict(variant="x")])
+@pytest.mark.parametrize("bad", [dict(p1=0), dict(p2=0), dict(eps=0.0), dict(eps=float("nan")), dict(variant="x"),
+                                 dict(difference="backward")])
 def test_bad_probe_config_is_a_clear_error(bad):
     with pytest.raises(EdgezoError):
         ProbeConfig(**bad)
+
+
+def test_a_method_builds_only_the_probes_it_can_run():
+    """The method-dependent checks are the method's (the estimators import no method): an
+    unknown name at the edge, a difference the method does not use, a backpropagating method."""
+    with pytest.raises(EdgezoError, match="unknown method 'sgd'"):
+        method_of("sgd")
+    with pytest.raises(EdgezoError, match="spzo uses central differences"):
+        method_of("spzo").probe(1, 4, 1e-3, "joint", "forward")
+    assert method_of("fedavg").probe(1, 1, 1e-3, "joint", "central") is None
+    assert method_of("mezo").probe(2, 4, 1e-3, "joint", "forward") == ProbeConfig("mezo", 2, 1, 1e-3, "joint", "forward")
 
 
 def test_nan_loss_is_a_clear_error():

@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from edgezo.aggregate import Aggregation
 from edgezo.backends.torch.factory import build_torch_executor
 from edgezo.config import JobConfig
 from edgezo.jobdata import device_shards, load_job_data, make_batcher
 from edgezo.simulation import SimulatedDevice, run_simulation
+from support.ray_checks import worker_fingerprints
 
 COMMON = ["--clients", "8", "--rounds", "2", "--local-steps", "1", "--p1", "2", "--p2", "2", "--split", "2",
           "--trainable", "norm", "--batch-size", "4", "--max-length", "32", "--eval-samples", "16",
@@ -90,7 +90,7 @@ def test_a_worker_killed_mid_round_is_replaced_and_the_job_ends_on_the_same_mode
     ex, _ = build_torch_executor(cfg, data.task)
     devices = [SimulatedDevice(shard, ex, make_batcher(ex, data.task, data.train)) for shard in shards]
     engine = RayEngine.start(RaySettings(workers=2, threads=one_thread), cfg, data.train, shards, ["torch"] * 8,
-                             [None] * 8, Aggregation(), {"torch": ex})
+                             [None] * 8, {"torch": ex})
     killed = []
 
     def kill_once():  # at round 2's first result: worker 1 still owes devices of the round
@@ -99,10 +99,11 @@ def test_a_worker_killed_mid_round_is_replaced_and_the_job_ends_on_the_same_mode
             os.kill(engine.pids[1], signal.SIGKILL)
 
     try:
-        records = run_simulation(cfg, devices, ex, lambda: 0.0, engine=engine, on_device=kill_once)
+        records = run_simulation(cfg, devices, ex, lambda: 0.0, round_fn=engine.round, follow=engine.follow,
+                                 on_device=kill_once)
         assert killed and engine.replaced == 1 and engine.pids[1] != killed[0]
         assert records[-1].fingerprint == in_process[0]
-        assert all(fp == {"torch": in_process[0]} for fp in engine.final_fingerprints())
+        assert all(fp == {"torch": in_process[0]} for fp in worker_fingerprints(engine))
     finally:
         engine.close()
 
@@ -130,6 +131,6 @@ def test_a_method_that_moves_full_models_is_refused_on_ray():
     from edgezo.errors import EdgezoError
 
     with pytest.raises(EdgezoError, match="moves full model deltas"):
-        RayEngine.start(RaySettings(), JobConfig(method="fedzo"), [], [], [], [], Aggregation())
+        RayEngine.start(RaySettings(), JobConfig(method="fedzo"), [], [], [], [])
     with pytest.raises(EdgezoError, match="--ray-workers"):
         RaySettings(workers=0)

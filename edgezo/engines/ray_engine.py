@@ -3,9 +3,9 @@
 Why this shape: a device's round depends only on (run seed, round, device index), its shard and
 the global model, so the only state that has to move is the round's scalars (up) and the round's
 update (down). Each actor (:class:`DeviceWorker`) holds one model replica per backend its devices
-use, built from the same job settings as the driver's; it computes its devices' rounds with the
-same steps as the in-process loop of ``edgezo.simulation`` and follows the global model by applying
-each round's update, exactly as a real device does. The driver keeps the round engine, the
+use, built from the same job settings as the driver's; it computes its devices' rounds with
+``edgezo.engine.device_round``, as the in-process loop and a real device do, and follows the
+global model by applying each round's update, exactly as a real device does. The driver keeps the round engine, the
 aggregation and the seed log, so the job is the in-process job: the same final fingerprint, bit for
 bit, and the same metrics except wall time (given the same thread count per replica: a matmul's
 last bits depend on it, so the actors run with the driver's ``OMP_NUM_THREADS``).
@@ -26,14 +26,14 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from edgezo.aggregate import Aggregation, to_wire_precision
 from edgezo.config import JobConfig, job_work, probe_config
 from edgezo.costmodel import Work
-from edgezo.engine import device_batch_indices
+from edgezo.engine import DeviceTurn, device_round
 from edgezo.errors import EdgezoError
 from edgezo.estimators import LocalRound
 from edgezo.methods import method_of
 from edgezo.methods.base import Update
+from edgezo.simulation import Results, RoundStart
 
 RAY_EXTRA = "pip install 'edgezo[ray]' (Ray 2.60)"
 
@@ -92,33 +92,21 @@ class RemoteDevice:
     work: Work
 
 
-def device_round(method, ex, make_batch, device: RemoteDevice, probe, cfg: JobConfig, rnd: int, lr: float,
-                 aggregation: Aggregation) -> tuple[LocalRound, float]:
-    """One device's round on a replica already holding the round's starting weights: the same
-    steps, in the same order, as the in-process loop of ``edgezo.simulation.run_simulation``."""
-    indices = device_batch_indices(device.shard, device.work.batch, device.work.k, cfg.seed, rnd, device.index)
-    batches = [make_batch(ix) for ix in indices]
-    result = method.local_round(ex, batches, probe, lr, cfg.seed, rnd, method.stream(device.index + 1))
-    result.examples = sum(b.size for b in batches)
-    result.scalars = aggregation.clipped(to_wire_precision(result.scalars))
-    return result, float(result.examples)
-
-
 class DeviceWorker:
     """A Ray actor's state: one replica per backend, the devices given to it, the round's start.
 
     Written as a plain class (``ray.remote`` wraps it at start) so it imports without Ray.
     """
 
-    def __init__(self, cfg: JobConfig, train: list, devices: Sequence[RemoteDevice], aggregation: Aggregation,
-                 threads: int, history: Sequence[Update] = ()):
+    def __init__(self, cfg: JobConfig, train: list, devices: Sequence[RemoteDevice], threads: int,
+                 history: Sequence[Update] = ()):
         _limit_threads(threads)
         from edgezo.backends.choice import build_executor
         from edgezo.jobdata import make_batcher
         from edgezo.tasks import get_task
 
         task = get_task(cfg.task)
-        self.cfg, self.aggregation = cfg, aggregation
+        self.cfg = cfg
         self.method = method_of(cfg.method)
         self.devices = {d.index: d for d in devices}
         self.replicas: dict[str, Any] = {}
@@ -148,13 +136,13 @@ class DeviceWorker:
         device = self.devices[index]
         ex = self.replicas[device.backend]
         ex.restore(self._start[device.backend])
-        probe = probe_config(self.cfg, device.work.p1, device.work.p2)
-        result, weight = device_round(self.method, ex, self.batchers[device.backend], device, probe, self.cfg, rnd, lr,
-                                      self.aggregation)
-        return index, result, weight
+        turn = DeviceTurn(index, index + 1, device.work.k, device.work.batch,
+                          probe_config(self.cfg, device.work.p1, device.work.p2))
+        result = device_round(self.method, ex, self.batchers[device.backend], device.shard, turn, self.cfg.seed, rnd, lr)
+        return index, result, float(result.examples)
 
     def follow(self, rnd: int, update: Update) -> None:
-        """Move every replica to the new global model, as ``Method.apply_round`` moves the driver's."""
+        """Move every replica to the new global model, as the driver moves its own (``apply_reviewed``)."""
         for backend, ex in self.replicas.items():
             if self._round == rnd:
                 ex.restore(self._start[backend])
@@ -177,14 +165,14 @@ def _limit_threads(threads: int) -> None:
 class RayEngine:
     """The driver's side: places devices on workers, gathers their results, replaces dead workers.
 
-    ``run_simulation(..., engine=RayEngine.start(...))`` calls :meth:`round` instead of its own
-    device loop and :meth:`follow` after each global update.
+    ``run_simulation(..., round_fn=engine.round, follow=engine.follow)`` has the devices' rounds
+    computed here and tells the workers each global update.
     """
 
     def __init__(self, ray, settings: RaySettings, cfg: JobConfig, train_ref, devices: list[RemoteDevice],
-                 aggregation: Aggregation, started_ray: bool, history: Sequence[Update] = ()):
+                 started_ray: bool, history: Sequence[Update] = ()):
         self.ray, self.settings, self.cfg = ray, settings, cfg
-        self.devices, self.aggregation = devices, aggregation
+        self.devices = devices
         self._train_ref, self._started_ray = train_ref, started_ray
         self._actor_class = ray.remote(DeviceWorker)
         self.history: list[Update] = list(history)
@@ -200,7 +188,7 @@ class RayEngine:
     # -- setup ----------------------------------------------------------------------------------
     @classmethod
     def start(cls, settings: RaySettings, cfg: JobConfig, train: list, shards: Sequence[Sequence[int]],
-              backends: Sequence[str], works: Sequence[Work | None], aggregation: Aggregation,
+              backends: Sequence[str], works: Sequence[Work | None],
               driver_replicas: dict[str, Any] | None = None, history: Sequence[Update] = ()) -> "RayEngine":
         """Connect to (or start) Ray, start the workers and check that each replica begins on the
         driver's model (``driver_replicas``: backend -> the driver's executor of that backend).
@@ -216,7 +204,7 @@ class RayEngine:
         if not ray.is_initialized():
             started = True
             _init_ray(ray, settings)
-        engine = cls(ray, settings, cfg, ray.put(list(train)), devices, aggregation, started, history)
+        engine = cls(ray, settings, cfg, ray.put(list(train)), devices, started, history)
         if driver_replicas:
             engine.check({b: ex.fingerprint() for b, ex in driver_replicas.items()}, "the base model")
         return engine
@@ -233,8 +221,7 @@ class RayEngine:
         if s.memory_mb is not None:
             options["memory"] = int(s.memory_mb * 2**20)
         devices = self._assigned(slot) or self.devices[:1]  # an idle worker still holds a replica
-        return self._actor_class.options(**options).remote(self.cfg, self._train_ref, devices, self.aggregation, threads,
-                                                           list(self.history))
+        return self._actor_class.options(**options).remote(self.cfg, self._train_ref, devices, threads, list(self.history))
 
     def _await_ready(self, slot: int) -> None:
         try:
@@ -253,9 +240,9 @@ class RayEngine:
                                       "backend versions and model files")
 
     # -- rounds ---------------------------------------------------------------------------------
-    def round(self, rnd: int, lr: float, included: Sequence[int], on_device: Callable[[], None]) -> list[tuple[LocalRound, float]]:
-        """The included devices' results of round ``rnd``, in device order."""
-        ray = self.ray
+    def round(self, start: RoundStart, on_device: Callable[[], None]) -> Results:
+        """The included devices' results of the round (a ``run_simulation`` ``round_fn``), in device order."""
+        ray, rnd, lr, included = self.ray, start.rnd, start.lr, start.included
         done: dict[int, tuple[LocalRound, float]] = {}
         pending: dict[Any, tuple[int, int]] = {}  # object ref -> (worker slot, device index)
 
@@ -289,16 +276,6 @@ class RayEngine:
         for worker in self.workers:
             worker.follow.remote(rnd, update)
 
-    def final_fingerprints(self) -> list[dict[str, str]]:
-        """Every worker's replicas' fingerprints after the updates so far (waits for them)."""
-        ray = self.ray
-        for slot in range(self.settings.workers):
-            try:
-                self.fingerprints[slot] = ray.get(self.workers[slot].fingerprints.remote())
-            except ray.exceptions.RayActorError as exc:
-                self._replace(slot, exc)
-        return self.fingerprints
-
     def _replace(self, slot: int, exc: BaseException) -> None:
         """A worker died: start another in its slot, caught up by replaying every update so far."""
         self.replaced += 1
@@ -324,14 +301,14 @@ class RayEngine:
 
 
 def start_engine(settings: RaySettings | None, cfg: JobConfig, train: list, shards, device_executors: Sequence[Any],
-                 works, aggregation: Aggregation, replicas: Sequence[Any], resume=None) -> RayEngine | None:
+                 works, replicas: Sequence[Any], resume=None) -> RayEngine | None:
     """The engine a simulation job asked for (None: its devices run in its own process), started on
     the job's devices and checked against the driver's replicas; a resumed job's workers replay its
     seed log first."""
     if settings is None:
         return None
     history = [] if resume is None else [entry.update for entry in resume.entries]
-    return RayEngine.start(settings, cfg, train, shards, [e.backend for e in device_executors], works, aggregation,
+    return RayEngine.start(settings, cfg, train, shards, [e.backend for e in device_executors], works,
                            {e.backend: e for e in replicas} if resume is None else None, history)
 
 

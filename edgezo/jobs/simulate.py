@@ -146,10 +146,11 @@ class SimulateJob:
         devices = [SimulatedDevice(shard, e, executors.batcher(e, data.train), work)
                    for shard, e, work in zip(shards, device_executors, works)]
         remote = None if self.engine is None else start_engine(self.engine, cfg, data.train, shards, device_executors, works,
-                                                               aggregation, executors.all(), resume)
+                                                               executors.all(), resume)
+        elsewhere = {} if remote is None else {"round_fn": remote.round, "follow": remote.follow}  # its devices' rounds
         try:
             run_simulation(cfg, devices, ex, evaluator, aggregation, clock,
-                           on_round=on_round, on_device=lambda: bar.update(1), resume=resume, engine=remote)
+                           on_round=on_round, on_device=lambda: bar.update(1), resume=resume, **elsewhere)
         except JobStopped as e:
             say(f"stopped after round {outputs.records[-1]['round']}: {e}; continue with --resume")
             return JobResult(out, [record_of(r) for r in outputs.records], None, stopped=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Sequence
 
-from edgezo.aggregate import AGGREGATIONS, Aggregation
+from edgezo.aggregate import AGGREGATIONS, Aggregation, Contribution, Screening
 from edgezo.errors import EdgezoError
 from edgezo.estimators import DIFFERENCES, LocalRound, ProbeConfig, StepResult, update_rule
 from edgezo.executor import Executor
@@ -27,7 +27,6 @@ MESSAGE_HEADER_BYTES = 32  # run id, round, device, counts: the fixed part of a 
 FLOAT_BYTES = 4
 
 Update = list[tuple[Direction, float]]
-Contribution = tuple[dict[Direction, float], float]  # a device's scalars and its weight (examples)
 
 
 class Method(ABC):
@@ -70,7 +69,8 @@ class Method(ABC):
     # -- a device's round ---------------------------------------------------------------------
     def probe(self, p1: int, p2: int, eps: float, variant: str, difference: str) -> ProbeConfig | None:
         """How a device asked for P1, P2 probes the loss (the one place a ProbeConfig is built
-        from a job or a task)."""
+        from a job or a task), checked against this method's differences."""
+        self.check_difference(difference)
         return ProbeConfig(self.name, p1, self.effective_p2(p2), eps, variant, difference)
 
     def stream(self, position: int) -> int:
@@ -107,10 +107,12 @@ class Method(ABC):
         return out
 
     # -- the global update --------------------------------------------------------------------
-    def aggregate(self, contributions: Sequence[Contribution], lr: float, variant: str, aggregation: Aggregation) -> Update:
+    def aggregate(self, contributions: Sequence[Contribution], lr: float, variant: str, aggregation: Aggregation,
+                  screening: Screening | None = None) -> Update:
         """The round's update from every device's scalars: one scalar per direction by the
-        aggregation rule (K*P1*P2 directions whatever the number of devices), then ``update_rule``."""
-        return update_rule(aggregation.combine(contributions), lr, variant)
+        aggregation rule (K*P1*P2 directions whatever the number of devices), then ``update_rule``.
+        ``screening``: the round's, when its review screened it already."""
+        return update_rule(aggregation.combine(contributions, screening), lr, variant)
 
     def apply_round(self, replicas: Sequence[tuple[Executor, Any]], results: Sequence[tuple[LocalRound, float]], lr: float,
                     variant: str, aggregation: Aggregation) -> Update | None:

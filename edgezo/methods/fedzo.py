@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from edgezo.aggregate import Aggregation
+from edgezo.aggregate import Aggregation, Screening
 from edgezo.estimators import update_rule
 from edgezo.methods.base import Contribution, Update
 from edgezo.methods.single_block import SingleBlockMethod
@@ -27,7 +27,8 @@ class FedZO(SingleBlockMethod):
     moves_model = True
     aggregations = ("mean",)
 
-    def aggregate(self, contributions: Sequence[Contribution], lr: float, variant: str, aggregation: Aggregation) -> Update:
+    def aggregate(self, contributions: Sequence[Contribution], lr: float, variant: str, aggregation: Aggregation,
+                  screening: Screening | None = None) -> Update:
         total = sum(w for _, w in contributions)
         out = []
         for scalars, w in contributions:

@@ -1,8 +1,10 @@
 """Hostile and broken participants for simulated jobs (test-only; no user-facing flag).
 
 A hostile device computes its round honestly and then sends something else in place of its
-scalars, as a compromised or broken device on a real federation would: ``SimulatedDevice.sends``
-takes the function ``hostile(kind)`` returns. The kinds are those of issue 14:
+scalars, as a compromised or broken device on a real federation would: ``hostile_rounds`` wraps a
+simulation's ``round_fn`` so that device d's scalars are replaced by what ``hostile(kind)``
+returns (the simulation then clips and screens them, as a coordinator would on receipt). The
+kinds are those of issue 14:
 
 - ``huge``: every scalar 1e30 (the issue's attack: one participant destroyed the job);
 - ``nan``: every scalar NaN (a device whose arithmetic broke; over MQTT the coordinator refuses
@@ -29,6 +31,20 @@ from edgezo.keys import Direction
 
 KINDS = ("huge", "nan", "flip", "random")
 Scalars = dict[Direction, float]
+
+
+def hostile_rounds(round_fn: Callable, senders: dict[int, Callable[[Scalars], Scalars]]) -> Callable:
+    """``round_fn`` (a ``run_simulation`` round function) with device d's scalars replaced by
+    ``senders[d](scalars)`` after it computed its round honestly."""
+
+    def hostile_round_fn(start, on_device):
+        results = round_fn(start, on_device)
+        for index, (result, _) in zip(start.included, results):
+            if index in senders:
+                result.scalars = senders[index](result.scalars)
+        return results
+
+    return hostile_round_fn
 
 
 def hostile(kind: str, seed: int = 0) -> Callable[[Scalars], Scalars]:
@@ -72,7 +88,8 @@ def simulate_job(model, data, hostile_devices: dict[int, str] | None = None, agg
     from edgezo.config import JobConfig
     from edgezo.evaluate import make_evaluator
     from edgezo.jobdata import device_shards, load_job_data, make_batcher
-    from edgezo.simulation import SimulatedDevice, run_simulation
+    from edgezo.methods import method_of
+    from edgezo.simulation import SimulatedDevice, local_rounds, run_simulation
 
     job = dict(model=str(model) if model else None, data=str(data), clients=clients, rounds=rounds, local_steps=1, p1=1, p2=4, lr=2e-2,
                lr_schedule="constant", batch_size=4, max_length=32, eval_samples=eval_samples, seed=5, trainable="full")
@@ -81,9 +98,11 @@ def simulate_job(model, data, hostile_devices: dict[int, str] | None = None, agg
     ex, _ = build_executor("torch", cfg, data.task)
     make_batch = make_batcher(ex, data.task, data.train)
     kinds = hostile_devices or {}
-    devices = [SimulatedDevice(shard, ex, make_batch, sends=hostile(kinds[d], seed=d) if d in kinds else None)
-               for d, shard in enumerate(device_shards(cfg, data.train))]
-    records = run_simulation(cfg, devices, ex, make_evaluator(ex, data.task, data.dev, quiet=True), aggregation)
+    devices = [SimulatedDevice(shard, ex, make_batch) for shard in device_shards(cfg, data.train)]
+    round_fn = hostile_rounds(local_rounds(cfg, devices, method_of(cfg.method)),
+                              {d: hostile(kind, seed=d) for d, kind in kinds.items()})
+    records = run_simulation(cfg, devices, ex, make_evaluator(ex, data.task, data.dev, quiet=True), aggregation,
+                             round_fn=round_fn)
     finite = all(bool(torch.isfinite(p).all()) for p in ex.model.parameters())
     named = {name for r in records for name in (r.cut or {})}
     return JobOutcome(records, ex.fingerprint(), finite, named)
