@@ -1,41 +1,33 @@
-"""Which executor a device runs: torch (fp32), mlx (Apple MLX) or int8 (llama.cpp-style blocks).
+"""Which executor a device runs: one of the registered backends (``edgezo.backends.registry``:
+torch (fp32), mlx (Apple MLX), int8 (llama.cpp-style blocks)).
 
-``--backend auto`` takes the first backend, in this device's order of preference, that is
-installed and whose estimated peak memory fits the device's budget:
+``--backend auto`` takes the first backend, in this device's order of preference (each backend's
+registered rank), that is installed and whose estimated peak memory fits the device's budget:
 
 * Apple silicon: mlx, torch, int8 (MLX runs on the GPU through unified memory there);
 * elsewhere: torch, int8. MLX also runs on Linux CPUs (``mlx[cpu]``), but more slowly than torch
   (``benchmarks/backends.py`` measures it), so auto never picks it there; ask for it by name.
 
 The memory estimate needs only the weight files' headers (no weights are loaded): the runtime
-plus a multiple of the fp32 weight bytes, calibrated on SmolLM2-135M at batch 16
-(``benchmarks/backends.py``: a step's peak above the 366 MiB runtime was 1.32x the fp32 weights
-on torch, 1.49x on mlx, 0.45x on int8 from the GGUF and 0.57x on int8 Q8_0). A named backend that
-is not installed is a one-line error naming the extra that installs it.
+plus a multiple of the fp32 weight bytes, each backend's own, calibrated on SmolLM2-135M at batch
+16 (``benchmarks/backends.py``). A named backend that is not installed is a one-line error naming
+the extra that installs it. Nothing here names a backend: a new one is its folder and one line in
+the registry.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import platform
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgezo.backends.registry import BACKENDS, auto_order, backend_of
 from edgezo.errors import EdgezoError
 
-BACKENDS = ("torch", "mlx", "int8")
 CHOICES = ("auto", *BACKENDS)
 DEVICES = ("auto", "cpu", "cuda")  # --device (edgezo.backends.torch.device resolves it; kept here without torch)
-INSTALL = {
-    "torch": 'pip install edgezo (torch is a core dependency; reinstall it: pip install "torch==2.13.0")',
-    "mlx": 'pip install "edgezo[mlx]" (installs mlx[cpu] on Linux, mlx on macOS)',
-    "int8": 'pip install edgezo (int8 needs torch and gguf, both core dependencies; reinstall them)',
-}
-RUNTIME_MB = {"torch": 370.0, "mlx": 370.0, "int8": 370.0}  # interpreter, framework, transformers: before any weight
-WEIGHT_FACTOR = {"torch": 1.35, "mlx": 1.5, "int8": 0.6}  # a step's peak above the runtime, per fp32 weight byte
 MIB = 1024 * 1024
 
 
@@ -44,31 +36,19 @@ def is_apple_silicon() -> bool:
 
 
 def preference() -> tuple[str, ...]:
-    return ("mlx", "torch", "int8") if is_apple_silicon() else ("torch", "int8")
+    return auto_order(is_apple_silicon())
 
 
 def is_installed(backend: str) -> bool:
-    """Whether ``backend`` can run here (plain ``mlx`` installs on Linux but does not import, so
-    mlx is imported, not just found)."""
-    if backend in ("torch", "int8"):
-        needs = ("torch",) if backend == "torch" else ("torch", "gguf")
-        return all(importlib.util.find_spec(m) is not None for m in needs)
-    if backend == "mlx":
-        try:
-            importlib.import_module("mlx.core")
-            importlib.import_module("mlx_lm")
-        except Exception:  # ImportError, or a native library missing on this platform
-            return False
-        return True
-    raise EdgezoError(f"unknown backend {backend!r}; use one of {', '.join(CHOICES)}")
+    """Whether ``backend`` can run here (its registration says what it needs)."""
+    return backend_of(backend).is_installed()
 
 
 def require(backend: str) -> None:
     """A one-line error naming the extra to install when ``backend`` cannot run here."""
-    if backend not in BACKENDS:
-        raise EdgezoError(f"unknown backend {backend!r}; use one of {', '.join(CHOICES)}")
+    spec = backend_of(backend)
     if not is_installed(backend):
-        raise EdgezoError(f"the {backend} backend is not installed here: {INSTALL[backend]}")
+        raise EdgezoError(f"the {backend} backend is not installed here: {spec.install}")
 
 
 def fp32_weight_mb(folder: str | Path) -> float:
@@ -91,7 +71,8 @@ def fp32_weight_mb(folder: str | Path) -> float:
 
 
 def estimated_peak_mb(backend: str, weights_mb: float) -> float:
-    return RUNTIME_MB[backend] + WEIGHT_FACTOR[backend] * weights_mb
+    spec = backend_of(backend)
+    return spec.runtime_mb + spec.weight_factor * weights_mb
 
 
 @dataclass(frozen=True)
@@ -108,7 +89,7 @@ def choose_backend(requested: str, weights_mb: float, memory_mb: float | None) -
         return Choice(requested, "as asked")
     installed = [b for b in preference() if is_installed(b)]
     if not installed:
-        raise EdgezoError(f"no backend is installed here: {INSTALL['torch']}")
+        raise EdgezoError(f"no backend is installed here: {backend_of(preference()[0]).install}")
     for backend in installed:
         need = estimated_peak_mb(backend, weights_mb)
         if memory_mb is None or need <= memory_mb:
@@ -138,13 +119,14 @@ def parse_device(requested: str | None) -> str:
 
 
 def check_device(backend: str, device: str | None) -> None:
-    """``--device`` only places the torch backend: int8 runs on the CPU (``cpu`` is accepted, as
-    true), mlx chooses its own device (only ``auto``); anything else is a one-line error."""
+    """``--device`` places a backend only where its registration accepts it (torch: cpu, cuda;
+    int8 runs on the CPU, so ``cpu`` is accepted, as true; mlx chooses its own device, only
+    ``auto``); anything else is a one-line error."""
     text = parse_device(device)
-    if backend == "torch" or text == "auto" or (backend == "int8" and text == "cpu"):
+    spec = backend_of(backend)
+    if text == "auto" or text in spec.devices:
         return
-    where = "runs on the CPU only" if backend == "int8" else "chooses its own device (the GPU on Apple silicon)"
-    raise EdgezoError(f"--device {text} places the torch backend only; the {backend} backend {where}: "
+    raise EdgezoError(f"--device {text} places the torch backend only; the {backend} backend {spec.elsewhere}: "
                       f"drop --device (or use --backend torch)")
 
 
@@ -153,17 +135,7 @@ def build_executor(backend: str, cfg, task, device: str | None = None):
     ``device``: ``--device`` (None: the CPU, for callers that do not offer the option)."""
     require(backend)
     check_device(backend, device)
-    if backend == "torch":
-        from edgezo.backends.torch.factory import build_torch_executor
-
-        return build_torch_executor(cfg, task, device=device or "cpu")
-    if backend == "mlx":
-        from edgezo.backends.mlx.factory import build_mlx_executor
-
-        return build_mlx_executor(cfg, task)
-    from edgezo.backends.int8.factory import build_int8_executor
-
-    return build_int8_executor(cfg, task)
+    return backend_of(backend).build(cfg, task, device)
 
 
 def resolve_backend(requested: str, model: str | None, memory_mb: float | None = None) -> Choice:
