@@ -21,8 +21,8 @@ await build({
   minify: true, outfile: join(out, "edgezo-device.js"), legalComments: "eof", logLevel: "warning",
 });
 copyFileSync(join(here, "index.html"), join(out, "index.html"));
-const ortFiles = ["ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm"];
-if (webgpu) ortFiles.push("ort.webgpu.bundle.min.mjs", "ort-wasm-simd-threaded.asyncify.wasm");
+const ortFiles = ["ort.wasm.bundle.min.mjs", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs"]; // the .mjs: the glue its worker threads load
+if (webgpu) ortFiles.push("ort.webgpu.bundle.min.mjs", "ort-wasm-simd-threaded.asyncify.wasm", "ort-wasm-simd-threaded.asyncify.mjs");
 for (const f of ortFiles) copyFileSync(join(ort, f), join(out, f));
 writeFileSync(join(out, "__init__.py"), '"""The browser device\'s built page (web/, `npm run build`); served by `edgezo coordinate --web-port`."""\n');
 writeFileSync(join(out, "README.md"), "Built by `npm run build` in web/ (see web/README.md); do not edit: edit web/ and rebuild.\n" +

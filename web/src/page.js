@@ -170,10 +170,11 @@ async function main() {
 async function runDevice({ params, config, run, deviceId, data, tok, sha, base, inputNames, forward, profile, memory, ep }) {
   const instance = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, "0")).join("");
   const token = params.get("token");
+  let closing = false;
   const link = connectLink(mqtt, {
     url: config.broker_ws, clientId: `edgezo-${deviceId}-${instance}`, username: config.username ?? (token ? deviceId : undefined),
     password: config.password ?? token ?? undefined, will: { topic: topicsOf(run).status(deviceId), payload: offlineStatus(run, deviceId, instance) },
-    onEvent: (e) => report(e.error ? { connection: `error: ${e.error}` }
+    onEvent: (e) => closing || report(e.error ? { connection: `error: ${e.error}` }
       : { connection: e.connected ? "connected" : `lost: the broker at ${config.broker_ws} is unreachable; reconnecting every second` }),
   });
   watchDevice(link);
@@ -185,9 +186,14 @@ async function runDevice({ params, config, run, deviceId, data, tok, sha, base, 
   });
   addEventListener("pagehide", () => device.stop());
   report({ phase: "connecting" });
-  const outcome = await device.start();
-  report({ phase: outcome === "finished" ? "finished" : "stopped" });
-  await link.close();
+  try {
+    const outcome = await device.start();
+    report({ phase: outcome === "finished" ? "finished" : "stopped", progress: null });
+  } finally {
+    closing = true;
+    await link.close();
+    report({ connection: "closed" });
+  }
 }
 
 main().catch((e) => report({ phase: "error", error: e.message }));
