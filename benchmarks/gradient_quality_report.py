@@ -56,6 +56,8 @@ def checkpoint_notes(result: dict) -> list[str]:
     for c, ck in result["checkpoints"].items():
         default = next(s for s in ck["settings"] if s["setting"] == result["default"])
         best = max((s for s in ck["settings"] if s["estimator"] != "backprop"), key=lambda s: s["per_flop_vs_default"])
+        rel = default["descent_ratio_se"] / default["descent_ratio"]
+        needed = int(round(ck["batches"] * (rel / 0.1) ** 2))  # the SE falls as 1/sqrt(batches)
         lin = ", ".join(f"{r['method']}{'-' + r['variant'] if r['variant'] else ''} {r['difference']}: {100 * r['relative_difference']:.2g}%"
                         for r in ck["linearisation"])
         shares = "; ".join(f"split {s}: {100 * v['share']:.0f} ± {100 * v['share_se']:.0f}%" for s, v in ck["block2_share"].items())
@@ -68,7 +70,7 @@ def checkpoint_notes(result: dict) -> list[str]:
             f"- **{c}** ({ck['checkpoint'].get('steps', 0)} SGD steps; mean batch loss {ck['mean_batch_loss']:.3f}; "
             f"{ck['batches']} batches of {result['batch']}): ‖G‖² = {sci(ck['gradient_norm2'], ck['gradient_norm2_se'])}; "
             f"default's descent ratio {sci(default['descent_ratio'], default['descent_ratio_se'])} "
-            f"(relative SE {100 * default['descent_ratio_se'] / default['descent_ratio']:.0f}%), "
+            f"(relative SE {100 * rel:.0f}%: about {needed:,} batches would bring it under 10%), "
             f"{sci(default['descent_per_gflop'], default['descent_per_gflop_se'])} per GFLOP; best: {best['setting']} at "
             f"{pm(best['per_flop_vs_default'], best['per_flop_vs_default_se'])}× the default's descent per FLOP.",
             f"  Block-2 probes against none (joint, P1 = 1, split {split}, descent per FLOP over P2 = 1's): {gains}."
@@ -127,8 +129,15 @@ def section(results: dict[str, dict], folder: Path) -> list[str]:
              "descent per FLOP = r / the step's forward FLOPs (edgezo's forward-count model); "
              "'vs default' columns are paired ratios to the default setting on the same batches, ± one jackknife SE. "
              "Formulas and method: `benchmarks/gradient_quality_stats.py`.", ""]
+    seen: dict[str, str] = {}
     for name, result in results.items():
         lines += [f"### {name} ({result['elements']:,} trainable elements, {result['tensors']} tensors)", ""]
+        same = seen.setdefault(result["tensor_names_digest"], name)
+        if same != name:
+            lines += [f"`--trainable {name}` selects exactly the tensors `{same}` selects on {result['model']} (edgezo's "
+                      f"bitfit is the bias and norm parameters, and this model has no biases), so its gradients, cache and "
+                      f"figures are `{same}`'s.", "", f"Command: `{result['command']}`", ""]
+            continue
         lines += table(result) + [""] + checkpoint_notes(result) + [""]
         lines += [f"![{name}](results/gradient_quality/{name}.png)", "", f"Command: `{result['command']}`", ""]
     lines += [END, ""]

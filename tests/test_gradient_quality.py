@@ -199,14 +199,15 @@ def test_report_section_is_written_once_at_the_end_and_keeps_the_rest(tmp_path):
     validation = [{"method": "decomfl", "variant": None, "difference": "central", "relative_difference": 0.004}]
     checkpoint = {"checkpoint": {"checkpoint": "base", "steps": 0}, "mean_batch_loss": 0.5, "curvature_q2": 0.1,
                   "curvature_q2_se": 0.01, "linearisation": validation, **figures}
-    result = {"trainable": "norm", "elements": 130, "tensors": 5, "model": "synthetic", "task": "sst2", "batch": 16,
+    result = {"trainable": "norm", "elements": 130, "tensors": 5, "model": "synthetic", "tensor_names_digest": "abc", "task": "sst2", "batch": 16,
               "max_length": 128, "eps": 1e-3, "distribution": "rademacher", "default": default.label,
               "command": "python benchmarks/gradient_quality.py run", "checkpoints": {"base": checkpoint}}
     md = tmp_path / "RESULTS.md"
     md.write_text("# Results\n\n## Other section\n\nkept\n")
     for _ in range(2):  # a rerun replaces the section instead of adding a second one
-        rep.write_section(md, rep.section({"norm": result}, tmp_path))
+        rep.write_section(md, rep.section({"norm": result, "bitfit": {**result, "trainable": "bitfit"}}, tmp_path))
     text = md.read_text()
+    assert "`--trainable bitfit` selects exactly the tensors `norm` selects" in text
     assert text.count(rep.HEADING) == 1 and text.startswith("# Results\n\n## Other section\n\nkept\n")
     assert text.rstrip().endswith(rep.END)
     assert f"| {default.label} **(default)** |" in text
