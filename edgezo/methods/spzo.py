@@ -42,15 +42,22 @@ def spzo_step(ex: Executor, batch: Any, cfg: ProbeConfig, run_seed: int, rnd: in
             check_finite(lp, lm)
             scalars[d1] = (lp - lm) / (2 * eps)
             a_plus = a_minus = base
-        for j in range(cfg.p2):
-            d2 = Direction(run_seed, rnd, step, 2, i, j)
-            lp = ex.forward_block2(a_plus, batch, [(d2, eps)])
-            lm = ex.forward_block2(a_minus, batch, [(d2, -eps)])
+        d2s = [Direction(run_seed, rnd, step, 2, i, j) for j in range(cfg.p2)]
+        pm = block2_losses(ex, batch, [(a, [(d2, s)]) for d2 in d2s for a, s in ((a_plus, eps), (a_minus, -eps))])
+        for j, d2 in enumerate(d2s):
+            lp, lm = pm[2 * j], pm[2 * j + 1]
             count.two(2)
             check_finite(lp, lm)
             scalars[d2] = (lp - lm) / (2 * eps)
             losses.append(0.5 * (lp + lm))
     return StepResult(scalars, sum(losses) / len(losses), count.forwards1, count.forwards2, count.flops)
+
+
+def block2_losses(ex: Executor, batch: Any, probes: list) -> list[float]:
+    """Block 2's loss per (activation, perturbation): one forward each, or together where the
+    executor can run them so (``forward_block2_many``: the torch executor's batched probes)."""
+    many = getattr(ex, "forward_block2_many", None)
+    return many(probes, batch) if many is not None else [ex.forward_block2(a, batch, p) for a, p in probes]
 
 
 def spzo_directions(cfg: ProbeConfig, run_seed: int, rnd: int, steps: int) -> list[Direction]:
