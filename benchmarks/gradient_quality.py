@@ -63,8 +63,9 @@ def checkpoint_figures(ck: st.Checkpoint, settings: list[st.Setting], default: s
     }
 
 
-def trainable_result(bench: grads.Bench, batches: int, splits: list[int], probes: tuple[int, ...], checkpoints: list[str]) -> dict:
-    """Fill the cache for one trainable set (model work) and compute its figures."""
+def trainable_result(bench: grads.Bench, batches: dict[str, int], splits: list[int], probes: tuple[int, ...]) -> dict:
+    """Fill the cache for one trainable set (model work) and compute its figures at each
+    checkpoint of ``batches`` (checkpoint -> training batches)."""
     base = bench.ex.trainable_arrays()
     units, unit_index = grads.unit_layout(bench.ex)
     dims = np.bincount(unit_index, minlength=len(units))
@@ -73,9 +74,9 @@ def trainable_result(bench: grads.Bench, batches: int, splits: list[int], probes
     settings = st.settings_grid(tuple(splits), probes, default)
     out = {"trainable": job.trainable, "tensors": len(bench.ex.names), "elements": int(dims.sum()),
            "tensor_names_digest": grads.trainable_tag(bench.ex), "checkpoints": {}}
-    for checkpoint in checkpoints:
-        info = grads.prepare_checkpoint(bench, checkpoint, base, batches)
-        data = grads.load_gradients(Path(info["folder"]), batches)
+    for checkpoint, count in batches.items():
+        info = grads.prepare_checkpoint(bench, checkpoint, base, count)
+        data = grads.load_gradients(Path(info["folder"]), count)
         q2, q2_se = curvature_q2(info["validation"])
         ck = st.Checkpoint(st.gram_by_unit(data["grads"], unit_index, len(units)), dims, units, data["flops"], q2)
         figures = checkpoint_figures(ck, settings, default, splits, job.batch_size)
@@ -96,15 +97,15 @@ def trainable_result(bench: grads.Bench, batches: int, splits: list[int], probes
 
 def run(args) -> None:
     if args.quick:
-        args.batches, args.splits, probes, checkpoints = 6, [20], (1, 4), ["base"]
+        args.splits, probes, batches = [20], (1, 4), {"base": 6}
     else:
-        probes, checkpoints = st.PROBES, ["base", "mid"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
+        probes, batches = st.PROBES, {"base": args.batches, "mid": args.mid_batches or args.batches}
     command = "python benchmarks/gradient_quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     for trainable in args.trainable:
-        result = trainable_result(grads.load_bench(trainable), args.batches, args.splits, probes, checkpoints)
+        result = trainable_result(grads.load_bench(trainable), batches, args.splits, probes)
         result["command"] = command
-        path = RESULTS / f"{trainable}{'-quick' if args.quick else ''}.json"
+        path = (grads.CACHE / "quick" if args.quick else RESULTS) / f"{trainable}.json"  # a smoke run leaves the results alone
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1))
         print(f"wrote {path}")
 
@@ -115,13 +116,15 @@ def main(argv=None) -> None:
     r = sub.add_parser("run", help="compute (or complete) the gradients and every setting's figures")
     r.add_argument("--trainable", nargs="+", default=list(TRAINABLES), choices=TRAINABLES)
     r.add_argument("--batches", type=int, default=48, help="training batches of 16 per checkpoint (default 48)")
+    r.add_argument("--mid-batches", type=int, default=0, help="batches at the mid-training checkpoint (default: --batches)")
     r.add_argument("--splits", type=int, nargs="+", default=[10, 20, 25])
-    r.add_argument("--quick", action="store_true", help="6 batches, the base model, P in {1, 4}, split 20: a smoke run")
+    r.add_argument("--quick", action="store_true",
+                   help="6 batches, the base model, P in {1, 4}, split 20: a smoke run, written under runs/gradient_quality/quick/")
     sub.add_parser("report", help="print the tables, write the RESULTS section and the plots")
     args = ap.parse_args(argv)
     if args.command == "run":
-        if args.batches < 4:
-            ap.error("--batches must be at least 4 (the jackknife needs several batches)")
+        if min(args.batches, args.mid_batches or args.batches) < 4:
+            ap.error("--batches and --mid-batches must be at least 4 (the jackknife needs several batches)")
         run(args)
     else:
         import gradient_quality_report

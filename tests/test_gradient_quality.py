@@ -174,18 +174,19 @@ def test_the_real_pipeline_on_a_tiny_model(tiny_llama, sst2_dir, tmp_path):
     import gradient_quality_grads as grads
 
     bench = grads.load_bench("norm", model=str(tiny_llama), data=str(sst2_dir), cache=tmp_path)
-    result = gq.trainable_result(bench, 6, [2, 3], (1, 4), ["base", "mid"])
+    result = gq.trainable_result(bench, {"base": 6, "mid": 5}, [2, 3], (1, 4))
     assert set(result["checkpoints"]) == {"base", "mid"}
     for ck in result["checkpoints"].values():
         central = [r for r in ck["linearisation"] if r["difference"] == "central"]
         assert all(r["relative_difference"] < 0.05 for r in central), central
         rows = {s["setting"]: s for s in ck["settings"]}
-        assert rows["backprop"]["descent_ratio"] > rows[result["default"]]["descent_ratio"]
+        # backprop's E‖ĝ‖² is far below a zero-order estimate's (the ratio does not depend on ‖G‖²'s noisy estimate)
+        assert rows["backprop"]["step_size_vs_default"] > 10
         # joint SPZO with one probe of each block is one whole-model SPSA probe: same figures
         assert rows["spzo-joint P1=1 P2=1 split=3"]["descent_per_gflop"] == pytest.approx(rows["central P=1"]["descent_per_gflop"])
         assert rows[result["default"]]["per_flop_vs_default"] == pytest.approx(1.0)
     assert result["checkpoints"]["mid"]["checkpoint"]["steps"] == grads.MID_STEPS
-    again = gq.trainable_result(bench, 6, [2, 3], (1, 4), ["base"])  # from the cache: the same figures
+    again = gq.trainable_result(bench, {"base": 6}, [2, 3], (1, 4))  # from the cache: the same figures
     assert again["checkpoints"]["base"]["settings"] == result["checkpoints"]["base"]["settings"]
 
 
