@@ -9,10 +9,11 @@ from edgezo.methods.base import Method
 from edgezo.methods.decomfl import DeComFL
 from edgezo.methods.fedavg import FedAvg
 from edgezo.methods.fedzo import FedZO
+from edgezo.methods.fzoo import FZOO
 from edgezo.methods.mezo import MeZO
 from edgezo.methods.spzo import SPZO
 
-_METHODS: dict[str, Method] = {m.name: m for m in (SPZO(), MeZO(), DeComFL(), FedZO(), FedAvg())}
+_METHODS: dict[str, Method] = {m.name: m for m in (SPZO(), MeZO(), DeComFL(), FedZO(), FedAvg(), FZOO())}
 
 METHODS = tuple(_METHODS)
 DEFAULT_METHOD = SPZO.name
