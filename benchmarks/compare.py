@@ -49,9 +49,17 @@ from typing import Callable
 if str(Path(__file__).resolve().parent) not in sys.path:  # imported (by the tests): find the sibling modules
     sys.path.append(str(Path(__file__).resolve().parent))
 
+import compare_regime  # noqa: E402
 import sweeps  # noqa: E402
 import sweeps_gpu  # noqa: E402
 from sweeps import SWEEPS, RunSpec, Settings  # noqa: E402
+
+PRESETS = (*sweeps_gpu.PRESETS, *compare_regime.PRESETS)
+
+
+def preset(name: str) -> Settings:
+    """A preset's settings: the CPU sweep, a GPU model (sweeps_gpu), or a compare-2 regime (compare_regime)."""
+    return compare_regime.PRESETS[name] if name in compare_regime.PRESETS else sweeps_gpu.preset(name)
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = REPO / "benchmarks" / "results" / "compare" / "rows"
@@ -96,19 +104,46 @@ def measured_rates(s: Settings, rows: dict[str, dict]) -> dict[str, float]:
     return {t: median(v) for t, v in per_task.items()}
 
 
+def read_examples(out: Path) -> dict | None:
+    """A run's eval_examples.jsonl, compactly: per evaluation its round, the hits as a string of
+    0/1 and the correct-label log-probabilities to 4 decimals (what the paired report resamples);
+    None when the run wrote none (compare-1's CLI, a generation task)."""
+    path = out / "eval_examples.jsonl"
+    if not path.is_file():
+        return None
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {"rounds": [x["round"] for x in lines], "hits": ["".join(map(str, x["hits"])) for x in lines],
+            "label_logprobs": [[round(v, 4) for v in x["label_logprobs"]] for x in lines]}
+
+
+def curve_point(r: dict, scale: float) -> dict:
+    """One evaluated round of the row's curve; FLOPs as charged (``scale``: RunSpec.flops_scale)."""
+    point = {"round": r["round"], "accuracy": r["eval_accuracy"], "flops": r["flops"] * scale,
+             "forwards_block1": r["forwards_block1"], "forwards_block2": r["forwards_block2"],
+             "bytes_up": r["bytes_up"], "bytes_down": r["bytes_down"], "wall_s": r["wall_s"]}
+    for k in ("eval_loss", "train_loss"):
+        if r.get(k) is not None:
+            point[k] = r[k]
+    return point
+
+
 def build_row(spec: RunSpec, out: Path, usage: dict, provenance: dict) -> dict:
-    """The row of a finished run, from its metrics.jsonl and summary.json."""
+    """The row of a finished run, from its metrics.jsonl and summary.json (and, where written,
+    eval_examples.jsonl). FLOPs are as charged (``spec.flops_scale``; ``flops_counted``: the CLI's)."""
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    curve = [{"round": r["round"], "accuracy": r["eval_accuracy"], "flops": r["flops"],
-              "forwards_block1": r["forwards_block1"], "forwards_block2": r["forwards_block2"],
-              "bytes_up": r["bytes_up"], "bytes_down": r["bytes_down"], "wall_s": r["wall_s"]}
-             for r in records if r.get("eval_accuracy") is not None]
+    curve = [curve_point(r, spec.flops_scale) for r in records if r.get("eval_accuracy") is not None]
     last = records[-1]
     first = next((r for r in records if r["round"] == 1), last)
     trained = [p["accuracy"] for p in curve if p["round"] > 0]
+    extra = {}
+    if spec.harness != sweeps.HARNESS_VERSION:  # compare-2 on: what the paired report needs
+        extra = {"train_loss": [[r["round"], r["train_loss"]] for r in records if r.get("train_loss") is not None],
+                 "initial_eval_loss": curve[0].get("eval_loss") if curve else None,
+                 "final_eval_loss": curve[-1].get("eval_loss") if curve else None,
+                 "flops_scale": spec.flops_scale, "flops_counted": last["flops"], "examples": read_examples(out)}
     return {
-        "key": spec.key, "harness_version": sweeps.HARNESS_VERSION,
+        "key": spec.key, "harness_version": spec.harness,
         "sweep": spec.sweep, "name": spec.name, "task": spec.task, "method": spec.method.method,
         "label": spec.method.label, "seed": spec.seed, "lr": spec.lr, "eps": spec.eps if spec.method.zero_order else None,
         "rounds": spec.rounds, "eval_every": spec.eval_every, "budget_flops": spec.budget_flops,
@@ -118,15 +153,15 @@ def build_row(spec: RunSpec, out: Path, usage: dict, provenance: dict) -> dict:
         "final_accuracy": curve[-1]["accuracy"] if curve else None,
         "best_accuracy": max(trained) if trained else None,
         "curve": curve,
-        "first_round": {k: first[k] for k in ("forwards_block1", "forwards_block2", "flops", "bytes_up", "bytes_down")},
-        "flops": last["flops"], "forwards_block1": last["forwards_block1"], "forwards_block2": last["forwards_block2"],
+        "first_round": {k: first[k] * (spec.flops_scale if k == "flops" else 1) for k in ("forwards_block1", "forwards_block2", "flops", "bytes_up", "bytes_down")},
+        "flops": last["flops"] * spec.flops_scale, "forwards_block1": last["forwards_block1"], "forwards_block2": last["forwards_block2"],
         "bytes_up_per_device": last["bytes_up"], "bytes_down_per_device": last["bytes_down"],
         "peak_rss_mib": round(usage["maxrss_kib"] / 1024, 1), "peak_gpu_mib": summary.get("peak_gpu_mib"),
         "wall_s": round(usage["wall_s"], 1),
         "cpu_s": round(usage["cpu_s"], 1), "simulate_wall_s": summary.get("wall_s"),
         "trainable_parameters": summary.get("trainable_parameters"), "split": summary.get("split"),
         "model": summary.get("model"), "fingerprint": summary.get("fingerprint"),
-        **provenance, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra, **provenance, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
@@ -418,6 +453,23 @@ def run_sweeps(s: Settings, names: list[str], rows_dir: Path = ROWS, runs_dir: P
 
 
 # -- command line -------------------------------------------------------------------------------
+def report(settings: Settings, args) -> int:
+    """compare-1: the old report (kept for its rows); compare-2 on: the paired report, with
+    summary.json beside the rows."""
+    if settings.harness == sweeps.HARNESS_VERSION:
+        import compare_report
+
+        compare_report.write_report(settings, load_rows(args.rows), args.results, args.figures, shown_path(args.rows))
+        print(f"wrote {args.results} (section compare) and figures under {args.figures}")
+        return 0
+    import compare_paired
+
+    summary = Path(args.rows).parent / "summary.json"
+    compare_paired.write_report(settings, load_rows(args.rows), args.results, args.figures, summary, shown_path(args.rows))
+    print(f"wrote {args.results} (section compare), {summary} and figures under {args.figures}")
+    return 0
+
+
 def preset_paths(name: str) -> dict[str, Path]:
     """Where a preset keeps its rows, run folders, report and figures: the CPU sweep's are the
     committed ones of this repository; a GPU preset's have their own folders and RESULTS.md."""
@@ -437,9 +489,10 @@ def shown_path(path: Path) -> str:
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="cpu", choices=sweeps_gpu.PRESETS,
-                    help="cpu: SmolLM2-135M on this CPU (the committed sweep); or a model of the paper on a GPU "
-                         "(benchmarks/sweeps_gpu.py), with its own rows and report under benchmarks/results/compare-NAME/")
+    ap.add_argument("--preset", default="cpu", choices=PRESETS,
+                    help="cpu: SmolLM2-135M on this CPU (the committed compare-1 sweep); a model of the paper on a GPU "
+                         "(benchmarks/sweeps_gpu.py); or a compare-2 paired regime (benchmarks/compare_regime.py: lora-sst2); "
+                         "each but cpu with its own rows and report under benchmarks/results/compare-NAME/")
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run (or resume) sweeps")
     run.add_argument("--sweep", default="all", choices=("all",) + SWEEPS)
@@ -457,13 +510,9 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     for name, path in preset_paths(args.preset).items():
         if getattr(args, name, None) is None:
             setattr(args, name, path)
-    settings = settings or sweeps_gpu.preset(args.preset)
+    settings = settings or preset(args.preset)
     if args.command == "report":
-        import compare_report
-
-        compare_report.write_report(settings, load_rows(args.rows), args.results, args.figures, shown_path(args.rows))
-        print(f"wrote {args.results} (section compare) and figures under {args.figures}")
-        return 0
+        return report(settings, args)
     names, only = expand(args.sweep), parse_only(args.only)
     if args.dry_run:
         dry_run(settings, names, load_rows(args.rows), only, args.runs, args.jobs)

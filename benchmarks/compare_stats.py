@@ -222,10 +222,18 @@ def fmt_ratio(r: TargetRatio) -> str:
         + f" ({r.censored_estimator + r.censored_baseline} run(s) never reached it)"
 
 
-def fmt_difference(d: PairedDifference, scale: float = 100.0, unit: str = " points") -> str:
+def fmt_difference(d: PairedDifference, scale: float = 100.0, unit: str = " points", digits: int = 1) -> str:
     """"+2.1 points [+0.4, +3.9]", or "not resolved: +0.3 points [-1.2, +1.8]"."""
-    body = f"{scale * d.pooled.value:+.1f}{unit} [{scale * d.pooled.low:+.1f}, {scale * d.pooled.high:+.1f}]"
+    f = f"{{:+.{digits}f}}"
+    body = f"{f.format(scale * d.pooled.value)}{unit} [{f.format(scale * d.pooled.low)}, {f.format(scale * d.pooled.high)}]"
     return body if d.resolved else f"not resolved: {body}"
+
+
+def fmt_per_seed(d: PairedDifference, scale: float = 100.0, digits: int = 1) -> str:
+    """Each seed's difference with its interval over the examples: "s0 +1.2 [-0.5, +2.9]; ..."."""
+    f = f"{{:+.{digits}f}}"
+    return "; ".join(f"s{seed} {f.format(scale * iv.value)} [{f.format(scale * iv.low)}, {f.format(scale * iv.high)}]"
+                     for seed, iv in sorted(d.per_seed.items()))
 
 
 def summary_entry(task: str, estimator: str, baseline: str, r: TargetRatio) -> dict:

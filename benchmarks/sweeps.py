@@ -31,8 +31,13 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 HARNESS_VERSION = "compare-1"  # part of every run's cache key: bump it to invalidate all rows
+# compare-2 (benchmarks/compare_regime.py): one evaluation set for every seed (--eval-seed), per-example
+# scores and eval_loss in the rows, a tuning seed never reported, lr tuned per method and probe
+# setting, FedAvg charged the backward autograd runs. compare-1's rows stay as the record they are.
+PAIRED_HARNESS_VERSION = "compare-2"
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Method:
     clients: int | None = None  # None: the shared number of devices (MeZO: 1)
     tuned_as: str | None = None  # take the lr/eps of this label's grid winner (DeComFL P=10 uses P=5's)
     zero_order: bool = True
+    probe_difference: str | None = None  # --difference; None: the method's own (decomfl-fwd: forward, as its paper runs)
 
     @property
     def tuning_label(self) -> str:
@@ -71,16 +77,17 @@ class Method:
 
     @property
     def difference(self) -> str | None:
-        return {"fedzo": "forward", "mezo": "central", "decomfl": "central"}.get(self.method)
+        return self.probe_difference or {"fedzo": "forward", "mezo": "central", "decomfl": "central"}.get(self.method)
 
-    def step_forwards(self, f1: float, f2: float) -> float:
-        """Forward cost of one local step in full forwards of one batch (the forward-count model)."""
+    def step_forwards(self, f1: float, f2: float, backward_forwards: float = 2.0) -> float:
+        """Forward cost of one local step in full forwards of one batch (the forward-count model);
+        a backpropagating step is a forward and a backward of ``backward_forwards`` forwards."""
         if self.method == "spzo":
             if self.variant == "clean":
                 return f1 + 2 * self.p * (f1 + f2) + 2 * self.p * self.p2 * f2
             return 2 * self.p * (f1 + self.p2 * f2)
         if self.method == "fedavg":
-            return 3.0
+            return 1.0 + backward_forwards
         return self.p + 1.0 if self.difference == "forward" else 2.0 * self.p
 
 
@@ -134,6 +141,13 @@ class Settings:
     dirichlet_alpha: float = 0.5
     dirichlet_methods: tuple[str, ...] = ()
     main_only_on: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> tasks it runs on
+    harness: str = HARNESS_VERSION  # part of every run's key
+    eval_seed: int | None = None  # --eval-seed: one evaluation subset for every run (None: each seed its own)
+    # FedAvg's backward in forwards: the CLI charges 2; what autograd runs for the trainable set is
+    # measured by benchmarks/flops_check.py (1.01 for norm or LoRA on SmolLM2). The rows charge it.
+    fedavg_backward_forwards: float = 2.0
+    # how the grid's winner is chosen from its rows (higher is better; ties: the smaller lr)
+    tuning_score: Callable[[dict], tuple] = field(default=lambda row: (row["final_accuracy"], row["best_accuracy"]))
 
     def method(self, label: str) -> Method:
         return next(m for m in self.methods if m.label == label)
@@ -239,12 +253,14 @@ class RunSpec:
     est_cpu_s: float
     eval_count: int  # evaluations the run makes (round 0 included)
     eval_samples: int
+    harness: str = HARNESS_VERSION
+    flops_scale: float = 1.0  # charged / counted FLOPs (FedAvg: its real backward over the CLI's 2 forwards)
 
     @property
     def key(self) -> str:
         """The cache key: the harness version and the exact argument list, nothing else (the
         edgezo commit is recorded in the row, not keyed, so a sweep survives unrelated commits)."""
-        blob = json.dumps({"harness": HARNESS_VERSION, "args": list(self.args)}, separators=(",", ":"))
+        blob = json.dumps({"harness": self.harness, "args": list(self.args)}, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def describe(self) -> str:
@@ -262,7 +278,13 @@ def round_flops(s: Settings, task: TaskSettings, m: Method) -> float:
     """Predicted forward FLOPs of one round (all devices) from the forward-count model."""
     f1, f2 = block_fractions(s, task, m.split or s.default_split)
     clients = m.clients or s.clients
-    return clients * s.local_steps * m.step_forwards(f1, f2) * s.batch_size * task.train_flops_per_example
+    return clients * s.local_steps * m.step_forwards(f1, f2, s.fedavg_backward_forwards) * s.batch_size * task.train_flops_per_example
+
+
+def flops_scale(s: Settings, m: Method) -> float:
+    """What a run's FLOPs are charged over what the CLI counts: the CLI counts a backpropagating
+    step as 3 forwards; the rows charge 1 + ``fedavg_backward_forwards``."""
+    return m.step_forwards(1.0, 0.0, s.fedavg_backward_forwards) / m.step_forwards(1.0, 0.0) if not m.zero_order else 1.0
 
 
 def rounds_for(s: Settings, task: TaskSettings, m: Method, budget: float) -> int:
@@ -301,6 +323,8 @@ def simulate_args(s: Settings, task: TaskSettings, m: Method, seed: int, lr: flo
         args += ["--model", s.model]
     if s.device:
         args += ["--device", s.device]
+    if s.eval_seed is not None:
+        args += ["--eval-seed", str(s.eval_seed)]
     return tuple(args)
 
 
@@ -313,7 +337,7 @@ def make_run(s: Settings, sweep: str, name: str, task: TaskSettings, m: Method, 
     flops = rounds * round_flops(s, task, m) + evals * task.eval_samples * task.eval_flops_per_example
     return RunSpec(sweep, name, task.name, m, seed, lr, eps, rounds, every, budget,
                    simulate_args(s, task, m, seed, lr, eps, rounds, every, partition),
-                   s.startup_cpu_s + flops / rate, evals, task.eval_samples)
+                   s.startup_cpu_s + flops / rate, evals, task.eval_samples, s.harness, flops_scale(s, m))
 
 
 def grid_runs(s: Settings, rates=None) -> list[RunSpec]:
@@ -325,9 +349,10 @@ def grid_runs(s: Settings, rates=None) -> list[RunSpec]:
 
 
 def choose_winners(s: Settings, rows: dict[str, dict]) -> dict[str, dict]:
-    """Each tuned method's (lr, eps): the grid point with the best final accuracy at the grid's
-    budget (ties: the best accuracy along the run, then the smaller lr), or its stated fallback
-    when none of its grid rows exists yet. ``rows`` maps cache keys to rows."""
+    """Each tuned method's (lr, eps): the grid point with the best ``s.tuning_score`` at the
+    grid's budget (compare-1: the final accuracy, ties by the best along the run; then the
+    smaller lr), or its stated fallback when none of its grid rows exists yet. ``rows`` maps
+    cache keys to rows."""
     out = {}
     for label, grid in s.grid.items():
         done = [(r, rows[r.key]) for r in grid_runs(s) if r.name == label and r.key in rows]
@@ -335,7 +360,7 @@ def choose_winners(s: Settings, rows: dict[str, dict]) -> dict[str, dict]:
             lr, eps = s.fallback[label]
             out[label] = {"lr": lr, "eps": eps, "source": "fallback", "grid_done": 0, "grid_size": len(grid.points())}
             continue
-        spec, row = max(done, key=lambda d: (d[1]["final_accuracy"], d[1]["best_accuracy"], -d[0].lr))
+        spec, row = max(done, key=lambda d: (*s.tuning_score(d[1]), -d[0].lr))
         out[label] = {"lr": spec.lr, "eps": spec.eps, "source": "grid", "grid_done": len(done),
                       "grid_size": len(grid.points()), "final_accuracy": row["final_accuracy"]}
     return out

@@ -1,0 +1,143 @@
+"""The compare-2 harness end to end on a tiny model: a tuning seed apart from the reported ones,
+lr tuned per label, every run scoring one evaluation set, rows carrying per-example scores and
+both losses, FedAvg charged its measured backward, and the paired report's summary.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import compare  # noqa: E402
+import compare_paired  # noqa: E402
+import compare_regime  # noqa: E402
+import sweeps  # noqa: E402
+from sweeps import GridSpec, Method, TaskSettings  # noqa: E402
+
+SUMMARY_KEYS = {"task", "estimator", "baseline", "target", "ratio", "low", "high", "resolved", "seeds"}
+
+
+@pytest.fixture(scope="module")
+def paired(tiny_llama, tmp_path_factory):
+    """spzo-p2-2 and fedzo, one grid point each on tuning seed 100, then seeds 0 and 1."""
+    task = TaskSettings("sst2", max_length=32, eval_samples=24, budget_flops=1e9, seeds=(0, 1),
+                        train_flops_per_example=1e6, eval_flops_per_example=1e6, cpu_flops_per_s=1e9,
+                        train_samples=64, rounds=3)
+    methods = (Method("spzo-p2-2", "spzo", p=1, p2=2), Method("fedzo", "fedzo", p=2))
+    s = replace(compare_regime.LORA_SST2, model=str(tiny_llama), layers=4, default_split=2, clients=2, local_steps=1,
+                batch_size=4, trainable="norm", tasks={"sst2": task}, methods=methods, eval_points=4,
+                grid={m.label: GridSpec((2e-2,)) for m in methods}, fallback={m.label: (1e-3, 1e-3) for m in methods})
+    root = tmp_path_factory.mktemp("paired")
+    runner = compare.run_sweeps(s, ["grid", "main"], root / "rows", root / "runs", jobs=2, say=lambda msg: None)
+    assert runner.failed == [] and runner.launched == 6
+    return s, root, compare.load_rows(root / "rows")
+
+
+@pytest.mark.slow  # six `edgezo simulate` children: ~30 s on an idle 2-core machine
+def test_rows_pair_on_one_evaluation_set_and_the_tuning_seed_is_apart(paired):
+    s, _, rows = paired
+    grid, main = (sweeps.build_sweep(s, name, rows) for name in ("grid", "main"))
+    assert {r.seed for r in grid} == {100} and {r.seed for r in main} == {0, 1}
+    assert all(r.lr == 2e-2 for r in main)  # each label's own grid winner, not a fallback
+    for spec in main:
+        row = rows[spec.key]
+        assert row["harness_version"] == "compare-2" and "--eval-seed" in row["args"]
+        ex = row["examples"]
+        assert ex["rounds"] == [p["round"] for p in row["curve"]] and all(len(h) == 24 for h in ex["hits"])
+        assert all(p.get("eval_loss") is not None for p in row["curve"]) and len(row["train_loss"]) == 3
+    first = {rows[spec.key]["examples"]["hits"][0] for spec in main}
+    assert len(first) == 1  # round 0: the same base model on the same examples, every seed and method
+
+
+@pytest.mark.slow
+def test_report_from_real_runs_writes_summary_json(paired, tmp_path):
+    s, root, rows = paired
+    summary = tmp_path / "summary.json"
+    entries = compare_paired.write_report(s, rows, tmp_path / "RESULTS.md", tmp_path / "fig", summary, "rows/")
+    assert json.loads(summary.read_text()) == entries
+    assert {(e["estimator"], e["baseline"], e["metric"]) for e in entries} == \
+        {("spzo-p2-2", "fedzo", "accuracy"), ("spzo-p2-2", "fedzo", "eval_loss")}
+    for e in entries:
+        assert SUMMARY_KEYS <= set(e) and e["task"] == "sst2" and isinstance(e["resolved"], bool)
+        if e["ratio"] is not None or e["low"] is not None:
+            assert e["seeds"] == 2 and e["low"] <= (e["high"] if e["high"] is not None else float("inf"))
+            assert e["resolved"] == (e["low"] > 1 or (e["high"] is not None and e["high"] < 1))
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "tuning seed 100 is never reported" in text and "| spzo-p2-2 | fedzo |" in text
+    assert (tmp_path / "fig" / "compare_sst2.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fedavg_is_charged_what_autograd_runs():
+    s = compare_regime.LORA_SST2
+    fedavg = s.method("fedavg")
+    spec = next(r for r in sweeps.build_sweep(s, "main", {}) if r.name == "fedavg")
+    assert spec.flops_scale == pytest.approx((1 + compare_regime.LORA_BACKWARD_FORWARDS) / 3)
+    assert fedavg.step_forwards(1.0, 0.0, s.fedavg_backward_forwards) == pytest.approx(2.01)
+    assert all(r.flops_scale == 1.0 for r in sweeps.build_sweep(s, "main", {}) if r.method.zero_order)
+    assert all(r.flops_scale == 1.0 for r in sweeps.build_sweep(sweeps.SETTINGS, "main", {}))  # compare-1 rows unchanged
+
+
+def test_the_regime_sweep_tunes_every_probe_setting_and_fits_the_budget():
+    s = compare_regime.LORA_SST2
+    assert set(s.grid) == {m.label for m in s.methods} and not any(m.tuned_as for m in s.methods)
+    grid, main = (sweeps.build_sweep(s, name, {}) for name in ("grid", "main"))
+    assert {r.seed for r in grid} == {compare_regime.TUNING_SEED} and compare_regime.TUNING_SEED not in {r.seed for r in main}
+    assert len({r.seed for r in main}) >= 4 and all(r.eval_count >= 10 for r in main)
+    assert sum(r.est_cpu_s for r in grid + main) / 3600 <= 40
+    fwd = next(r for r in main if r.name == "decomfl-fwd")
+    assert fwd.args[fwd.args.index("--difference") + 1] == "forward"
+    with pytest.raises(ValueError, match="tuning seed 0 is also a reported seed"):
+        compare_regime.check_tuning_seed(replace(s, grid_seed=0))
+
+
+def test_the_grid_winner_is_chosen_by_late_training_loss():
+    row = {"train_loss": [[r, 1.0 - 0.01 * r] for r in range(1, 9)]}
+    assert compare_regime.late_train_loss(row) == (pytest.approx(-(0.93 + 0.92) / 2),)
+    assert compare_regime.late_train_loss({}) == (float("-inf"),)
+
+
+# -- the paired report on synthetic rows (no runs: fast) -----------------------------------------
+def synthetic_row(spec, curve: list[float], flops_per_eval: float, shared: np.ndarray) -> dict:
+    """A compare-2 row whose evaluation t gets about curve[t] of the shared examples right."""
+    rng = np.random.default_rng([spec.seed, len(spec.name)])
+    hits = (shared[None, :] + 0.05 * rng.random((len(curve), len(shared))) < np.array(curve)[:, None]).astype(int)
+    logprobs = np.where(hits == 1, -0.3, -1.2)
+    points = [{"round": t, "flops": t * flops_per_eval, "accuracy": float(h.mean()), "eval_loss": float(-lp.mean())}
+              for t, (h, lp) in enumerate(zip(hits, logprobs))]
+    return {"key": spec.key, "seed": spec.seed, "curve": points, "flops": points[-1]["flops"],
+            "initial_accuracy": points[0]["accuracy"], "final_accuracy": points[-1]["accuracy"],
+            "initial_eval_loss": points[0]["eval_loss"], "final_eval_loss": points[-1]["eval_loss"],
+            "train_loss": [[1, 0.7], [2, 0.6]],
+            "examples": {"rounds": list(range(len(curve))), "hits": ["".join(map(str, h)) for h in hits],
+                         "label_logprobs": logprobs.tolist()}}
+
+
+def test_summary_json_resolves_a_twice_as_cheap_estimator_and_not_an_equal_one(tmp_path):
+    """FedSPZO reaches every level at half MeZO's FLOPs and at FedAvg's: the first ratio is
+    resolved near 2, the second is "not resolved"; summary.json has the schema issue 24 fixes."""
+    s = replace(compare_regime.LORA_SST2, methods=(compare_regime.LORA_SST2.method("spzo-p2-4"),
+                                                    compare_regime.LORA_SST2.method("mezo"), compare_regime.LORA_SST2.method("fedavg")))
+    shared = np.random.default_rng(1).random(300)
+    curve = [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8]
+    cost = {"spzo-p2-4": 1.0, "mezo": 2.0, "fedavg": 1.0}
+    rows = {spec.key: synthetic_row(spec, curve[:4], cost[spec.name], shared) for spec in sweeps.build_sweep(s, "grid", {})}
+    rows |= {spec.key: synthetic_row(spec, curve, cost[spec.name], shared) for spec in sweeps.build_sweep(s, "main", rows)}
+    summary = tmp_path / "summary.json"
+    entries = compare_paired.write_report(s, rows, tmp_path / "RESULTS.md", tmp_path / "fig", summary, "rows/")
+    assert json.loads(summary.read_text()) == entries and len(entries) == 4  # 1 estimator x 2 baselines x 2 metrics
+    by = {(e["baseline"], e["metric"]): e for e in entries}
+    for e in entries:
+        assert SUMMARY_KEYS <= set(e) and e["task"] == "sst2" and e["estimator"] == "spzo-p2-4" and e["seeds"] == 4
+    assert by["mezo", "accuracy"]["resolved"] and by["mezo", "accuracy"]["ratio"] == pytest.approx(2.0, rel=0.1)
+    assert by["mezo", "accuracy"]["low"] > 1 and by["mezo", "eval_loss"]["resolved"]
+    assert not by["fedavg", "accuracy"]["resolved"] and by["fedavg", "accuracy"]["low"] < 1 < by["fedavg", "accuracy"]["high"]
+    # the target sits halfway from round 0 to the tuning seed's median final level, never above the reported runs
+    assert curve[0] < by["mezo", "accuracy"]["target"] < curve[3]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "not resolved [" in text and "| spzo-p2-4 | fedavg |" in text
