@@ -17,12 +17,19 @@ from edgezo.coordinator.web_serving import base_trainable_file, check_batches
 from edgezo.errors import EdgezoError
 from edgezo.jobdata import load_job_data
 from edgezo.keys import Direction
+from tiny import save_tiny
 
 
 @pytest.fixture(scope="module")
-def job(tiny_llama, sst2_dir):
+def two_layer_llama(tmp_path_factory, sst2_dir):
+    """A 2-layer tiny LLaMA: the export's time grows with the layers (about 8 s here on a quiet core)."""
+    return save_tiny(tmp_path_factory.mktemp("models") / "tiny-llama-2", "llama", layers=2)
+
+
+@pytest.fixture(scope="module")
+def job(two_layer_llama):
     torch.set_num_threads(1)
-    cfg = JobConfig(model=str(tiny_llama), task="sst2", batch_size=8, eval_samples=64, seed=5).validate()
+    cfg = JobConfig(model=str(two_layer_llama), task="sst2", batch_size=8, eval_samples=64, seed=5).validate()
     data = load_job_data(cfg, need_train=False)
     ex, info = build_torch_executor(cfg, data.task)
     return cfg, data, ex, info
@@ -81,7 +88,7 @@ def test_the_cache_is_reused_and_keyed_by_what_the_graph_depends_on(job, export)
 
 def test_an_export_that_computes_something_else_is_refused(job, export):
     cfg, data, ex, info = job
-    frozen = ex.params["model.layers.1.mlp.down_proj.weight"]
+    frozen = ex.params["model.layers.1.mlp.down_proj.weight"]  # block 2's, frozen
     saved = frozen.data.clone()
     frozen.data.mul_(1.5)  # the executor's model is no longer the exported one
     try:
@@ -101,3 +108,17 @@ def test_base_trainables_are_served_as_a_round_0_checkpoint(job, tmp_path):
         assert f.metadata() == {"format": "edgezo-checkpoint-1", "round": "0", "fingerprint": ex.fingerprint()}
         assert list(f.keys()) == sorted(ex.names)
         assert all(np.array_equal(f.get_tensor(n), a) for n, a in ex.trainable_arrays().items())
+
+
+@pytest.mark.browser  # a second export (tens of seconds): with the browser suite, not the default one
+def test_lora_adapters_are_graph_inputs_too(two_layer_llama, tmp_path):
+    """LoRA (PROTOCOL.md 9.3): lora_A and lora_B are the graph's trainable inputs; the check
+    perturbs lora_B away from zero, so the adapters' path through the graph is exercised."""
+    cfg = JobConfig(model=str(two_layer_llama), task="sst2", batch_size=8, eval_samples=64, seed=5, trainable="lora:r=4").validate()
+    data = load_job_data(cfg, need_train=False)
+    ex, info = build_torch_executor(cfg, data.task)
+    batches = check_batches(ex, data, cfg, 2)
+    made = cached_export(ex, batches[0], info.digest, cfg.trainable, tmp_path)
+    assert [i.name for i in onnx_session(made.path).get_inputs()][2:] == ex.names and all("lora_" in n for n in ex.names)
+    agreement = check_export(made.path, ex, batches, Direction(cfg.seed, 1, 0, 0, 0, 0), 1e-2)
+    assert agreement.max_logit_diff < 1e-5 and any(abs(s) > 1e-4 for s in agreement.scalars_torch)
