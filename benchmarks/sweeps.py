@@ -389,6 +389,8 @@ def main_runs(s: Settings, winners: dict[str, dict], rates=None) -> list[RunSpec
 def ablation_runs(s: Settings, winners: dict[str, dict], rates=None) -> list[RunSpec]:
     """SPZO's P2, P1, split and variant, one at a time from the defaults, at the task's budget.
     The default point (P1=1, P2=4, split 20, joint) is the main sweep's SPZO run (same key)."""
+    if not s.ablation:
+        return []  # a sweep without one (compare-2 tunes every probe setting as a label of its own)
     task, spzo = s.tasks[s.ablation_task], s.method("spzo")
     lr, eps = _tuned(winners, spzo)
     return [make_run(s, "ablation", name, task, replace(spzo, **change), s.ablation_seed, lr, eps,

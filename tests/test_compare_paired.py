@@ -96,6 +96,13 @@ def test_the_regime_sweep_tunes_every_probe_setting_and_fits_the_budget():
         compare_regime.check_tuning_seed(replace(s, grid_seed=0))
 
 
+def test_the_presets_dry_run_lists_grid_and_main(tmp_path, capsys):
+    assert compare.main(["--preset", "lora-sst2", "run", "--dry-run", "--rows", str(tmp_path / "rows"),
+                         "--runs", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "== grid: 27 runs" in out and "== main: 28 runs" in out and "== ablation: 0 runs" in out
+
+
 def test_the_grid_winner_is_chosen_by_late_training_loss():
     row = {"train_loss": [[r, 1.0 - 0.01 * r] for r in range(1, 9)]}
     assert compare_regime.late_train_loss(row) == (pytest.approx(-(0.93 + 0.92) / 2),)
