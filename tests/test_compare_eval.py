@@ -86,3 +86,21 @@ def test_a_negative_eval_seed_is_refused():
 
     with pytest.raises(ConfigError, match="--eval-seed must be at least 0"):
         SimulateSettings(eval_seed=-1).validate()
+
+
+def test_a_resumed_run_keeps_one_line_per_evaluated_round(tiny_llama, tmp_path):
+    from edgezo.errors import JobStopped
+
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_llama, 0, method="spzo", clients=2, rounds=3, local_steps=1, batch_size=4, eval_every=1, out=str(out))
+
+    def stop_after_one(record):
+        if record.round == 1:
+            raise JobStopped("enough for now")
+
+    assert SimulateJob(cfg, SimulateSettings(train_samples=32, eval_seed=5, quiet=True), callbacks=stop_after_one).run().stopped
+    with open(out / "eval_examples.jsonl", "a") as f:  # a line of a round redone after the crash
+        f.write(json.dumps({"round": 2, "hits": [], "label_logprobs": []}) + "\n")
+    SimulateJob.from_options(out=str(out), resume=True, quiet=True).run()
+    lines = [json.loads(x) for x in (out / "eval_examples.jsonl").read_text().splitlines()]
+    assert [x["round"] for x in lines] == [0, 1, 2, 3] and all(len(x["hits"]) == 24 for x in lines)
