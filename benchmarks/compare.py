@@ -7,7 +7,9 @@ forward compute, run as ``edgezo simulate`` subprocesses and cached run by run.
     python benchmarks/compare.py --preset roberta-large|opt-1.3b|llama-3.2-3b run|report  (a GPU)
 
 The GPU presets (the paper's models, ``benchmarks/sweeps_gpu.py``) keep their rows and report
-under ``benchmarks/results/compare-<preset>/``; see docs/comparison.md.
+under ``benchmarks/results/compare-<preset>/``; see docs/comparison.md. The compare-2 presets
+(``benchmarks/compare_regime.py``: ``lora-sst2``) do too, and their report is the paired one
+(``compare_paired.py``: intervals over seeds and examples, and ``summary.json`` beside the rows).
 
 The sweeps and every setting are in ``benchmarks/sweeps.py``. Each run's cache key hashes the
 harness version and its exact ``edgezo simulate`` arguments. A finished run leaves a small JSON row
