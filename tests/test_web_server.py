@@ -203,6 +203,26 @@ def test_web_server_and_embedded_websocket_listener_bind_only_the_address_given(
         server.stop()
 
 
+def test_embedded_broker_serves_wss_with_the_web_servers_certificate(tmp_path):
+    """An HTTPS page may only open wss://: the embedded broker's WebSocket listener takes --certfile/--keyfile too."""
+    cert, key = self_signed(tmp_path)
+    with EmbeddedBroker(port=0, websocket=WebSocketListener("127.0.0.1", 0, str(cert), str(key))) as broker:
+        connected = threading.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="wss-page", transport="websockets", protocol=mqtt.MQTTv311)
+        client.tls_set(ca_certs=str(cert))
+        client.on_connect = lambda c, u, f, rc, p=None: connected.set() if not rc.is_failure else None
+        client.connect("localhost", broker.ws_port)
+        client.loop_start()
+        try:
+            assert connected.wait(10), "no MQTT session over wss://"
+        finally:
+            client.loop_stop()
+            client.disconnect()
+        plain = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ws-page", transport="websockets", protocol=mqtt.MQTTv311)
+        with pytest.raises((mqtt.WebsocketConnectionError, OSError)):  # the listener speaks only TLS
+            plain.connect("127.0.0.1", broker.ws_port)
+
+
 def test_mosquitto_websocket_listener_binds_only_its_host(mosquitto_factory):
     broker = mosquitto_factory(websocket=True)
     listens = [c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == broker.ws_port]
