@@ -1,7 +1,8 @@
 """A real job with a browser device (issue 26), behind the ``browser`` marker (.ci/run runs it):
 mosquitto with a WebSocket listener, ``edgezo coordinate --web-port`` on a tiny LLaMA, one Python
 ``edgezo join`` and one headless Chromium page (Debian's chromium through Playwright) that joins by
-opening ``/join?device-id=web0&shard=1/2``. The job must complete with both devices in every round,
+opening ``/join?device-id=web0&shard=1/2`` (and the same with the embedded broker's own WebSocket
+listener instead of mosquitto). The job must complete with both devices in every round,
 and the page's scalars must be what the Python executor computes for the same assignment (its
 shard, the round's seeds, the replica the seed log gives), to 1e-4 relative plus the float32
 resolution of the losses the torch device rounds to (see ``scalar_tolerance``).
@@ -14,6 +15,7 @@ import json
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -154,20 +156,35 @@ def page_browser(tmp_path):
             context.close()
 
 
-def test_a_browser_page_trains_with_a_python_device(tmp_path, tiny_llama, sst2_dir, mosquitto_factory, page_browser):
+@dataclass
+class Address:
+    host: str
+    port: int
+
+
+@pytest.mark.parametrize("broker_kind", ["mosquitto", "embedded"])
+def test_a_browser_page_trains_with_a_python_device(broker_kind, tmp_path, tiny_llama, sst2_dir, mosquitto_factory, page_browser):
+    """mosquitto with a WebSocket listener (--broker, --web-broker), or the embedded amqtt broker,
+    which opens its own WebSocket listener for the page."""
     assert (ASSETS / "index.html").is_file(), "build the page first: npm ci && npm run build in web/"
-    broker = mosquitto_factory(websocket=True)
     data = small_sst2(sst2_dir, tmp_path / "sst2")
-    recorder = Recorder(broker)
-    procs = Procs(tmp_path, broker)
+    if broker_kind == "mosquitto":
+        broker = mosquitto_factory(websocket=True)
+        coordinator_broker = ["--broker", broker.address, "--web-broker", broker.ws_url]
+    else:
+        broker = Address("127.0.0.1", free_port())
+        coordinator_broker = ["--port", str(broker.port)]
+    procs, recorder = Procs(tmp_path), None
     web_port, out = free_port(), tmp_path / "coord"
     try:
         procs.start("coordinator", "coordinate", "--model", str(tiny_llama), "--data", str(data), "--run", RUN, "--rounds", str(ROUNDS),
                     "--local-steps", "2", "--p1", "1", "--p2", "2", "--batch-size", "4", "--max-length", "32", "--eps", str(EPS),
                     "--eval-samples", "16", "--seed", "7", "--min-devices", "2", "--round-timeout", "240", "--out", str(out),
-                    "--web-port", str(web_port), "--web-data", str(data), "--web-broker", broker.ws_url)
-        procs.start("py0", "join", "--run", RUN, "--device-id", "py0", "--model", str(tiny_llama), "--data", str(data), "--shard", "0/2")
+                    "--web-port", str(web_port), "--web-data", str(data), *coordinator_broker, broker=None)
         wait_for("the coordinator's web server", lambda: "browser devices join at" in procs.log("coordinator"), procs, 300)
+        recorder = Recorder(broker)  # before any round: rounds wait for the page
+        procs.start("py0", "join", "--run", RUN, "--device-id", "py0", "--model", str(tiny_llama), "--data", str(data), "--shard", "0/2",
+                    broker=f"{broker.host}:{broker.port}")
         page = page_browser.new_page()
         page.goto(f"http://127.0.0.1:{web_port}/join?device-id=web0&shard=1/2")
         wait_for("the page in round 2", lambda: ((page.evaluate("window.edgezoState || null") or {}).get("round") or 0) >= 2,
@@ -178,7 +195,8 @@ def test_a_browser_page_trains_with_a_python_device(tmp_path, tiny_llama, sst2_d
         procs.wait("coordinator", "py0")
     finally:
         procs.kill_all()
-        recorder.close()
+        if recorder is not None:
+            recorder.close()
 
     # the screenshot mid-job shows the round and the loss the page holds
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
