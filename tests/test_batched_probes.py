@@ -83,7 +83,7 @@ def test_forwards_over_more_rows_than_allowed_are_split_without_changing_the_los
     calls = []
     forward = bp._grouped_forward
     monkeypatch.setattr(bp, "_grouped_forward", lambda *a: calls.append(len(a[1])) or forward(*a))
-    monkeypatch.setattr(bp, "MAX_ROWS", 4 * batch.size)
+    monkeypatch.setattr(bp, "MAX_TOKENS", 4 * batch.input_ids.numel() + 1)
     assert bp.batched_block2_losses(ex, ps, batch) == whole
     assert calls == [4, 2]
 

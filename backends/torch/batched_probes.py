@@ -42,7 +42,7 @@ Block2Losses = Callable[[Any, Sequence[Probe], Any], list[float]]
 # Measured on this CPU (benchmarks/results/batched_probes.json): the CPU runs a body forward near
 # its GEMM peak already, so batching buys nothing there; on CUDA the same code runs on the device.
 BATCHED_BY_DEFAULT = {"cpu": False, "cuda": True}
-MAX_ROWS = 4096  # rows of one batched forward (activation memory grows with G·B)
+MAX_TOKENS = 1 << 14  # token rows of one batched forward: activation memory grows with G·B·T, bounded here
 RMS_NORM_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # their RMSNorm is ``weight * normalized(x)``
 AFFINE_ATTRS = {"norm": ("weight", "bias"), "linear": ("bias",), "lora": ("lora_A", "lora_B")}
 
@@ -53,8 +53,9 @@ def sequential_block2_losses(ex, probes: Sequence[Probe], batch) -> list[float]:
 
 
 def batched_block2_losses(ex, probes: Sequence[Probe], batch) -> list[float]:
-    """The probes' losses from forwards over up to ``MAX_ROWS`` rows each (G·B rows for G probes)."""
-    per_forward = max(1, MAX_ROWS // max(1, batch.size))
+    """The probes' losses from forwards over G·B rows, G as many probes as ``MAX_TOKENS`` allows
+    (at least one)."""
+    per_forward = max(1, MAX_TOKENS // max(1, batch.input_ids.numel()))
     out: list[float] = []
     for start in range(0, len(probes), per_forward):
         out += _grouped_forward(ex, probes[start : start + per_forward], batch)
