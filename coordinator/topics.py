@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import re
+from edgezo.names import check_name
 
 ROOT = "edgezo"
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
-
-def check_name(kind: str, name: str) -> str:
-    """Run and device names become topic levels, so MQTT's special characters are refused."""
-    from edgezo.errors import EdgezoError
-
-    if not _NAME.match(name or ""):
-        raise EdgezoError(f"{kind} name {name!r} must be 1-64 letters, digits, '.', '_' or '-' (it is used in MQTT topics)")
-    return name
+__all__ = ["ROOT", "Topics", "check_name"]
 
 
 class Topics:

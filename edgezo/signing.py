@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgezo.errors import EdgezoError
+from edgezo.names import check_name
 
 MAGIC = b"EZS1"
 KEY_BYTES = 32
@@ -207,8 +208,6 @@ class Enrolment:
 
 def parse_enrolment(text: str, source: str = "enrolment file") -> Enrolment:
     """Lines ``ed25519:<base64> <device-id>``; blank lines and ``#`` comments are skipped."""
-    from edgezo.coordinator.topics import check_name
-
     keys: dict[str, bytes] = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
