@@ -68,7 +68,6 @@ def _vocab(folder: Path, n_vocab: int):
 def export_gguf(folder: str | Path, out: str | Path, name: str | None = None) -> Path:
     """Write ``out`` (a .gguf) from the transformers folder ``folder``; returns its path."""
     import gguf
-    from gguf.quants import quantize
 
     folder, out = Path(folder), Path(out)
     config_path = folder / "config.json"
@@ -106,8 +105,21 @@ def export_gguf(folder: str | Path, out: str | Path, name: str | None = None) ->
     writer.add_token_scores([0.0] * len(tokens))  # transformers' GGUF tokenizer reader wants them (llama.cpp ignores them for BPE)
     gguf.SpecialVocab(folder, load_merges=True, n_vocab=n_vocab).add_to_gguf(writer, quiet=True)
 
+    _add_tensors(writer, weights, layers, heads, kv_heads, bool(config.get("tie_word_embeddings", False)))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out
+
+
+def _add_tensors(writer, weights: dict, layers: int, heads: int, kv_heads: int, tied: bool) -> None:
+    """Every tensor under its GGUF name: q/k rows permuted to llama.cpp's rotary layout, 2-D
+    matrices whose rows split into 32-blocks as Q8_0, the rest float32."""
+    import gguf
+    from gguf.quants import quantize
+
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
-    tied = bool(config.get("tie_word_embeddings", False))
     for hf_name, array in weights.items():
         if "rotary_emb" in hf_name or (tied and hf_name == "lm_head.weight"):
             continue
@@ -123,8 +135,3 @@ def export_gguf(folder: str | Path, out: str | Path, name: str | None = None) ->
             writer.add_tensor(gname, quantize(data, gguf.GGMLQuantizationType.Q8_0), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
             writer.add_tensor(gname, np.ascontiguousarray(data))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out

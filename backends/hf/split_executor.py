@@ -118,6 +118,11 @@ class SplitExecutor(ABC):
     def trainable_numel(self, block: int) -> int:
         return sum(self.tensor_numel[n] for n in self.names if self.name_block[n] == block)
 
+    def parameter_count(self) -> int:
+        """Scalars of every parameter, a tied one once (what the model holds in memory; the cost
+        model's ``total_params``)."""
+        return sum(self._parameter_numel().values())
+
     def _run_unit(self, unit: str, perturbation: Perturbation, fn: Callable, *args):
         """``fn(*args)`` with the unit's trainable tensors perturbed for the length of the call."""
         names = self.unit_tensors[unit]

@@ -20,6 +20,8 @@ from typing import Callable
 import torch
 
 from edgezo.backends.torch import perturb as tz
+from edgezo.backends.hf import shape
+from edgezo.backends.hf.shape import typical_tokens  # noqa: F401 (its callers import it from here)
 from edgezo.backends.hf.split_executor import Batch
 from edgezo.backends.torch.executor import TorchExecutor
 from edgezo.costmodel import MIB, ModelShape, linear_fit
@@ -30,27 +32,9 @@ from edgezo.profiles import BackendProfile, ForwardTiming, MemoryPoint, ModelMea
 
 
 def model_shape(ex: TorchExecutor, name: str, digest: str = "") -> ModelShape:
-    """The cost model's view of a loaded, split model."""
-    cfg = ex.model.config
-    hidden = cfg.hidden_size
-    heads = cfg.num_attention_heads
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
-    intermediate = getattr(cfg, "intermediate_size", None) or getattr(cfg, "ffn_dim", None) or 4 * hidden
-    n = ex.num_layers
-    head = ex.unit_numel["head"]
-    if head == 0 or ex.head_is_tied():
-        head += hidden * cfg.vocab_size
-    unit_trainable = [sum(ex.tensor_numel[nm] for nm in names) for names in ex.unit_tensors.values()]
-    total = sum(p.numel() for p in {id(p): p for p in ex.model.parameters()}.values())
-    tensors = tuple(sum(1 for nm in ex.names if ex.name_block[nm] == b) for b in (1, 2))
-    return ModelShape(
-        name=name, layers=n, split=ex.split,
-        layer_params=tuple(ex.unit_numel[f"layers.{i}"] for i in range(n)),
-        head_params=head, hidden=hidden, intermediate=intermediate, heads=heads, kv_hidden=kv_heads * head_dim,
-        vocab=cfg.vocab_size, total_params=total, trainable=(ex.trainable_numel(1), ex.trainable_numel(2)),
-        trainable_tensors=tensors, largest_unit_trainable=max(unit_trainable, default=0), digest=digest,
-    )
+    """The cost model's view of a loaded, split model (``edgezo.backends.hf.shape``'s, with the
+    torch model's configuration)."""
+    return shape.model_shape(ex, ex.model.config, name, digest)
 
 
 def synthetic_batch(ex: TorchExecutor, batch: int, tokens: int, seed: int = 0) -> Batch:
@@ -202,22 +186,3 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def typical_tokens(ex: TorchExecutor, task, examples, batch_size: int, seed: int = 0, batches: int = 8) -> int:
-    """Padded tokens per sequence of a typical batch of the job (the planner's ``tokens``): the mean
-    padded length of a few seeded random batches of ``batch_size`` examples, encoded as the job
-    encodes them (prompt, left truncation to ``max_length``, right padding to the longest)."""
-    import numpy as np
-
-    from edgezo.errors import EdgezoError
-    from edgezo.jobdata import make_batcher
-
-    if not examples:
-        raise EdgezoError("no examples to measure the job's typical sequence length on")
-    make_batch = make_batcher(ex, task, examples)
-    rng = np.random.default_rng(seed)
-    size = min(batch_size, len(examples))
-    lengths = [int(make_batch(sorted(rng.choice(len(examples), size=size, replace=False).tolist())).input_ids.shape[1])
-               for _ in range(batches)]
-    return max(1, round(sum(lengths) / len(lengths)))
