@@ -96,6 +96,7 @@ export class BrowserDevice {
     for (const topic of [this.t.round, this.t.update, this.t.log(this.deviceId)]) await this.link.subscribe(topic);
     this.connectionsSeen = this.link.connections;
     await this.publishStatus("online");
+    this.report({ phase: "ready", message: `online in job ${ann.run}: waiting for an assignment` });
     if (await this.handleAnnounce(ann)) return "finished";
     return await this.serve();
   }

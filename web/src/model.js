@@ -22,14 +22,16 @@ export function lossFromForward(forward) {
  * The forward of an onnxruntime(-web) session over the export's graph (web/CONTRACT.md): inputs
  * `input_ids`, `attention_mask` (int64 [B, T]) and one float32 input per trainable tensor; output
  * `label_logits`. `ort` is the onnxruntime module (web or node), `shapes` each trainable's dims.
+ * Every input is copied: with inference in a worker (`ort.env.wasm.proxy`) onnxruntime-web
+ * transfers the buffers it is given, which would leave a batch probed again, or the replica, empty.
  */
 export function ortForward(ort, session, shapes) {
   return async (batch, tensors) => {
     const feeds = {
-      input_ids: new ort.Tensor("int64", batch.inputIds, batch.dims),
-      attention_mask: new ort.Tensor("int64", batch.attentionMask, batch.dims),
+      input_ids: new ort.Tensor("int64", batch.inputIds.slice(), batch.dims),
+      attention_mask: new ort.Tensor("int64", batch.attentionMask.slice(), batch.dims),
     };
-    for (const { name, data } of tensors) feeds[name] = new ort.Tensor("float32", data, shapes.get(name));
+    for (const { name, data } of tensors) feeds[name] = new ort.Tensor("float32", data.slice(), shapes.get(name));
     const out = await session.run(feeds, ["label_logits"]);
     return { labelLogits: out.label_logits.data };
   };

@@ -96,6 +96,9 @@ async function loadRuntime(params) {
   const bundle = ep === "webgpu" ? "ort.webgpu.bundle.min.mjs" : "ort.wasm.bundle.min.mjs";
   const ort = await import(/* @vite-ignore */ `/assets/${bundle}`);
   ort.env.wasm.wasmPaths = "/assets/";
+  // Run inference in a worker: a forward of SmolLM2 takes seconds, and on the main thread it would
+  // stop mqtt.js from answering the broker's keepalive (seen: the broker dropped a page mid-probe).
+  ort.env.wasm.proxy = ep === "wasm";
   const threads = Number(params.get("threads")) || (self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1);
   ort.env.wasm.numThreads = threads;
   return { ort, ep, threads };
