@@ -101,6 +101,29 @@ def parse_shard_query(text: str) -> tuple[int, int]:
     return i, n
 
 
+def page_host(host_header: str) -> str:
+    """The host name of a ``Host`` header (``name``, ``name:port``, ``[v6]`` or ``[v6]:port``)."""
+    if host_header.startswith("["):
+        return host_header[1:].split("]", 1)[0]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def check_free(host: str, port: int) -> None:
+    """Fail early (before a minutes-long export) when the web server could not bind ``host:port``."""
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise EdgezoError(f"cannot serve browser devices on {format_address(host, port)} ({exc.strerror or exc}); "
+                              "choose another --web-port or --web-host") from None
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "edgezo-web"
     job: WebJob  # set on the subclass the server makes
@@ -131,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._file(self.job.assets / PAGE, no_store=True)
 
     def _config(self, query: dict) -> None:
-        host = (self.headers.get("Host") or self.server.server_address[0]).rsplit(":", 1)[0].strip("[]")
+        host = page_host(self.headers.get("Host") or self.server.server_address[0])
         self._bytes(json.dumps(self.job.config(host)).encode(), "application/json", no_store=True)
 
     def _model(self, query: dict) -> None:
@@ -248,4 +271,4 @@ def _tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
     return context
 
 
-__all__ = ["BrokerWebSocket", "ISOLATION_HEADERS", "WebJob", "WebServer", "parse_shard_query"]
+__all__ = ["BrokerWebSocket", "ISOLATION_HEADERS", "WebJob", "WebServer", "check_free", "page_host", "parse_shard_query"]

@@ -22,7 +22,7 @@ import numpy as np
 from edgezo.config import JobConfig
 from edgezo.errors import EdgezoError
 
-from .web_server import BrokerWebSocket, WebJob, WebServer
+from .web_server import PAGE, BrokerWebSocket, WebJob, WebServer, check_free
 
 CHECK_BATCHES = 2  # batches of the job the export is checked on before it is served
 
@@ -105,6 +105,10 @@ def serve_browser_devices(ex, info, cfg: JobConfig, data, run: str, options: Web
     from edgezo.keys import Direction
 
     assets = assets_folder()
+    if not (assets / PAGE).is_file():  # before the export, which takes minutes for a real model
+        raise EdgezoError(f"the browser device's page is missing ({assets / PAGE}): build it with `npm ci && npm run build` in web/, "
+                          "or reinstall edgezo")
+    check_free(options.host, options.port)
     batches = check_batches(ex, data, cfg)
     export = cached_export(ex, batches[0], info.digest, cfg.trainable, options.cache_dir, say)
     agreement = check_export(export.path, ex, batches, Direction(cfg.seed, 1, 0, 0, 0, 0), cfg.eps)

@@ -20,7 +20,7 @@ import pytest
 
 from edgezo.config import JobConfig
 from edgezo.coordinator.broker import EmbeddedBroker, WebSocketListener
-from edgezo.coordinator.web_server import ISOLATION_HEADERS, BrokerWebSocket, WebJob, WebServer
+from edgezo.coordinator.web_server import ISOLATION_HEADERS, BrokerWebSocket, WebJob, WebServer, check_free, page_host
 from edgezo.coordinator.web_serving import shard_jsonl
 from edgezo.errors import ConfigError, EdgezoError
 from edgezo.jobdata import device_shards, load_job_data
@@ -128,6 +128,12 @@ def test_shards_are_what_join_shard_holds_in_its_order(web_files, sst2_dir):
         server.stop()
 
 
+@pytest.mark.parametrize("header, host", [("example.org:8080", "example.org"), ("example.org", "example.org"),
+                                          ("[fe80::1]:8080", "fe80::1"), ("[::1]", "::1"), ("10.0.0.2:80", "10.0.0.2")])
+def test_the_broker_url_uses_the_host_the_page_was_loaded_from(header, host):
+    assert page_host(header) == host
+
+
 def test_a_missing_page_or_a_taken_port_is_one_clear_error(web_files):
     (web_files / "assets" / "index.html").unlink()
     with pytest.raises(EdgezoError, match="npm run build"):
@@ -138,6 +144,9 @@ def test_a_missing_page_or_a_taken_port_is_one_clear_error(web_files):
         taken.listen()
         with pytest.raises(EdgezoError, match="choose another --web-port"):
             WebServer(make_job(web_files), "127.0.0.1", taken.getsockname()[1])
+        with pytest.raises(EdgezoError, match="choose another --web-port"):  # checked before the export
+            check_free("127.0.0.1", taken.getsockname()[1])
+    check_free("127.0.0.1", 0)
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
