@@ -17,6 +17,7 @@ from edgezo.config import JobConfig
 from edgezo.estimators import ProbeConfig
 from edgezo.keys import Direction
 from edgezo.methods import method_of
+from edgezo.methods.fzoo import population_std
 from edgezo.tasks import get_task, load_examples
 
 EPS = 1e-2
@@ -93,3 +94,22 @@ def test_a_trainable_set_that_does_not_enter_affinely_keeps_the_sequential_probe
     assert "q_proj.weight" in bp.batching_refusal(ex)
     assert ex.block2_losses is bp.sequential_block2_losses
     assert bp.default_batched(ex) is bp.BATCHED_BY_DEFAULT["cpu"]
+
+
+@pytest.mark.parametrize("trainable", ["lora:r=2"])
+def test_whole_model_probes_batched_equal_the_sequential_ones_and_fzoo_steps_agree(tiny_llama, sst2_dir, trainable):
+    sequential, batched = executor(tiny_llama, trainable, False), executor(tiny_llama, trainable, True)
+    batched.full_losses = bp.full_losses_for(batched, True)
+    assert batched.full_losses is bp.batched_full_losses and sequential.full_losses is bp.sequential_full_losses
+    batch = sst2_batch(sequential, sst2_dir)
+    perturbations = [()] + [[(Direction(1, 0, 0, 0, i), EPS)] for i in range(4)]
+    a = bp.sequential_full_losses(sequential, perturbations, batch)
+    b = bp.batched_full_losses(batched, perturbations, batch)
+    assert max(abs(x - y) for x, y in zip(a, b)) <= LOSS_TOLERANCE and len(set(a)) == 5
+    probe = ProbeConfig("fzoo", 4, 1, EPS, difference="forward")
+    step_a, step_b = (method_of("fzoo").step(ex, batch, probe, 1, 0, 0) for ex in (sequential, batched))
+    assert step_a.loss == a[0]  # the sequential path is the one every other executor runs
+    # scalars are differences over the losses' spread sigma: a loss off by delta moves one by ~delta/sigma
+    bound = 4 * LOSS_TOLERANCE / population_std(a[1:])
+    assert max(abs(step_a.scalars[d] - step_b.scalars[d]) for d in step_a.scalars) <= bound < 0.01
+    assert (step_a.forwards1, step_a.forwards2) == (step_b.forwards1, step_b.forwards2) == (5, 5)

@@ -37,13 +37,14 @@ from edgezo.backends.hf.lora import LoRALinear
 from edgezo.executor import Perturbation
 
 Probe = tuple[Any, Perturbation]  # (block-1 activation, block-2 perturbation)
-Block2Losses = Callable[[Any, Sequence[Probe], Any], list[float]]
+Block2Losses = Callable[[Any, Sequence[Any], Any], list[float]]  # (executor, probes, batch) -> losses
 
 # Measured on this CPU (benchmarks/results/batched_probes.json): the CPU runs a body forward near
 # its GEMM peak already, so batching buys nothing there; on CUDA the same code runs on the device.
 BATCHED_BY_DEFAULT = {"cpu": False, "cuda": True}
 MAX_TOKENS = 1 << 14  # token rows of one batched forward: activation memory grows with G·B·T, bounded here
 RMS_NORM_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")  # their RMSNorm is ``weight * normalized(x)``
+BATCH_FIELDS = ("input_ids", "attention_mask", "target_positions", "labels")  # a Batch's per-example tensors
 AFFINE_ATTRS = {"norm": ("weight", "bias"), "linear": ("bias",), "lora": ("lora_A", "lora_B")}
 
 
@@ -68,17 +69,41 @@ def block2_losses_for(ex, batched: bool) -> Block2Losses:
     return batched_block2_losses if batched and batching_refusal(ex) is None else sequential_block2_losses
 
 
+def sequential_full_losses(ex, perturbations: Sequence[Perturbation], batch) -> list[float]:
+    """One whole-model forward per perturbation (FZOO's N probes), in order."""
+    return [ex.forward_block2(ex.forward_block1(batch, p), batch, p) for p in perturbations]
+
+
+def batched_full_losses(ex, perturbations: Sequence[Perturbation], batch) -> list[float]:
+    """Whole-model probes as forwards over G·B rows (FZOO's batched forward): the batch tiled G
+    times, every block's trainable tensors per group."""
+    per_forward = max(1, MAX_TOKENS // max(1, batch.input_ids.numel()))
+    out: list[float] = []
+    for start in range(0, len(perturbations), per_forward):
+        chunk = perturbations[start : start + per_forward]
+        tiled = type(batch)(*(_tile(getattr(batch, f), len(chunk), batch.size) for f in BATCH_FIELDS))
+        with _grouped_tensors(ex, chunk, blocks=(1, 2)):
+            logits = ex._block2_logits(ex._block1(tiled, ()), ())
+        out += _group_losses(logits, tiled.labels, len(chunk))
+    return out
+
+
+def full_losses_for(ex, batched: bool) -> Block2Losses:
+    """The executor's way of running whole-model probes (as :func:`block2_losses_for`)."""
+    return batched_full_losses if batched and batching_refusal(ex, (1, 2)) is None else sequential_full_losses
+
+
 def default_batched(ex) -> bool:
     """Whether an executor on ``ex.device`` batches its block-2 probes unless told otherwise."""
     return BATCHED_BY_DEFAULT.get(ex.device.type, False)
 
 
-def batching_refusal(ex) -> str | None:
-    """Why this executor's block-2 probes cannot be batched (None: they can)."""
+def batching_refusal(ex, blocks: tuple[int, ...] = (2,)) -> str | None:
+    """Why this executor's probes of ``blocks`` cannot be batched (None: they can)."""
     if getattr(ex, "language_modelling", False):
         return "the causal-LM loss is per response token, not per example"
     for name in ex.names:
-        if ex.name_block[name] == 2 and _kind_of(ex.model, name) is None:
+        if ex.name_block[name] in blocks and _kind_of(ex.model, name) is None:
             return f"trainable tensor {name} is none of a norm's weight or bias, a linear layer's bias, a LoRA factor"
     return None
 
@@ -112,8 +137,12 @@ def _grouped_forward(ex, probes: Sequence[Probe], batch) -> list[float]:
     stacked = Hidden(hidden, _tile(first.context, groups, batch.size))
     with _grouped_tensors(ex, [perturbation for _, perturbation in probes]):
         logits = ex._block2_logits(stacked, ())
-    losses = F.cross_entropy(logits, batch.labels.repeat(groups), reduction="none").view(groups, -1).mean(dim=1)
-    return losses.tolist()
+    return _group_losses(logits, batch.labels.repeat(groups), groups)
+
+
+def _group_losses(logits: torch.Tensor, labels: torch.Tensor, groups: int) -> list[float]:
+    """Each group's mean cross-entropy over its B rows."""
+    return F.cross_entropy(logits, labels, reduction="none").view(groups, -1).mean(dim=1).tolist()
 
 
 def _tile(value, groups: int, rows: int):
@@ -140,12 +169,12 @@ def _group_values(ex, name: str, perturbations: Sequence[Perturbation]) -> torch
 
 
 @contextmanager
-def _grouped_tensors(ex, perturbations: Sequence[Perturbation]) -> Iterator[None]:
-    """Block 2's trainable tensors neutral, and a hook on each owning module adding every group's
-    own contribution to its rows; everything is put back on the way out."""
+def _grouped_tensors(ex, perturbations: Sequence[Perturbation], blocks: tuple[int, ...] = (2,)) -> Iterator[None]:
+    """The trainable tensors of ``blocks`` neutral, and a hook on each owning module adding every
+    group's own contribution to its rows; everything is put back on the way out."""
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     for name in ex.names:
-        if ex.name_block[name] == 2:
+        if ex.name_block[name] in blocks:
             owner, _, attr = name.rpartition(".")
             by_module.setdefault(owner, {})[attr] = _group_values(ex, name, perturbations)
     saved, handles = [], []

@@ -20,7 +20,7 @@ from edgezo.backends.hf.arch.base import Hidden
 from edgezo.backends.hf.split_executor import Batch, SplitExecutor
 from edgezo.backends.hf.tokenize import Encoded
 from edgezo.backends.torch import perturb as tz
-from edgezo.backends.torch.batched_probes import block2_losses_for, default_batched
+from edgezo.backends.torch.batched_probes import block2_losses_for, default_batched, full_losses_for
 from edgezo.backends.torch.device import model_device
 
 COMPILE_THRESHOLD = 1 << 21  # trainable elements above which the fused compiled kernel pays off
@@ -31,7 +31,7 @@ class TorchExecutor(SplitExecutor):
 
     def __init__(self, model, *args, batched_probes: bool | None = None, **kwargs):
         """``SplitExecutor``'s arguments, ``model`` a transformers model; ``batched_probes``: run
-        a step's block-2 probes as one forward (None: the device type's measured default)."""
+        a step's probes as one forward over their rows (None: the device type's default)."""
         self.adapter = make_adapter(model)
         self.layout, self.kind, self.num_layers = self.adapter.layout, self.adapter.kind, self.adapter.num_layers
         self.hidden_size = model.config.hidden_size
@@ -43,7 +43,8 @@ class TorchExecutor(SplitExecutor):
         super().__init__(model.eval(), *args, **kwargs)
         if self.trainable_numel(1) + self.trainable_numel(2) >= COMPILE_THRESHOLD:
             tz.use_compiled_kernel(True)
-        self.block2_losses = block2_losses_for(self, default_batched(self) if batched_probes is None else batched_probes)
+        batched = default_batched(self) if batched_probes is None else batched_probes
+        self.block2_losses, self.full_losses = block2_losses_for(self, batched), full_losses_for(self, batched)
 
     # Autograd stays off in the zero-order paths (the first-order ones below turn it on).
     forward_block1 = torch.no_grad()(SplitExecutor.forward_block1)
@@ -56,6 +57,11 @@ class TorchExecutor(SplitExecutor):
     def forward_block2_many(self, probes, batch) -> list[float]:
         """Block 2's loss for each (activation, perturbation) probe (``batched_probes``)."""
         return self.block2_losses(self, probes, batch)
+
+    @torch.no_grad()
+    def forward_full_many(self, perturbations, batch) -> list[float]:
+        """The whole model's loss under each perturbation (``batched_probes``: FZOO's N probes)."""
+        return self.full_losses(self, perturbations, batch)
 
     # -- the hooks of SplitExecutor -------------------------------------------------------------
     def head_is_tied(self) -> bool:

@@ -33,7 +33,7 @@ import math
 from typing import Any, Sequence
 
 from edgezo.errors import EdgezoError
-from edgezo.estimators import ForwardCounter, ProbeConfig, StepResult, check_finite, full_loss
+from edgezo.estimators import ForwardCounter, ProbeConfig, StepResult, check_finite
 from edgezo.executor import Executor
 from edgezo.keys import WHOLE_MODEL, Direction
 from edgezo.methods.single_block import SingleBlockMethod
@@ -55,12 +55,23 @@ def normalised_scalars(base: float, losses: Sequence[float]) -> list[float]:
     return [(loss - base) / sigma for loss in losses]
 
 
+def full_losses(ex: Executor, batch: Any, perturbations: list) -> list[float]:
+    """The whole model's loss under each perturbation: one forward each, or together where the
+    executor can run them so (``forward_full_many``: the torch executor's batched probes, the
+    paper's batched forward)."""
+    many = getattr(ex, "forward_full_many", None)
+    if many is not None:
+        return many(perturbations, batch)
+    return [ex.forward_block2(ex.forward_block1(batch, p), batch, p) for p in perturbations]
+
+
 def fzoo_step(ex: Executor, batch: Any, cfg: ProbeConfig, run_seed: int, rnd: int, step: int, stream: int = 0) -> StepResult:
-    """One FZOO step: the unperturbed loss, then N = P1 one-sided whole-model probes."""
+    """One FZOO step: the unperturbed loss and N = P1 one-sided whole-model probes (N + 1 forwards)."""
     count = ForwardCounter(*ex.forward_flops(batch))
-    base = full_loss(ex, batch, (), count)
     directions = [Direction(run_seed, rnd, step, WHOLE_MODEL, i, 0, stream) for i in range(cfg.p1)]
-    losses = [full_loss(ex, batch, [(d, cfg.eps)], count) for d in directions]
+    base, *losses = full_losses(ex, batch, [()] + [[(d, cfg.eps)] for d in directions])
+    count.one(cfg.p1 + 1)
+    count.two(cfg.p1 + 1)
     check_finite(base, *losses)
     scalars = dict(zip(directions, normalised_scalars(base, losses)))
     return StepResult(scalars, base, count.forwards1, count.forwards2, count.flops)
