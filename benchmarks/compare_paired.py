@@ -141,6 +141,14 @@ def plot_task(task: str, groups: dict, goals: dict, path: Path) -> None:
 
 
 # -- markdown -------------------------------------------------------------------------------------
+def rise_cell(done: list) -> str:
+    """The accuracy gained over the second half of the budget, with its interval (points)."""
+    if not done:
+        return "—"
+    r = cs.late_rise([run_scores(row) for _, row in done], "accuracy")
+    return f"{100 * r.value:+.1f} [{100 * r.low:+.1f}, {100 * r.high:+.1f}]" + ("" if r.excludes(0.0) else " (flat)")
+
+
 def method_table(groups: dict) -> list[str]:
     body = []
     for label, done in groups.items():
@@ -149,8 +157,9 @@ def method_table(groups: dict) -> list[str]:
         body.append([label, str(done[0][0].rounds) if done else "—", f"{done[0][0].lr:g}" if done else "—",
                      ", ".join(str(sp.seed) for sp, _ in done) or "none yet",
                      cell("initial_accuracy", lambda v: f"{100 * v:.1f}%"), cell("final_accuracy", lambda v: f"{100 * v:.1f}%"),
-                     cell("final_eval_loss", lambda v: f"{v:.4f}"), cell("flops", lambda v: f"{v:.3g}")])
-    return table(["method", "rounds", "lr", "seeds", "round 0", "final accuracy", "final eval_loss", "FLOPs charged"], body)
+                     rise_cell(done), cell("final_eval_loss", lambda v: f"{v:.4f}"), cell("flops", lambda v: f"{v:.3g}")])
+    return table(["method", "rounds", "lr", "seeds", "round 0", "final accuracy", "rise over the 2nd half (points)",
+                  "final eval_loss", "FLOPs charged"], body)
 
 
 def comparison_table(found: dict, goals: dict) -> list[str]:

@@ -129,6 +129,18 @@ def paired_difference(estimator: Sequence[RunScores], baseline: Sequence[RunScor
     return PairedDifference(metric, Interval(float(pooled[0]), *percentile_interval(pooled)), per_seed)
 
 
+def late_rise(runs: Sequence[RunScores], metric: str, replicates: int = REPLICATES, rng_seed: int = 0) -> Interval:
+    """How much a method's metric still rose over the second half of its budget: the final
+    evaluation minus the one nearest half the FLOPs, mean over seeds, with its interval. A regime
+    whose curves have flattened by then cannot show a difference in compute (issue 24)."""
+    seed_counts, example_counts = resamples(len(runs), runs[0].hits.shape[1], replicates, rng_seed)
+    curves = resampled_curves(runs, metric, example_counts)  # [S, B, T]
+    half = [int(np.argmin(np.abs(r.flops - r.flops[-1] / 2))) for r in runs]
+    rise = np.stack([curves[i, :, -1] - curves[i, :, h] for i, h in enumerate(half)])
+    pooled = (seed_counts.T * rise).sum(axis=0) / seed_counts.sum(axis=1)
+    return Interval(float(pooled[0]), *percentile_interval(pooled))
+
+
 # -- FLOPs to a target -------------------------------------------------------------------------------
 def flops_to_target(curves: np.ndarray, flops: np.ndarray, target: float) -> np.ndarray:
     """[B] FLOPs at which each of B curves [B, T] (higher is better) first reaches ``target``,

@@ -94,3 +94,13 @@ def test_a_loss_target_is_reached_from_above():
     target = loss0 - 0.15  # a lower loss than at round 0
     r = cs.target_ratio(fast, base, "eval_loss", target, replicates=300)
     assert r.resolved and r.ratio.value > 1.2 and r.target == target
+
+
+def test_late_rise_tells_a_rising_curve_from_a_flat_one():
+    shared = np.random.default_rng(7).random(400)
+    rising = [run(s, [0.5, 0.6, 0.65, 0.7, 0.75], shared=shared, rng_seed=1) for s in range(4)]
+    flat = [run(s, [0.5, 0.7, 0.7, 0.7, 0.7], shared=shared, rng_seed=2) for s in range(4)]
+    up = cs.late_rise(rising, "accuracy", replicates=300)  # evaluation 2 of 0..4 is at half the FLOPs
+    assert up.excludes(0.0) and up.value == pytest.approx(0.10, abs=0.02)
+    still = cs.late_rise(flat, "accuracy", replicates=300)
+    assert not still.excludes(0.0)
