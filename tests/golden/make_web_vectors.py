@@ -283,12 +283,30 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def signing_vectors() -> dict:
+    """A fixed Ed25519 key (Ed25519 signatures are deterministic) and envelopes Python made with it,
+    so the page's WebCrypto signing can be checked byte for byte, and its opening against Python's."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from edgezo import signing
+
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+    key = signing._of(private)
+    der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    status = m.encode(m.Status(v=1, run="edgezo", device="web-1", state="online", instance="0123456789ab"))
+    topic = "edgezo/edgezo/status/web-1"
+    return {"pkcs8_hex": der.hex(), "public_text": key.text, "topic": topic, "payload_hex": status.hex(),
+            "envelope_hex": signing.seal(key, topic, status).hex()}
+
+
 def main() -> None:
     TOKENS_OUT.write_text(json.dumps(token_vectors(), ensure_ascii=False, indent=1) + "\n")
     print(f"wrote {TOKENS_OUT}")
     bad, accepted = bad_payloads()
     vectors = {"keys": key_vectors(), "updates": update_vectors(), "batches": batch_vectors(), "messages": message_vectors(),
-               "bad_payloads": bad, "accepted_extra": accepted, "local_rounds": local_round_vectors()}
+               "bad_payloads": bad, "accepted_extra": accepted, "local_rounds": local_round_vectors(),
+               "signing": signing_vectors()}
     OUT.write_text(json.dumps(vectors, indent=None, separators=(",", ":"), default=_json) + "\n")
     print(f"wrote {OUT} ({OUT.stat().st_size:,} bytes)")
 

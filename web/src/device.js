@@ -111,7 +111,7 @@ export class BrowserDevice {
       const msg = await this.link.next(500);
       if (!msg || msg.topic !== this.t.announce || !msg.payload.length) continue;
       if (isSigned(msg.payload)) {
-        throw new DeviceError(`job ${this.run} requires signed messages (PROTOCOL.md §14), which the browser device cannot make yet; join this job with \`edgezo join\``);
+        throw new DeviceError(`job ${this.run} requires signed messages (PROTOCOL.md §14) and this page has no signing key: open the join link over HTTPS in a browser with Ed25519 (WebCrypto), or join with \`edgezo join\``);
       }
       try {
         return decode(msg.payload, "announce");
@@ -221,7 +221,7 @@ export class BrowserDevice {
       if (kind === "announce") return await this.handleAnnounce(decode(msg.payload, "announce"));
       if (kind === "round") await this.handleAssign(decode(msg.payload, "assign"));
       else if (kind === "update") await this.handleUpdate(decode(msg.payload, "update"));
-      else if (kind === "log") decode(msg.payload); // a late LogChunk: dropped
+      else if (kind === "log") this.checkRefused(decode(msg.payload)); // a late LogChunk: dropped
     } catch (e) {
       if (!(e instanceof BadMessage)) throw e;
       this.warn(`ignored a malformed message on ${msg.topic}: ${e.message}`);
@@ -256,6 +256,15 @@ export class BrowserDevice {
     }
     this.replicaRound = update.round;
     this.report({ round: this.replicaRound });
+  }
+
+  /** End with the coordinator's reason when a signed job refused this page's key (a refusal naming
+   * another key, a stranger's, is not ours). */
+  checkRefused(message) {
+    const keyText = this.link.key?.text ?? "";
+    if (message.type !== "refused" || message.device !== this.deviceId || message.key !== keyText) return;
+    const line = keyText ? `${keyText} ${this.deviceId}` : "";
+    throw new DeviceError(`job ${message.run} refused device ${this.deviceId}: ${message.reason}; ${line ? `have the operator add this page's line to the coordinator's --enrolled file: ${line}` : "this page does not sign (open it over HTTPS)"}`);
   }
 
   // -- work -------------------------------------------------------------------------------------
@@ -328,7 +337,9 @@ export class BrowserDevice {
       }
       let chunk;
       try {
-        chunk = decode(msg.payload, "logchunk");
+        chunk = decode(msg.payload);
+        this.checkRefused(chunk);
+        if (chunk.type !== "logchunk") throw new BadMessage(`expected a LogChunk message, got ${chunk.type}`);
       } catch (e) {
         if (!(e instanceof BadMessage)) throw e;
         this.warn(`ignored a malformed log chunk: ${e.message}`);

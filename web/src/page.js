@@ -20,6 +20,7 @@ import { browserProfile, memoryLimitGb } from "./profile.js";
 import { taskOf } from "./prompts.js";
 import { readSafetensors } from "./safetensors.js";
 import { sha256Hex } from "./sha256.js";
+import { deviceKey, isEnvelope, parsePublic, seal, signedLink } from "./signing.js";
 import { jobTokenizer } from "./tokenizer.js";
 import { render, showDataForm } from "./view.js";
 
@@ -170,16 +171,46 @@ async function main() {
   await runDevice({ params, config, run, deviceId, data, tok, sha, base, inputNames, forward, profile, memory, ep });
 }
 
+/** Whether the job is signed: a short connection reads its retained announcement (as the Python
+ * device's discovery connection does), before the real one is made with the right last will. */
+async function jobIsSigned(config, run, deviceId, credentials) {
+  const probe = connectLink(mqtt, { url: config.broker_ws, clientId: `edgezo-${deviceId}-probe`, ...credentials });
+  try {
+    await probe.subscribe(topicsOf(run).announce);
+    const deadline = Date.now() + 10000;
+    while (Date.now() < deadline) {
+      const msg = await probe.next(500);
+      if (msg?.payload.length) return isEnvelope(msg.payload);
+    }
+    return false; // no announcement yet: the device loop waits for it and says so
+  } finally {
+    await probe.close();
+  }
+}
+
+/** The MQTT link: signing with this page's key in a signed job (its line shown for enrolment). */
+async function makeLink({ params, config, run, deviceId, instance, onEvent }) {
+  const token = params.get("token");
+  const credentials = { username: config.username ?? (token ? deviceId : undefined), password: config.password ?? token ?? undefined };
+  const signed = await jobIsSigned(config, run, deviceId, credentials);
+  const key = signed ? await deviceKey(deviceId) : null;
+  const statusTopic = topicsOf(run).status(deviceId);
+  const will = offlineStatus(run, deviceId, instance);
+  const link = connectLink(mqtt, { url: config.broker_ws, clientId: `edgezo-${deviceId}-${instance}`, ...credentials, onEvent,
+    will: { topic: statusTopic, payload: key ? await seal(statusTopic, will, key) : will } });
+  link.deviceId = deviceId;
+  if (!key) return link;
+  const coordinatorKey = params.get("coordinator-key") ?? config.coordinator_key ?? null;
+  report({ message: `job ${run} is signed: this page signs with the key line "${key.text} ${deviceId}" (the operator enrols it with coordinate --enrolled)` });
+  return signedLink(link, key, { coordinatorKey: coordinatorKey && parsePublic(coordinatorKey), warn: (w) => report({ warning: w }) });
+}
+
 async function runDevice({ params, config, run, deviceId, data, tok, sha, base, inputNames, forward, profile, memory, ep }) {
   const instance = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, "0")).join("");
-  const token = params.get("token");
   let closing = false;
-  const link = connectLink(mqtt, {
-    url: config.broker_ws, clientId: `edgezo-${deviceId}-${instance}`, username: config.username ?? (token ? deviceId : undefined),
-    password: config.password ?? token ?? undefined, will: { topic: topicsOf(run).status(deviceId), payload: offlineStatus(run, deviceId, instance) },
-    onEvent: (e) => closing || report(e.error ? { connection: `error: ${e.error}` }
-      : { connection: e.connected ? "connected" : `lost: the broker at ${config.broker_ws} is unreachable; reconnecting every second` }),
-  });
+  const onEvent = (e) => closing || report(e.error ? { connection: `error: ${e.error}` }
+    : { connection: e.connected ? "connected" : `lost: the broker at ${config.broker_ws} is unreachable; reconnecting every second` });
+  const link = await makeLink({ params, config, run, deviceId, instance, onEvent });
   watchDevice(link);
   const device = new BrowserDevice({
     deviceId, run, instance, link, profile, memoryGb: memory.available, backend: `onnxruntime-web/${ep}`, report,
