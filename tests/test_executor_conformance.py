@@ -181,4 +181,4 @@ def test_backends_import_the_model_layer_not_each_other():
     assert seen["mlx"] == []
     # torch.device: where a model's tensors live (the executor's inputs follow its model there)
     assert set(seen["int8"]) <= {"edgezo.backends.torch", "edgezo.backends.torch.executor", "edgezo.backends.torch.perturb",
-                                 "edgezo.backends.torch.device"}
+                                 "edgezo.backends.torch.device", "edgezo.backends.torch.batched_probes"}
