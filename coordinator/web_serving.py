@@ -146,6 +146,8 @@ def start_for_job(settings, ex, info, cfg: JobConfig, data, embedded, say: Calla
     server, sha256 = serve_browser_devices(ex, info, cfg, data, settings.run, options, broker, say)
     host = settings.advertise_host or (settings.web_host if settings.web_host not in ("0.0.0.0", "::") else _lan_address())
     say(join_banner(f"{server.url(host)}/join"))
+    if settings.enrolled is not None:
+        say("note: this job is signed (--enrolled); browser devices cannot sign yet, so pages will refuse to join it")
     return server, sha256
 
 
