@@ -82,12 +82,16 @@ class WebJob:
     trainable_path: Path
     assets: Path
     shard: Callable[[int, int], bytes] | None = None
+    pad_token_id: int | None = None  # the Python tokenizer's pad id (tokenizer.json may not say which it is)
 
     def config(self, page_host: str) -> dict:
         """``/job/config.json``."""
-        return {"run": self.run, "broker_ws": self.broker.for_host(page_host), "prefix": f"edgezo/{self.run}/",
-                "model_url": "/job/model.onnx", "model_sha256": self.model_sha256, "tokenizer_url": "/job/tokenizer.json",
-                "trainable_url": "/job/trainable.safetensors", "data_url": "/job/data" if self.shard is not None else None}
+        config = {"run": self.run, "broker_ws": self.broker.for_host(page_host), "prefix": f"edgezo/{self.run}/",
+                  "model_url": "/job/model.onnx", "model_sha256": self.model_sha256, "tokenizer_url": "/job/tokenizer.json",
+                  "trainable_url": "/job/trainable.safetensors", "data_url": "/job/data" if self.shard is not None else None}
+        if self.pad_token_id is not None:
+            config["pad_token_id"] = int(self.pad_token_id)
+        return config
 
 
 def parse_shard_query(text: str) -> tuple[int, int]:

@@ -117,7 +117,7 @@ def serve_browser_devices(ex, info, cfg: JobConfig, data, run: str, options: Web
     shard = functools.lru_cache(maxsize=16)(functools.partial(shard_jsonl, cfg, options.data)) if options.data else None
     files = Path(tempfile.mkdtemp(prefix="edgezo-web-"))  # this job's round-0 trainables (LoRA's depend on the run seed)
     job = WebJob(run, broker, export.path, export.sha256, tokenizer_file(ex, info.path, files / "tokenizer.json"),
-                 base_trainable_file(ex, files), assets, shard)
+                 base_trainable_file(ex, files), assets, shard, getattr(ex.tokenizer, "pad_token_id", None))
     weakref.finalize(job, shutil.rmtree, files, True)
     server = WebServer(job, options.host, options.port, options.certfile, options.keyfile).start()
     return server, export.sha256
@@ -147,7 +147,8 @@ def start_for_job(settings, ex, info, cfg: JobConfig, data, embedded, say: Calla
     host = settings.advertise_host or (settings.web_host if settings.web_host not in ("0.0.0.0", "::") else _lan_address())
     say(join_banner(f"{server.url(host)}/join"))
     if settings.enrolled is not None:
-        say("note: this job is signed (--enrolled); browser devices cannot sign yet, so pages will refuse to join it")
+        say("this job is signed (--enrolled): a page signs with its own key (WebCrypto Ed25519) and shows its public line; "
+            "add that line to the enrolment file for it to join")
     return server, sha256
 
 

@@ -198,11 +198,20 @@ def test_a_browser_page_trains_with_a_python_device(broker_kind, tmp_path, tiny_
         if recorder is not None:
             recorder.close()
 
-    # the screenshot mid-job shows the round and the loss the page holds
+    check_screenshot(shot, state, text)
+    check_job(out, recorder, tiny_llama, data)
+
+
+def check_screenshot(shot: Path, state: dict, text: str) -> None:
+    """The screenshot mid-job is a real image, and the page showed the round and the loss it held."""
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 5000
     assert state["phase"] != "finished" and 2 <= state["round"] <= ROUNDS, state
     assert f"{state['round']} of {ROUNDS}" in text and f"{state['loss']:.4f}" in text, text[:600]
 
+
+def check_job(out: Path, recorder: Recorder, model: Path, data: Path) -> None:
+    """Both devices in every round, the export's digest announced, and the page's scalars are what
+    the Python executor computes for its assignment (the reference reproducing py0's own first)."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(ROUNDS + 1)) and all(r["devices"] == 2 for r in rows[1:])
     for rnd in range(1, ROUNDS + 1):
@@ -216,10 +225,10 @@ def test_a_browser_page_trains_with_a_python_device(broker_kind, tmp_path, tiny_
     worst = 0.0
     for rnd in range(1, ROUNDS + 1):
         assign = recorder.assigns[rnd]
-        mine = replica_scalars(job, tiny_llama, data, log, assign, "py0", (0, 2))
+        mine = replica_scalars(job, model, data, log, assign, "py0", (0, 2))
         assert np.array_equal(mine, m.unpack_scalars(recorder.results[("py0", rnd)].scalars).astype(np.float64)), \
             "the reference does not reproduce the Python device bit for bit: it is not the reference"
-        reference = replica_scalars(job, tiny_llama, data, log, assign, "web0", (1, 2))
+        reference = replica_scalars(job, model, data, log, assign, "web0", (1, 2))
         page_result = recorder.results[("web0", rnd)]
         got = m.unpack_scalars(page_result.scalars).astype(np.float64)
         assert got.shape == reference.shape

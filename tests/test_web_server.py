@@ -57,7 +57,7 @@ def web_files(tmp_path):
 
 def make_job(folder: Path, shard=None) -> WebJob:
     return WebJob("demo", BrokerWebSocket(scheme="ws", port=9001), folder / "model.onnx", "ab" * 32, folder / "tokenizer.json",
-                  folder / "trainable.safetensors", folder / "assets", shard)
+                  folder / "trainable.safetensors", folder / "assets", shard, pad_token_id=2)
 
 
 def listening(port: int) -> list[str]:
@@ -89,7 +89,7 @@ def test_routes_serve_the_page_the_job_and_the_isolation_headers(web_files):
         config = json.loads(body)
         assert config == {"run": "demo", "broker_ws": "ws://phone-visible.example:9001", "prefix": "edgezo/demo/",
                           "model_url": "/job/model.onnx", "model_sha256": "ab" * 32, "tokenizer_url": "/job/tokenizer.json",
-                          "trainable_url": "/job/trainable.safetensors", "data_url": None}
+                          "trainable_url": "/job/trainable.safetensors", "data_url": None, "pad_token_id": 2}
         assert headers["Cache-Control"] == "no-store"
         assert get(f"{base}/job/model.onnx")[2] == b"onnx-bytes" * 1000
         assert get(f"{base}/job/tokenizer.json")[2] == b'{"model": {}}'
