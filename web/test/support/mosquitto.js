@@ -28,9 +28,10 @@ export function mosquittoPath() {
   throw new Error("mosquitto not found; install it: apt-get install -y mosquitto");
 }
 
-/** Start mosquitto; returns {tcp, ws, stop()}. */
-export async function startMosquitto() {
-  const [tcp, ws] = [await freePort(), await freePort()];
+/** Start mosquitto (on the given ports, else free ones); returns {tcp, ws, stop()}. */
+export async function startMosquitto({ tcp, ws } = {}) {
+  tcp ??= await freePort();
+  ws ??= await freePort();
   const dir = mkdtempSync(join(tmpdir(), "edgezo-web-mosquitto-"));
   const conf = join(dir, "mosquitto.conf");
   writeFileSync(conf, [`listener ${tcp} 127.0.0.1`, `listener ${ws} 127.0.0.1`, "protocol websockets", "allow_anonymous true",
