@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgezo.config import JobConfig, config_keys, probe_config
-from edgezo.engine import device_batch_indices
+from edgezo.engine import DeviceTurn, device_round
 from edgezo.errors import EdgezoError
 from edgezo.jobdata import device_shards, load_job_data, make_batcher
 from edgezo.keys import fnv1a64
@@ -38,7 +38,9 @@ from edgezo.methods import method_of
 
 from edgezo.coordinator import messages as m
 from edgezo.coordinator.checkpoint import checkpoint_worth_it, download_checkpoint
+from edgezo.coordinator.link import Link
 from edgezo.coordinator.topics import ROOT, Topics
+from edgezo.coordinator.trainables import announced_trainables
 
 log = logging.getLogger("edgezo.device")
 CATCH_UP_MODES = ("auto", "replay", "checkpoint")
@@ -67,7 +69,7 @@ class DuplicateDevice(EdgezoError):
     """Another process is online under this device id."""
 
 
-def find_job(link, run: str | None, timeout: float, stay: bool = False, signers: dict | None = None) -> m.Announce:
+def find_job(link: Link, run: str | None, timeout: float, stay: bool = False, signers: dict | None = None) -> m.Announce:
     """The running job announced on the broker (the named one, or the only one); without ``stay``,
     the finished one when that is all there is (its ``state`` says so). ``signers`` gets, per run,
     the key that signed its announcement (None: unsigned; a signed announcement means a signed job)."""
@@ -110,7 +112,7 @@ def find_job(link, run: str | None, timeout: float, stay: bool = False, signers:
 
 
 class Device:
-    def __init__(self, settings: DeviceSettings, link, build_executor: Callable, say: Callable[[str], None] = print):
+    def __init__(self, settings: DeviceSettings, link: Link, build_executor: Callable, say: Callable[[str], None] = print):
         self.s, self.link, self.build_executor, self.say = settings, link, build_executor, say
         self.deferred: deque = deque()
         self.ex = None
@@ -159,7 +161,7 @@ class Device:
             )
         if self.ex.split != ann.split:
             raise EdgezoError(f"the job splits at layer {ann.split}, this device's executor at {self.ex.split}")
-        check_trainable(ann.trainable, trainable_layout(self.ex))
+        check_trainable(ann.trainable, announced_trainables(self.ex))
         self.make_batch = make_batcher(self.ex, data.task, data.train)
         self.replica_round = 0
         self.say(f"joined job {ann.run!r} as {self.s.device_id}: {info.name}, {len(self.shard):,} local examples, round {ann.round}/{ann.rounds}")
@@ -333,19 +335,19 @@ class Device:
         self.link.publish(self.topics.result(self.s.device_id), m.encode(result))
 
     def _work(self, assign: m.Assign, task: m.DeviceTask) -> m.Result:
+        """This device's round (``edgezo.engine.device_round``, as a simulated device's), from
+        and back to the replica's global model; its scalars in the order the method lists them."""
         cfg, method = self.cfg, self.method
-        probe = probe_config(cfg, task.p1, task.p2)
-        stream = method.stream(1 + [t.device for t in assign.tasks].index(task.device))
+        position = 1 + [t.device for t in assign.tasks].index(task.device)
+        turn = DeviceTurn(self.index, position, task.k, task.batch, probe_config(cfg, task.p1, task.p2))
         t0 = time.perf_counter()
-        indices = device_batch_indices(self.shard, task.batch, task.k, cfg.seed, assign.round, self.index)
-        batches = [self.make_batch(ix) for ix in indices]
         before = self.ex.snapshot()
         fingerprint = self.ex.fingerprint()
         try:
-            out = method.local_round(self.ex, batches, probe, assign.lr, cfg.seed, assign.round, stream)
+            out = device_round(method, self.ex, self.make_batch, self.shard, turn, cfg.seed, assign.round, assign.lr)
         finally:
             self.ex.restore(before)
-        order = method.directions(probe, cfg.seed, assign.round, task.k, stream)
+        order = turn.directions(method, cfg.seed, assign.round)
         seconds = time.perf_counter() - t0
         loss = sum(out.losses) / len(out.losses)
         self.say(f"round {assign.round}: {len(order)} scalars (K {task.k}, P1 {task.p1}, P2 {task.p2}, batch {task.batch}) "
@@ -353,7 +355,7 @@ class Device:
         return m.Result(
             v=m.PROTOCOL_VERSION, run=self.topics.run, round=assign.round, attempt=assign.attempt,
             device=self.s.device_id, scalars=m.pack_scalars([out.scalars[d] for d in order]),
-            examples=sum(b.size for b in batches), loss=loss, forwards1=out.forwards1, forwards2=out.forwards2,
+            examples=out.examples, loss=loss, forwards1=out.forwards1, forwards2=out.forwards2,
             flops=out.flops, compute_s=seconds, fingerprint=fingerprint,
         )
 
@@ -433,13 +435,6 @@ def signing_mismatch(run: str, device_id: str, signed: bool) -> EdgezoError:
                            "it with coordinate --enrolled), then join again (with --key if it is not in the default place)")
     return EdgezoError(f"job {run!r} does not use signed messages, but this device joined signing them; start `edgezo join` "
                        "again (it signs only for a signed job)")
-
-
-def trainable_layout(ex) -> list[tuple[str, int, int]]:
-    """This executor's trained tensors as announced (``LogService`` builds the same list)."""
-    from edgezo.coordinator.log_service import trainable_layout as layout
-
-    return layout(ex)
 
 
 def check_trainable(announced, own) -> None:

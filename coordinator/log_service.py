@@ -19,18 +19,9 @@ from edgezo.coordinator import messages as m
 from edgezo.coordinator.checkpoint import CheckpointServer, latest_checkpoint, write_checkpoint
 from edgezo.coordinator.state import StateFolder, shared_job
 from edgezo.coordinator.topics import Topics
+from edgezo.coordinator.trainables import announced_trainables
 
 log = logging.getLogger("edgezo.coordinator")
-
-
-def trainable_layout(ex) -> list[tuple[str, int, int]]:
-    """``[(name, block, numel), ...]`` in fingerprint order (PROTOCOL.md section 9.2), from the
-    shared model layer's executors (``SplitExecutor.names``/``name_block``/``tensor_numel``);
-    an executor without them (a test double) announces none, which devices do not check."""
-    names, blocks, numel = (getattr(ex, a, None) for a in ("names", "name_block", "tensor_numel"))
-    if names is None or blocks is None or numel is None:
-        return []
-    return [(n, int(blocks[n]), int(numel[n])) for n in names]
 
 
 class LogService:
@@ -41,7 +32,7 @@ class LogService:
         self.entries = state.entries()  # the hash chain is checked here
         self.round = replay(ex, self.entries, verify=True)  # and every logged fingerprint
         self.fingerprint = ex.fingerprint()  # of the global model; recomputed only when it changes
-        self.trainable = trainable_layout(ex)
+        self.trainable = announced_trainables(ex)
         self.onnx_sha256 = ""  # the browser devices' ONNX export (coordinate --web-port), announced when set
         self.http: CheckpointServer | None = None
 

@@ -26,6 +26,7 @@ from edgezo.config import JobConfig
 from edgezo.engine import RoundRecord, Totals
 
 from edgezo.coordinator import messages as m
+from edgezo.coordinator.link import Link
 from edgezo.coordinator.log_service import LogService
 from edgezo.coordinator.planning import DevicePlanner, Planning
 from edgezo.coordinator.presence import Presence
@@ -62,7 +63,7 @@ class Coordinator:
         self,
         cfg: JobConfig,
         settings: CoordinatorSettings,
-        link,
+        link: Link,
         ex,
         model: m.ModelRef,
         evaluate: Callable[[], float],
