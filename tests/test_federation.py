@@ -306,7 +306,7 @@ def test_the_job_survives_a_broker_restart(tmp_path, mosquitto_factory, tiny_lla
 
 
 def test_coordinate_without_a_broker_starts_an_embedded_one(procs, tmp_path, tiny_llama, sst2_dir):
-    from edgezo.coordinator.broker import free_port
+    from support.ports import free_port
 
     port = free_port()
     job = job_options(tiny_llama, sst2_dir)

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from support.mosquitto import drain, find_mosquitto, wait_connected
+from support.ports import free_port
 
-from edgezo.coordinator.broker import EmbeddedBroker, free_port
+from edgezo.coordinator.broker import EmbeddedBroker
 from edgezo.coordinator.transport import BrokerSettings, Message, MqttLink, parse_broker
 from edgezo.errors import EdgezoError
 

@@ -16,9 +16,10 @@ import time
 import weakref
 from pathlib import Path
 
-from edgezo.coordinator.broker import BrokerBase, free_port, port_accepts
+from edgezo.coordinator.broker import BrokerBase, port_accepts
 from edgezo.coordinator.transport import Message, MqttLink
 from edgezo.errors import EdgezoError
+from support.ports import free_port
 
 log = logging.getLogger("edgezo.tests.mosquitto")
 

@@ -24,9 +24,10 @@ import uuid
 import weakref
 from pathlib import Path
 
-from edgezo.coordinator.broker import free_port, port_accepts
+from edgezo.coordinator.broker import port_accepts
 from edgezo.coordinator.transport import BrokerSettings, format_address
 from edgezo.errors import EdgezoError
+from support.ports import free_port
 
 log = logging.getLogger("edgezo.tests.rabbitmq")
 
