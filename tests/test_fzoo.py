@@ -16,7 +16,7 @@ from edgezo.estimators import ProbeConfig, update_rule
 from edgezo.methods import method_of
 from edgezo.methods.fzoo import normalised_scalars, population_std
 from edgezo.seedlog import SeedLog, replay
-from edgezo.tasks import get_task
+from edgezo.tasks import get_task, load_examples
 from toy_executor import QuadraticExecutor, estimated_gradient
 
 FZOO = method_of("fzoo")
@@ -88,3 +88,15 @@ def test_a_federated_fzoo_job_is_rebuilt_bit_for_bit_from_its_seed_log(tiny_llam
         assert replay(replica, [entry]) == 1
         assert replica.fingerprint() == row["fingerprint"]
     assert replica.fingerprint() == summary["fingerprint"] != rows[0]["fingerprint"]
+
+
+def test_fzoo_steps_lower_the_loss_of_a_tiny_model_on_real_examples(tiny_llama, sst2_dir):
+    ex, _ = build_torch_executor(JobConfig(model=str(tiny_llama), trainable="norm", split=2).validate(), get_task("sst2"))
+    task = get_task("sst2")
+    train = load_examples(task, sst2_dir, "train")[:16]
+    batch = ex.encode([task.prompt(e, ex.kind) for e in train], [e.label for e in train])
+    probe = FZOO.probe(4, 1, 1e-2, "joint", "forward")
+    before = ex.forward_block2(ex.forward_block1(batch), batch)
+    for rnd in range(1, 7):
+        FZOO.local_round(ex, [batch, batch], probe, 0.1, run_seed=1, rnd=rnd)
+    assert ex.forward_block2(ex.forward_block1(batch), batch) < before - 0.03
