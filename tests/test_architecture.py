@@ -1,0 +1,192 @@
+"""The layer rules of docs/architecture.md, held as tests (issue 25).
+
+Read from the source with ``ast`` (nothing imported), so an import hidden inside a function counts
+as much as one at the top of a file: a rule a reader cannot see is not a rule.
+
+- the core (keys, perturb, estimators, methods, aggregate, engine, seedlog, simulation, signing,
+  ...) imports neither a backend (``edgezo.backends``) nor the coordinator (``edgezo.coordinator``)
+  nor the application layer (CLI, commands, jobs, engines, API, settings, outputs, plots);
+- the backends and the coordinator do not import the application layer;
+- a method's round (``method.local_round(``) is started from one place outside ``edgezo/methods``:
+  ``edgezo.engine.device_round``, which the simulation, the Ray actors and a real device call;
+- no function in the package is longer than ``MAX_LINES`` (its docstring not counted: a
+  docstring says why, and is not what makes a function hard to follow). The functions that still
+  are longer are listed in ``TOO_LONG``, an allow-list that may only shrink.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = {"edgezo": ROOT / "edgezo", "edgezo.backends": ROOT / "backends", "edgezo.coordinator": ROOT / "coordinator"}
+
+# The application layer: what runs a job for a user (to move into its own package, issue 25 item 2).
+APP = ("edgezo.cli", "edgezo.commands", "edgezo.jobs", "edgezo.engines", "edgezo.api", "edgezo.settings",
+       "edgezo.outputs", "edgezo.plot", "edgezo.runfolder", "edgezo.__main__")
+CORE = ("edgezo.keys", "edgezo.perturb", "edgezo.estimators", "edgezo.methods", "edgezo.aggregate", "edgezo.engine",
+        "edgezo.seedlog", "edgezo.simulation", "edgezo.signing", "edgezo.executor", "edgezo.errors", "edgezo.config",
+        "edgezo.costmodel", "edgezo.planner", "edgezo.profiles", "edgezo.fleet", "edgezo.partition", "edgezo.tasks",
+        "edgezo.taskfile", "edgezo.jobdata", "edgezo.evaluate", "edgezo.schema", "edgezo.names")
+BELOW_APP = ("edgezo.backends", "edgezo.coordinator")
+
+MAX_LINES = 60
+# (module, qualified function) -> its length when this list was made; shrink it, never grow it.
+TOO_LONG = {
+    ("edgezo.jobs.simulate", "SimulateJob.run"): 106,  # the simulate and coordinate jobs' shared shell is issue 25's next step
+    ("edgezo.jobs.join", "JoinJob.run"): 81,
+}
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package by its import name."""
+    found = {}
+    for prefix, folder in PACKAGE.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join((prefix, *parts))] = path
+    return found
+
+
+MODULES = _modules()
+TREES = {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
+
+
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _imports(name: str) -> list[tuple[int, str]]:
+    """(line, imported module) of every import in module ``name``, at any depth, relative ones resolved."""
+    out = []
+    package = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(TREES[name]):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            out.append((node.lineno, base))
+            out += [(node.lineno, f"{base}.{alias.name}") for alias in node.names if f"{base}.{alias.name}" in MODULES]
+    return out
+
+
+def _offences(layer, forbidden) -> list[str]:
+    return [f"{name} line {line} imports {target}" for name in MODULES if _under(name, layer)
+            for line, target in _imports(name) if _under(target, forbidden)]
+
+
+def test_the_module_lists_name_real_modules():
+    """A rule over a misspelt or moved module would hold vacuously."""
+    for name in CORE + APP:
+        assert any(_under(m, (name,)) for m in MODULES), f"{name} is no module of the package: update the lists"
+
+
+def test_the_core_imports_no_backend_coordinator_or_application():
+    assert _offences(CORE, BELOW_APP + APP) == []
+
+
+def test_backends_and_coordinator_do_not_import_the_application_layer():
+    assert _offences(BELOW_APP, APP) == []
+
+
+def test_the_checker_sees_an_import_inside_a_function(tmp_path):
+    """The rule's own check: a forbidden import hidden in a function body is found."""
+    tree = ast.parse("def f():\n    from edgezo.backends.choice import build_executor\n")
+    TREES["edgezo.keys"], saved = tree, TREES["edgezo.keys"]
+    try:
+        assert _offences(("edgezo.keys",), BELOW_APP) == ["edgezo.keys line 2 imports edgezo.backends.choice"]
+    finally:
+        TREES["edgezo.keys"] = saved
+
+
+def _calls(attribute: str) -> list[str]:
+    return [f"{name} line {node.lineno}" for name, tree in TREES.items() for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == attribute]
+
+
+def test_a_methods_round_is_started_from_one_place():
+    """``method.local_round`` outside ``edgezo.methods``: only in ``edgezo.engine.device_round``."""
+    outside = [c for c in _calls("local_round") if not c.startswith("edgezo.methods")]
+    assert len(outside) == 1 and outside[0].startswith("edgezo.engine line"), outside
+
+
+def _length(node) -> int:
+    """Lines of a function, its docstring not counted."""
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
+def _functions(tree, prefix=""):
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield f"{prefix}{node.name}", node
+            yield from _functions(node, f"{prefix}{node.name}.")
+        elif isinstance(node, ast.ClassDef):
+            yield from _functions(node, f"{prefix}{node.name}.")
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    lengths = {(name, qual): _length(node) for name, tree in TREES.items() for qual, node in _functions(tree)}
+    too_long = {key: n for key, n in lengths.items() if n > MAX_LINES}
+    grown = {key: n for key, n in too_long.items() if key not in TOO_LONG or n > TOO_LONG[key]}
+    assert not grown, f"functions over {MAX_LINES} lines (split them): {grown}"
+    fixed = [key for key in TOO_LONG if lengths.get(key, 0) <= MAX_LINES]
+    assert not fixed, f"no longer over {MAX_LINES} lines: take {fixed} off TOO_LONG"
+
+
+def test_batches_and_streams_are_drawn_in_the_round_engine():
+    """Which examples a device's round uses and which direction stream it probes are decided in
+    ``edgezo.engine`` only (the coordinator also derives the streams, to check what a device owes)."""
+    batches = [f"{n} line {node.lineno}" for n, tree in TREES.items() for node in ast.walk(tree)
+               if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "device_batch_indices"]
+    assert batches and all(c.startswith("edgezo.engine line") for c in batches), batches
+    streams = [c for c in _calls("stream") if not c.startswith(("edgezo.engine line", "edgezo.coordinator.rounds line"))]
+    assert streams == [c for c in streams if c.startswith("edgezo.backends.mlx")], streams  # mx.stream: MLX's, not a method's
+
+
+def test_the_package_links_are_links():
+    """``MqttLink`` and the signing wrapper over it are ``Link``s (the seam the coordinator and the
+    device are typed against), and what they hand out is a ``Received``; an object lacking a
+    member is not."""
+    from edgezo.coordinator.link import Link, Received
+    from edgezo.coordinator.signed_link import Opened, SignedLink
+    from edgezo.coordinator.transport import BrokerSettings, Message, MqttLink
+
+    mqtt = MqttLink(BrokerSettings(), "architecture-test")  # not connected: nothing is opened
+    assert isinstance(mqtt, Link) and isinstance(SignedLink(mqtt), Link)
+    assert isinstance(Message("t", b"", False), Received) and isinstance(Opened("t", b"", False), Received)
+
+    class NoGet:
+        connections = 0
+
+        def subscribe(self, topic_filter, qos=1): ...
+
+        def publish(self, topic, payload, qos=1, retain=False): ...
+
+        def close(self): ...
+
+    assert not isinstance(NoGet(), Link)
+
+
+def test_a_backend_is_its_folder_and_one_registration():
+    """Every registered backend is defined in its own folder (``backends/<name>/backend.py``) and
+    built by a factory there; ``choice.py`` names no backend (what differs is the registration's)."""
+    from edgezo.backends.registry import BACKENDS, backend_of
+
+    for name in BACKENDS:
+        spec = backend_of(name)
+        assert f"edgezo.backends.{name}.backend" in MODULES, f"{name} has no backends/{name}/backend.py"
+        assert spec.factory.startswith(f"edgezo.backends.{name}.") and spec.factory.partition(":")[0] in MODULES
+    literals = {node.value for node in ast.walk(TREES["edgezo.backends.choice"])
+                if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    assert not literals & set(BACKENDS), f"choice.py names backends: {sorted(literals & set(BACKENDS))}"
