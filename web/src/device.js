@@ -290,7 +290,7 @@ export class BrowserDevice {
     const batches = indices.map((ix) => this.makeBatch(ix));
     const before = snapshot(this.replica);
     const startPrint = fingerprint(this.replica);
-    this.report({ phase: "working", round: assign.round, progress: `0/${task.k} steps` });
+    this.report({ phase: "working", round: assign.round, progress: `0/${task.k} steps`, message: null });
     let out;
     try {
       out = await localRound({ loss: this.loss, replica: this.replica, batches, probe, lr: assign.lr, runSeed: this.job.seed,

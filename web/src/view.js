@@ -10,7 +10,7 @@ const ROWS = [
   ["round", "Round", (s) => (s.round === null ? "-" : `${s.round}${s.rounds ? ` of ${s.rounds}` : ""}`)],
   ["loss", "Loss", (s) => (s.loss === null ? "-" : s.loss.toFixed(4))],
   ["probe", "Time per probe", (s) => (s.probeSeconds === null ? "-" : `${s.probeSeconds.toFixed(2)} s`)],
-  ["sent", "Sent", (s) => (s.sent ? `${s.sent.scalars} scalars for round ${s.sent.round} (${s.bytesSent.toLocaleString()} bytes in all)` : "nothing yet")],
+  ["sent", "Sent", (s) => (s.sent ? `${s.sent.scalars} scalar${s.sent.scalars === 1 ? "" : "s"} for round ${s.sent.round} (${s.bytesSent.toLocaleString()} bytes in all)` : "nothing yet")],
   ["backend", "Runtime", (s) => s.backend ?? "-"],
   ["connection", "Broker", (s) => s.connection ?? "-"],
   ["battery", "Battery", (s) => s.battery ?? "not exposed by this browser"],
