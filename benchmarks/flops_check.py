@@ -39,6 +39,7 @@ STEPS = (
     ("decomfl", "decomfl", {"p1": 5, "difference": "central"}),
     ("decomfl-fwd", "decomfl", {"p1": 5, "difference": "forward"}),
     ("fedzo", "fedzo", {"p1": 5}),
+    ("fzoo", "fzoo", {"p1": 4}),  # N + 1 forwards, batched into one forward of (N + 1)·B rows where it can
 )
 
 
