@@ -31,7 +31,7 @@ from edgezo.costmodel import Work
 from edgezo.engine import DeviceTurn, device_round
 from edgezo.errors import EdgezoError
 from edgezo.estimators import LocalRound
-from edgezo.methods import method_of
+from edgezo.methods import Method, method_of
 from edgezo.methods.base import Update
 from edgezo.simulation import Results, RoundStart
 
@@ -98,7 +98,7 @@ class DeviceWorker:
     Written as a plain class (``ray.remote`` wraps it at start) so it imports without Ray.
     """
 
-    def __init__(self, cfg: JobConfig, train: list, devices: Sequence[RemoteDevice], threads: int,
+    def __init__(self, cfg: JobConfig, method: Method, train: list, devices: Sequence[RemoteDevice], threads: int,
                  history: Sequence[Update] = ()):
         _limit_threads(threads)
         from edgezo.backends.choice import build_executor
@@ -107,7 +107,7 @@ class DeviceWorker:
 
         task = get_task(cfg.task)
         self.cfg = cfg
-        self.method = method_of(cfg.method)
+        self.method = method  # resolved once, by the driver
         self.devices = {d.index: d for d in devices}
         self.replicas: dict[str, Any] = {}
         self.batchers: dict[str, Callable] = {}
@@ -169,9 +169,9 @@ class RayEngine:
     computed here and tells the workers each global update.
     """
 
-    def __init__(self, ray, settings: RaySettings, cfg: JobConfig, train_ref, devices: list[RemoteDevice],
+    def __init__(self, ray, settings: RaySettings, cfg: JobConfig, method: Method, train_ref, devices: list[RemoteDevice],
                  started_ray: bool, history: Sequence[Update] = ()):
-        self.ray, self.settings, self.cfg = ray, settings, cfg
+        self.ray, self.settings, self.cfg, self.method = ray, settings, cfg, method
         self.devices = devices
         self._train_ref, self._started_ray = train_ref, started_ray
         self._actor_class = ray.remote(DeviceWorker)
@@ -204,7 +204,7 @@ class RayEngine:
         if not ray.is_initialized():
             started = True
             _init_ray(ray, settings)
-        engine = cls(ray, settings, cfg, ray.put(list(train)), devices, started, history)
+        engine = cls(ray, settings, cfg, method, ray.put(list(train)), devices, started, history)
         if driver_replicas:
             engine.check({b: ex.fingerprint() for b, ex in driver_replicas.items()}, "the base model")
         return engine
@@ -221,7 +221,8 @@ class RayEngine:
         if s.memory_mb is not None:
             options["memory"] = int(s.memory_mb * 2**20)
         devices = self._assigned(slot) or self.devices[:1]  # an idle worker still holds a replica
-        return self._actor_class.options(**options).remote(self.cfg, self._train_ref, devices, threads, list(self.history))
+        return self._actor_class.options(**options).remote(self.cfg, self.method, self._train_ref, devices, threads,
+                                                           list(self.history))
 
     def _await_ready(self, slot: int) -> None:
         try:
