@@ -133,7 +133,10 @@ def plot_task(task: str, groups: dict, goals: dict, path: Path) -> None:
         ax.set_xlabel("cumulative FLOPs charged, all devices")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no finished runs yet", transform=ax.transAxes, ha="center", color="gray")
     fig.suptitle(f"{task}: mean over reported seeds (the same evaluation examples for every run)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
