@@ -1,7 +1,7 @@
 """The gradient-quality bench: how much expected descent each zero-order estimator setting buys
 per forward FLOP, measured against backpropagation's gradient, without training noise.
 
-    python benchmarks/gradient_quality.py run [--trainable norm lora bitfit] [--batches 48] [--quick]
+    python benchmarks/gradient_quality.py run [--trainable norm lora bitfit] [--batches 48] [--mid-batches N] [--quick]
     python benchmarks/gradient_quality.py report
 
 ``run``: at two checkpoints of the default job's model (the base model and one mid-training

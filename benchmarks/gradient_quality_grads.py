@@ -30,7 +30,11 @@ from edgezo.tasks import get_task, load_examples
 
 CACHE = Path(__file__).resolve().parent.parent / "runs" / "gradient_quality"
 MID_STEPS = 16  # first-order SGD steps from the base model to the mid-training checkpoint
-MID_LR = 0.025  # FedAvg's tuned rate for SST-2 in benchmarks/RESULTS.md (the comparison's grid winner)
+# Their rate: for LoRA, FedAvg's tuned rate for SST-2 (0.025, the comparison's grid winner in
+# benchmarks/RESULTS.md); for the norm weights one device's plain SGD at 0.025 diverged (batch
+# loss 0.31 -> 1.4 -> 0.8 over 16 steps: FedAvg averaged 4 devices), so 0.005 (its grid's middle).
+MID_LR = {"lora": 0.025}
+MID_LR_OTHERS = 0.005
 SAMPLE_SEED = 0  # the permutation of SST-2's training split the batches are drawn from
 
 
@@ -120,14 +124,14 @@ def set_checkpoint(bench: Bench, checkpoint: str, base_weights: dict) -> dict:
     path = bench.cache / bench.model_name / trainable_tag(bench.ex) / "mid_weights.npz"
     info_path = path.with_suffix(".json")
     if not path.exists():
-        losses = []
+        losses, lr = [], MID_LR.get(bench.job.trainable.split(":")[0], MID_LR_OTHERS)
         for k in tqdm(range(MID_STEPS), desc="mid-training SGD steps", dynamic_ncols=True):
             loss, grads = bench.ex.loss_and_grad(bench.mid_batch(k))
-            bench.ex.add_to_trainable(grads, -MID_LR)
+            bench.ex.add_to_trainable(grads, -lr)
             losses.append(loss)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **bench.ex.trainable_arrays())
-        info_path.write_text(json.dumps({"steps": MID_STEPS, "lr": MID_LR, "batch": bench.job.batch_size, "losses": losses}))
+        info_path.write_text(json.dumps({"steps": MID_STEPS, "lr": lr, "batch": bench.job.batch_size, "losses": losses}))
     with np.load(path) as saved:
         bench.ex.load_trainable({n: saved[n] for n in saved.files})
     return {"checkpoint": "mid", **json.loads(info_path.read_text())}
