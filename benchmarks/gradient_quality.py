@@ -84,6 +84,8 @@ def trainable_result(bench: grads.Bench, batches: dict[str, int], splits: list[i
         out["checkpoints"][checkpoint] = {
             "checkpoint": {k: v for k, v in info.items() if k not in ("folder", "validation")},
             "mean_batch_loss": float(data["losses"].mean()),
+            # elements whose gradient is 0 on every batch (LoRA's A while B = 0): probe dimensions that buy only noise
+            "zero_gradient_fraction": float(np.mean(np.all(data["grads"] == 0, axis=0))),
             "curvature_q2": q2, "curvature_q2_se": q2_se,
             "linearisation": validation,
             **figures,

@@ -75,7 +75,8 @@ def checkpoint_notes(result: dict) -> list[str]:
             f"{pm(best['per_flop_vs_default'], best['per_flop_vs_default_se'])}× the default's descent per FLOP.",
             f"  Block-2 probes against none (joint, P1 = 1, split {split}, descent per FLOP over P2 = 1's): {gains}."
             f" Block 2's share of ‖G‖²: {shares}. A 512-example gradient as the reference would scale every ratio by "
-            f"cos²(g_512, G) = {ck['cos2_of_512_example_gradient']:.2f}. Forward-difference curvature term "
+            f"cos²(g_512, G) = {ck['cos2_of_512_example_gradient']:.2f}. Trainable elements with a zero gradient on every "
+            f"batch: {100 * ck.get('zero_gradient_fraction', 0):.0f}%. Forward-difference curvature term "
             f"E[q²] = {sci(ck['curvature_q2'], ck['curvature_q2_se'])}. Real scalars vs linearised (relative "
             f"difference): {lin}.",
         ]
