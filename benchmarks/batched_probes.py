@@ -82,14 +82,32 @@ def time_both(ex, batch, probe: ProbeConfig, repeats: int, sync) -> dict:
             seconds, cpu_seconds, scalars[way] = time_step(ex, batch, probe, way, sync)
             times[way].append(round(seconds, 4))
             cpu[way].append(round(cpu_seconds, 4))
-    medians = {way: statistics.median(t) for way, t in times.items()}
-    cpu_medians = {way: statistics.median(t) for way, t in cpu.items()}
     difference = max(abs(scalars["batched"][d] - scalars["sequential"][d]) for d in scalars["sequential"])
-    return {"sequential_s": times["sequential"], "batched_s": times["batched"],
-            "sequential_median_s": round(medians["sequential"], 4), "batched_median_s": round(medians["batched"], 4),
-            "speedup": round(medians["sequential"] / medians["batched"], 3),
-            "sequential_cpu_s": cpu["sequential"], "batched_cpu_s": cpu["batched"],
-            "cpu_speedup": round(cpu_medians["sequential"] / cpu_medians["batched"], 3), "max_scalar_difference": difference}
+    return summarise({"sequential_s": times["sequential"], "batched_s": times["batched"],
+                      "sequential_cpu_s": cpu["sequential"], "batched_cpu_s": cpu["batched"], "max_scalar_difference": difference})
+
+
+def paired_interval(sequential: list[float], batched: list[float], draws: int = 10000) -> tuple[float, float]:
+    """95% bootstrap interval of the geometric mean of the paired ratios sequential/batched (the
+    two ways of one repetition ran back to back, so load hits a pair alike)."""
+    logs = np.log(np.asarray(sequential) / np.asarray(batched))
+    means = logs[np.random.default_rng(0).integers(0, len(logs), (draws, len(logs)))].mean(axis=1)
+    low, high = np.exp(np.percentile(means, [2.5, 97.5]))
+    return round(float(low), 3), round(float(high), 3)
+
+
+def summarise(run: dict) -> dict:
+    """Medians, ratios (sequential over batched: above 1, batching is faster) and their paired
+    intervals, wall and CPU, from a run's recorded times; "not resolved" where an interval holds 1."""
+    for kind, suffix in (("", "_s"), ("cpu_", "_cpu_s")):
+        seq, bat = run["sequential" + suffix], run["batched" + suffix]
+        run[f"sequential_{kind}median_s"] = round(statistics.median(seq), 4)
+        run[f"batched_{kind}median_s"] = round(statistics.median(bat), 4)
+        run[f"{kind}speedup"] = round(statistics.median(seq) / statistics.median(bat), 3)
+        low, high = paired_interval(seq, bat)
+        run[f"{kind}speedup_interval"] = [low, high]
+        run[f"{kind}resolved"] = not low <= 1.0 <= high
+    return run
 
 
 def main(argv=None) -> dict:
@@ -109,11 +127,14 @@ def main(argv=None) -> dict:
         run["load_average_after"] = os.getloadavg()[0]
         runs.append(run)
         print(f"{threads} thread(s): sequential {run['sequential_median_s']:.3f} s, batched {run['batched_median_s']:.3f} s, "
-              f"speedup {run['speedup']:.2f}x (CPU time {run['cpu_speedup']:.2f}x; load {run['load_average_before']:.1f}); max scalar difference {run['max_scalar_difference']:.2e}")
+              f"speedup {run['speedup']:.2f}x {run['speedup_interval']} (CPU time {run['cpu_speedup']:.2f}x "
+              f"{run['cpu_speedup_interval']}; load {run['load_average_before']:.1f}); "
+              f"max scalar difference {run['max_scalar_difference']:.2e}")
     out = {"model": info.name, "device": ex.device.type, "device_name": device_name(ex.device), "torch": torch.__version__,
            "trainable": args.trainable, "batch": cfg.batch_size, "tokens": int(batch.input_ids.shape[1]),
            "max_length": cfg.max_length, "split": f"{ex.split}/{ex.num_layers}", "p1": 1, "p2": args.p2, "eps": cfg.eps,
-           "repeats": args.repeats, "speedup": runs[0]["speedup"], "runs": runs,
+           "repeats": args.repeats, "speedup": runs[0]["speedup"], "speedup_interval": runs[0]["speedup_interval"],
+           "cpu_speedup": runs[0]["cpu_speedup"], "cpu_speedup_interval": runs[0]["cpu_speedup_interval"], "runs": runs,
            "command": "python benchmarks/batched_probes.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")

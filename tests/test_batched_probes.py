@@ -8,6 +8,9 @@ scalars within 6e-6 at eps = 1e-2; the tolerances below are four times that.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -19,6 +22,9 @@ from edgezo.keys import Direction
 from edgezo.methods import method_of
 from edgezo.methods.fzoo import population_std
 from edgezo.tasks import get_task, load_examples
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import batched_probes as bench  # noqa: E402  (benchmarks/batched_probes.py)
 
 EPS = 1e-2
 LOSS_TOLERANCE = 5e-7
@@ -113,3 +119,10 @@ def test_whole_model_probes_batched_equal_the_sequential_ones_and_fzoo_steps_agr
     bound = 4 * LOSS_TOLERANCE / population_std(a[1:])
     assert max(abs(step_a.scalars[d] - step_b.scalars[d]) for d in step_a.scalars) <= bound < 0.01
     assert (step_a.forwards1, step_a.forwards2) == (step_b.forwards1, step_b.forwards2) == (5, 5)
+
+
+def test_the_benchmark_gives_paired_ratios_and_says_when_they_are_not_resolved():
+    run = bench.summarise({"sequential_s": [2.0, 4.0, 6.0], "batched_s": [1.0, 2.0, 3.0],
+                           "sequential_cpu_s": [1.0, 3.0, 1.0], "batched_cpu_s": [2.0, 1.0, 1.0]})
+    assert run["speedup"] == 2.0 and run["speedup_interval"] == [2.0, 2.0] and run["resolved"]
+    assert run["cpu_speedup"] == 1.0 and not run["cpu_resolved"]  # paired ratios 0.5, 3 and 1: the interval holds 1
