@@ -1,5 +1,6 @@
-"""FZOO (edgezo/methods/fzoo.py): the paper's rule, its cost, its expected direction on a toy
-with a known gradient, and a federated job replayed bit for bit from its seed log."""
+"""FZOO (edgezo/methods/fzoo.py): the authors' rule, its cost, its expected direction on a toy
+with a known gradient, a tiny model trained, and a federated job replayed bit for bit from its
+seed log round by round (a late joiner) on torch, and whole on mlx and int8."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import edgezo
+from edgezo.backends.choice import build_executor
 from edgezo.backends.torch.factory import build_torch_executor
 from edgezo.config import JobConfig
 from edgezo.errors import EdgezoError
@@ -88,6 +90,9 @@ def test_a_federated_fzoo_job_is_rebuilt_bit_for_bit_from_its_seed_log(tiny_llam
         assert replay(replica, [entry]) == 1
         assert replica.fingerprint() == row["fingerprint"]
     assert replica.fingerprint() == summary["fingerprint"] != rows[0]["fingerprint"]
+    for backend in ("mlx", "int8"):  # one seed log, one global model, on every backend
+        other, _ = build_executor(backend, JobConfig(**summary["settings"]), get_task("sst2"))
+        assert replay(other, entries) == 2 and other.fingerprint() == summary["fingerprint"], backend
 
 
 def test_fzoo_steps_lower_the_loss_of_a_tiny_model_on_real_examples(tiny_llama, sst2_dir):
