@@ -130,6 +130,7 @@ def check_free(host: str, port: int) -> None:
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "edgezo-web"
+    timeout = 60  # seconds a connection may idle (a phone that went away does not hold a thread for ever)
     job: WebJob  # set on the subclass the server makes
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
@@ -247,7 +248,10 @@ class WebServer:
         self._server.daemon_threads = True
         self.scheme = "http"
         if certfile is not None:
-            self._server.socket = _tls_context(certfile, keyfile).wrap_socket(self._server.socket, server_side=True)
+            # The handshake happens in the connection's own thread (on its first read), not in accept():
+            # a client that connects and says nothing must not stop the server from accepting others.
+            self._server.socket = _tls_context(certfile, keyfile).wrap_socket(self._server.socket, server_side=True,
+                                                                             do_handshake_on_connect=False)
             self.scheme = "https"
         self.host, self.port = host, self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="edgezo-web", daemon=True)

@@ -174,7 +174,8 @@ def test_https_with_a_certificate(web_files):
     try:
         assert server.url().startswith("https://")
         context = ssl.create_default_context(cafile=str(cert))
-        status, headers, body = get(f"https://localhost:{server.port}/join?device-id=a", context)
+        with socket.create_connection(("127.0.0.1", server.port)):  # a client that connects and says nothing
+            status, headers, body = get(f"https://localhost:{server.port}/join?device-id=a", context)
         assert (status, body) == (200, b"<html>edgezo page</html>")
     finally:
         server.stop()
