@@ -32,7 +32,10 @@ def shown_rows(settings: list[dict]) -> list[dict]:
     rows = [s for s in settings if keep(s)]
     zo = [s for s in settings if s["estimator"] != "backprop"]
     best = sorted(zo, key=lambda s: -s["per_flop_vs_default"])[:3]
-    return rows + [s for s in best if s not in rows]
+    for family in ("spzo-joint", "spzo-clean"):  # and each SPZO variant's best
+        best.append(max((s for s in zo if s["estimator"] == family), key=lambda s: s["per_flop_vs_default"]))
+    extra = [s for s in dict.fromkeys(s["setting"] for s in best)]
+    return rows + [next(s for s in best if s["setting"] == label) for label in extra if all(r["setting"] != label for r in rows)]
 
 
 def table(result: dict) -> list[str]:
@@ -45,8 +48,8 @@ def table(result: dict) -> list[str]:
         cells = [s["setting"] + (" **(default)**" if s["setting"] == result["default"] else ""), f"{s['gflops_per_step']:.0f}"]
         for c in cks:
             f = by_label[c][s["setting"]]
-            cells += [sci(f["cosine"], f["cosine_se"]), pm(f["per_flop_vs_default"], f["per_flop_vs_default_se"]),
-                      pm(f["step_size_vs_default"], f["step_size_vs_default_se"])]
+            cells += [sci(f["cosine"], f["cosine_se"]), pm(f["per_flop_vs_default"], f["per_flop_vs_default_se"], 3),
+                      pm(f["step_size_vs_default"], f["step_size_vs_default_se"], 3)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -67,7 +70,7 @@ def checkpoint_notes(result: dict) -> list[str]:
         gains = ", ".join(f"P2={p}: {rows[f'spzo-joint P1=1 P2={p} split={split}']['per_flop_vs_default'] / one:.2f}×"
                           for p in (2, 4, 8, 16) if f"spzo-joint P1=1 P2={p} split={split}" in rows)
         out += [
-            f"- **{c}** ({ck['checkpoint'].get('steps', 0)} SGD steps; mean batch loss {ck['mean_batch_loss']:.3f}; "
+            f"- **{c}** ({ck['checkpoint'].get('steps', 0)} SGD steps{' at lr %g' % ck['checkpoint']['lr'] if 'lr' in ck['checkpoint'] else ''}; mean batch loss {ck['mean_batch_loss']:.3f}; "
             f"{ck['batches']} batches of {result['batch']}): ‖G‖² = {sci(ck['gradient_norm2'], ck['gradient_norm2_se'])}; "
             f"default's descent ratio {sci(default['descent_ratio'], default['descent_ratio_se'])} "
             f"(relative SE {100 * rel:.0f}%: about {needed:,} batches would bring it under 10%), "
@@ -166,7 +169,11 @@ def report(folder: Path, results_md: Path) -> None:
             results[name] = json.loads(path.read_text())
     if not results:
         raise SystemExit(f"no results in {folder}: run `python benchmarks/gradient_quality.py run` first")
+    digests: set[str] = set()
     for name, result in results.items():
+        if result["tensor_names_digest"] in digests:
+            continue  # bitfit on a model without biases is norm: the section says so, no second plot
+        digests.add(result["tensor_names_digest"])
         plot(result, folder / f"{name}.png")
         print(f"\n{name}:\n" + "\n".join(table(result)))
     write_section(results_md, section(results, folder))
