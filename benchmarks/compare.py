@@ -435,7 +435,9 @@ def stopping_on_signals(handler):
 def run_sweeps(s: Settings, names: list[str], rows_dir: Path = ROWS, runs_dir: Path = RUNS, jobs: int = 1,
                only: dict | None = None, child: Child | None = None, say=print) -> Runner:
     """Run the sweeps in order; each is built from the rows cached when it starts (the grid's
-    winners for the ones after it). Returns the runner (launched count, failures)."""
+    winners for the ones after it). Returns the runner (launched count, failures). The folders are
+    made absolute: a pinned child runs in its own folder, where a relative --out would land."""
+    rows_dir, runs_dir = Path(rows_dir).resolve(), Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     runner = Runner(rows_dir, runs_dir, child or working_tree_child(), jobs, say, s.unit)
     with exclusive(runs_dir), stopping_on_signals(runner.stop):

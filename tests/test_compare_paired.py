@@ -96,6 +96,23 @@ def test_the_regime_sweep_tunes_every_probe_setting_and_fits_the_budget():
         compare_regime.check_tuning_seed(replace(s, grid_seed=0))
 
 
+def test_a_relative_runs_folder_reaches_a_child_running_elsewhere(tmp_path, monkeypatch):
+    """A pinned child runs in its own folder: it must get an absolute --out (a relative one put
+    the pilot's outputs inside the pinned tree, where the harness never found them)."""
+    task = TaskSettings("sst2", 32, 8, 1e9, (0,), 1e6, 1e6, 1e9, rounds=1)
+    s = replace(compare_regime.LORA_SST2, tasks={"sst2": task}, methods=(Method("mezo", "mezo", clients=1),),
+                grid={"mezo": GridSpec((1e-3,))}, fallback={"mezo": (1e-3, 1e-3)})
+    elsewhere = tmp_path / "pinned"
+    elsewhere.mkdir()
+    record = "import sys, pathlib; o = sys.argv[sys.argv.index('--out') + 1]; pathlib.Path(o, 'out.txt').write_text(o)"
+    monkeypatch.chdir(tmp_path)
+    child = compare.Child([sys.executable, "-c", record], elsewhere, {}, "0" * 40)
+    runner = compare.run_sweeps(s, ["main"], Path("rows"), Path("runs"), child=child, say=lambda msg: None)
+    assert runner.launched == 1 and len(runner.failed) == 1  # no summary.json: marked failed, as it should be
+    (written,) = (tmp_path / "runs").glob("*/out.txt")
+    assert Path(written.read_text()).is_absolute() and not list(elsewhere.rglob("out.txt"))
+
+
 def test_the_presets_dry_run_lists_grid_and_main(tmp_path, capsys):
     assert compare.main(["--preset", "lora-sst2", "run", "--dry-run", "--rows", str(tmp_path / "rows"),
                          "--runs", str(tmp_path / "runs")]) == 0
