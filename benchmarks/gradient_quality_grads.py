@@ -101,7 +101,12 @@ def flops_by_split(ex, batch) -> np.ndarray:
         other = copy.copy(ex)
         other.split = s
         rows.append((s, *other.forward_flops(batch)))
-    return np.array(rows, dtype=np.float64)
+    table = np.array(rows, dtype=np.float64)
+    totals = table[:, 1] + table[:, 2]
+    if not (np.allclose(totals, totals[0]) and np.allclose(table[ex.split - 1, 1:], ex.forward_flops(batch))):
+        raise RuntimeError("forward_flops no longer follows the executor's split attribute: "
+                           "gradient_quality_grads.flops_by_split needs another way to ask it per split")
+    return table
 
 
 def flat_gradient(ex, batch) -> tuple[float, np.ndarray]:
