@@ -88,7 +88,7 @@ class LogService:
             v=m.PROTOCOL_VERSION, run=self.run, state=state, model=self.model, job=shared_job(self.cfg),
             split=self.ex.split, round=self.round, rounds=self.cfg.rounds, fingerprint=self.fingerprint,
             log_chunk=self.log_chunk, checkpoint_url=self.http.url if (self.http and ck) else "",
-            checkpoint_round=ck.round if ck else 0, trainable=self.trainable, onnx_sha256=self.onnx_sha256,
+            checkpoint_round=ck.round if ck else 0, trainable=self.trainable, onnx_sha256=self.onnx_sha256 or m.UNSET,
         )
         payload = m.encode(msg)
         self.link.publish(self.topics.announce, payload, retain=True)

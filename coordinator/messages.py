@@ -25,6 +25,9 @@ MAX_PAYLOAD_BYTES = 1 << 20  # anything larger is rejected before decoding
 UPDATE_ROW = np.dtype([("step", "<u2"), ("block", "u1"), ("i", "<u2"), ("j", "<u2"), ("stream", "<u4"), ("coef", "<f8")])
 
 
+UNSET = msgspec.UNSET  # an optional field left out of the payload (Announce.onnx_sha256 when there are no browser devices)
+
+
 class ModelRef(msgspec.Struct, frozen=True):
     name: str
     revision: str
@@ -50,8 +53,9 @@ class Announce(msgspec.Struct, tag="announce"):
     # a device checks its own selection against it before working. []: not announced (not checked).
     trainable: list[tuple[str, int, int]] = []
     # SHA-256 of the ONNX export browser devices download (coordinate --web-port; PROTOCOL.md 5):
-    # a page checks the model it fetched against it. "": no browser device is served.
-    onnx_sha256: str = ""
+    # a page checks the model it fetched against it. Left out of the payload (UNSET) when no browser
+    # device is served, so such a job's announcement keeps its bytes.
+    onnx_sha256: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class DeviceTask(msgspec.Struct, frozen=True):
