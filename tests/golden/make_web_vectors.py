@@ -178,6 +178,8 @@ def _asdict(x):
     out = {}
     for f in msgspec.structs.fields(x):
         v = getattr(x, f.name)
+        if v is msgspec.UNSET:  # an optional field left out of the payload (Announce.onnx_sha256)
+            continue
         out[f.name] = _asdict(v) if isinstance(v, msgspec.Struct) else [_asdict(e) if isinstance(e, msgspec.Struct) else e for e in v] if isinstance(v, list) else v
     return out
 

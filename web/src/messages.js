@@ -22,6 +22,9 @@ export class BadMessage extends Error {}
 const INT = "int", FLOAT = "float", STR = "str", BYTES = "bytes", ANYMAP = "dict";
 const list = (of) => ({ list: of });
 const TRAINABLE_ITEM = { tuple: [STR, INT, INT] };
+/** The default of an optional field that the reference leaves out of the payload when unset
+ * (msgspec's UNSET: Announce.onnx_sha256), so a job without browser devices keeps its bytes. */
+const OMITTED = Symbol("omitted");
 
 const MODEL_REF = { name: "ModelRef", fields: [["name", STR], ["revision", STR], ["digest", STR]] };
 const DEVICE_TASK = { name: "DeviceTask", fields: [["device", STR], ["k", INT], ["p1", INT], ["p2", INT], ["batch", INT]] };
@@ -36,7 +39,7 @@ export const SCHEMAS = {
     name: "Announce", tag: "announce",
     fields: [["v", INT], ["run", STR], ["state", STR], ["model", MODEL_REF], ["job", ANYMAP], ["split", INT], ["round", INT],
       ["rounds", INT], ["fingerprint", STR], ["log_chunk", INT], ["checkpoint_url", STR, ""], ["checkpoint_round", INT, 0],
-      ["trainable", list(TRAINABLE_ITEM), []], ["onnx_sha256", STR, ""]],
+      ["trainable", list(TRAINABLE_ITEM), []], ["onnx_sha256", STR, OMITTED]],
   },
   assign: {
     name: "Assign", tag: "assign",
@@ -134,7 +137,7 @@ function struct(schema, value, path) {
   for (const [name, type, fallback] of schema.fields) {
     if (!value.has(name)) {
       if (fallback === undefined) throw new BadMessage(`malformed payload: Object missing required field \`${name}\` - at \`${path}\``);
-      out[name] = structuredClone(fallback);
+      if (fallback !== OMITTED) out[name] = structuredClone(fallback);
       continue;
     }
     out[name] = check(type, value.get(name), `${path}.${name}`);
@@ -198,12 +201,13 @@ function write(w, type, value, path) {
 }
 
 function writeStruct(w, schema, value, path) {
-  w.map(schema.fields.length + (schema.tag ? 1 : 0));
+  const present = schema.fields.filter(([name, , fallback]) => !(fallback === OMITTED && value[name] === undefined));
+  w.map(present.length + (schema.tag ? 1 : 0));
   if (schema.tag) {
     w.str("type");
     w.str(schema.tag);
   }
-  for (const [name, type, fallback] of schema.fields) {
+  for (const [name, type, fallback] of present) {
     let v = value[name];
     if (v === undefined) {
       if (fallback === undefined) throw new TypeError(`${schema.name} needs field ${name} (${path}.${name})`);
