@@ -39,9 +39,9 @@ from edgezo.executor import Perturbation
 Probe = tuple[Any, Perturbation]  # (block-1 activation, block-2 perturbation)
 Block2Losses = Callable[[Any, Sequence[Any], Any], list[float]]  # (executor, probes, batch) -> losses
 
-# The CPU: measured (benchmarks/results/batched_probes.json): an SPZO step at P2 = 8 on SmolLM2-135M
-# took 0.88x the CPU time sequential against batched (95% 0.84-0.90): a CPU runs a body forward near
-# its GEMM peak already and the hooks add work. CUDA: the same code, NOT measured yet (no GPU was
+# The CPU: measured (benchmarks/results/batched_probes.json): an SPZO step at P2 = 8 on SmolLM2-135M,
+# one thread, ran 0.89x as fast batched (95% 0.89-0.92): a CPU runs a body forward near its GEMM
+# peak already and the hooks add work (two threads on a busy machine: batched faster, to recheck). CUDA: the same code, NOT measured yet (no GPU was
 # lent); batched because small forwards leave a GPU idle: measure with --device cuda and revise.
 BATCHED_BY_DEFAULT = {"cpu": False, "cuda": True}
 MAX_TOKENS = 1 << 14  # token rows of one batched forward: activation memory grows with G·B·T, bounded here
