@@ -179,6 +179,9 @@ def test_backends_import_the_model_layer_not_each_other():
     out = subprocess.run([sys.executable, "-c", IMPORTS], capture_output=True, text=True, check=True).stdout
     seen = json.loads(out.strip().splitlines()[-1])
     assert seen["mlx"] == []
-    # torch.device: where a model's tensors live (the executor's inputs follow its model there)
+    # torch.device: where a model's tensors live (the executor's inputs follow its model there);
+    # torch.backend: the torch backend's registration record (no torch import), which --device's
+    # parsing reaches through the backend registry
     assert set(seen["int8"]) <= {"edgezo.backends.torch", "edgezo.backends.torch.executor", "edgezo.backends.torch.perturb",
-                                 "edgezo.backends.torch.device", "edgezo.backends.torch.batched_probes"}
+                                 "edgezo.backends.torch.device", "edgezo.backends.torch.batched_probes",
+                                 "edgezo.backends.torch.backend"}
