@@ -8,9 +8,16 @@ and ROUGE-L of greedy generations (``generation_metrics``: slower, for ``edgezo 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+
+
+def length_ordered_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Example indices in batches of similar length, so padding (wasted compute) stays small."""
+    order = sorted(range(len(lengths)), key=lambda k: lengths[k])
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
 
 
 def accuracy(
@@ -22,10 +29,8 @@ def accuracy(
     progress: Callable[[int], None] = lambda n: None,
 ) -> float:
     """Examples (by index) are batched in order of length so padding (wasted compute) stays small."""
-    order = sorted(range(len(labels)), key=lambda k: lengths[k])
     correct = 0
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_ordered_batches(lengths, batch_size):
         predictions = predict(make_batch(chunk))
         correct += sum(int(p == labels[k]) for p, k in zip(predictions, chunk))
         progress(len(chunk))
@@ -71,11 +76,9 @@ def score_examples(
     progress: Callable[[int], None] = lambda n: None,
 ) -> ExampleScores:
     """Batched in order of length (as ``accuracy``), results put back in the examples' order."""
-    order = sorted(range(len(labels)), key=lambda k: lengths[k])
     hits = np.zeros(len(labels), dtype=bool)
     logprobs = np.zeros(len(labels), dtype=np.float64)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_ordered_batches(lengths, batch_size):
         hit, lp = label_scores(logits_of(make_batch(chunk)), [labels[k] for k in chunk])
         hits[chunk], logprobs[chunk] = hit, lp
         progress(len(chunk))
