@@ -23,7 +23,8 @@ Budget: 8e13 forward FLOPs a run (SPZO P2 = 4: ~170 rounds of 4 devices; MeZO ~1
 DeComFL P = 5 ~70 rounds), about 25 CPU-minutes of training at ~55 G counted FLOPs per
 one-thread CPU second, plus ~100 s per evaluation of 872 examples. ``compare.py run --preset
 lora-sst2 --dry-run`` prints the estimate (the test keeps it under 40 CPU-hours). Whether the
-curves still rise at half the budget is what the two-run pilot checks before the sweep.
+curves still rise at half the budget is what the two-run pilot (``--sweep pilot``: FedSPZO P2 = 4
+and FedAvg on the tuning seed) checks before the sweep.
 
     python benchmarks/compare.py --preset lora-sst2 run --jobs 2 --pin [--only method=spzo-p2-4,seed=0]
     python benchmarks/compare.py --preset lora-sst2 report   # RESULTS.md, PNG, summary.json
@@ -53,11 +54,14 @@ def late_train_loss(row: dict, fraction: float = 0.25) -> tuple[float]:
     return (-sum(tail) / len(tail),)
 
 
-# Each label is one probe setting with its own grid. FedSPZO at the paper's P2 = 4 and 8 (P1 = 1);
-# the gradient-quality bench (issue 24 item 2) may add its best setting as another label.
+# Each label is one probe setting with its own grid. FedSPZO at the paper's P2 = 4 (P1 = 1, split 20,
+# joint; its P2 = 8 would cost 3 CPU-hours more and the bench puts it below P2 = 4: 0.67x descent per
+# FLOP of P2 = 1 at P2 = 4, lower at 8) and at the gradient-quality bench's best setting for LoRA
+# (clean, split 10, P2 = 1: 1.99x the default's descent per FLOP at P1 = 4, 2.03x at P1 = 16;
+# P1 = 4 is within 2% of 16 and takes 4x the steps, so more points on the curve).
 METHODS = (
     Method("spzo-p2-4", "spzo", p=1, p2=4),
-    Method("spzo-p2-8", "spzo", p=1, p2=8),
+    Method("spzo-bench", "spzo", p=4, p2=1, split=10, variant="clean"),
     Method("decomfl", "decomfl", p=5),  # central difference, 2P forwards a step
     Method("decomfl-fwd", "decomfl", p=5, probe_difference="forward"),  # the paper's run_exp.sh: P + 1
     Method("fedzo", "fedzo", p=5),
@@ -80,6 +84,7 @@ LORA_SST2 = Settings(
     eval_points=11, grid_eval_points=2,  # the grid needs round 0 and its end (the targets), not a curve
     grid_task="sst2", grid_seed=TUNING_SEED, grid_budget_fraction=0.5,
     ablation=(), dirichlet_methods=(),
+    pilot=("spzo-p2-4", "fedavg"),  # the paper's FedSPZO and the backprop ceiling, before the grid
     harness=sweeps.PAIRED_HARNESS_VERSION, eval_seed=EVAL_SEED,
     fedavg_backward_forwards=LORA_BACKWARD_FORWARDS, tuning_score=late_train_loss,
 )

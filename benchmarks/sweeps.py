@@ -140,6 +140,9 @@ class Settings:
     dirichlet_seed: int = 0
     dirichlet_alpha: float = 0.5
     dirichlet_methods: tuple[str, ...] = ()
+    # labels run once before the sweep at the full budget and curve, on the tuning seed at their
+    # fallback step size: does the regime start low enough and still rise at half the budget?
+    pilot: tuple[str, ...] = ()
     main_only_on: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> tasks it runs on
     harness: str = HARNESS_VERSION  # part of every run's key
     eval_seed: int | None = None  # --eval-seed: one evaluation subset for every run (None: each seed its own)
@@ -232,7 +235,7 @@ SETTINGS = Settings(
     main_only_on={"decomfl-p10": ("sst2",)},
 )
 
-SWEEPS = ("grid", "main", "ablation", "dirichlet")
+SWEEPS = ("pilot", "grid", "main", "ablation", "dirichlet")
 
 
 @dataclass(frozen=True)
@@ -405,10 +408,21 @@ def dirichlet_runs(s: Settings, winners: dict[str, dict], rates=None) -> list[Ru
             for label in s.dirichlet_methods]
 
 
+def pilot_runs(s: Settings, rates=None) -> list[RunSpec]:
+    """The pilot: each of ``s.pilot``'s labels once, at the task's whole budget and evaluation
+    schedule, on the tuning seed (never reported) at its fallback (lr, eps), so looking at its
+    curves before the sweep reads no reported seed."""
+    task = s.tasks[s.grid_task]
+    return [make_run(s, "pilot", label, task, s.method(label), s.grid_seed, *s.fallback[label], task.budget_flops,
+                     s.eval_points, rates=rates) for label in s.pilot]
+
+
 def build_sweep(s: Settings, sweep: str, rows: dict[str, dict], rates=None) -> list[RunSpec]:
     """The runs of one sweep; those after the grid use the winners of the grid rows in ``rows``."""
     if sweep == "grid":
         return grid_runs(s, rates)
+    if sweep == "pilot":
+        return pilot_runs(s, rates)
     builders = {"main": main_runs, "ablation": ablation_runs, "dirichlet": dirichlet_runs}
     if sweep not in builders:
         raise ValueError(f"unknown sweep {sweep!r}; use one of {', '.join(SWEEPS)} or all")

@@ -86,10 +86,18 @@ def test_fedavg_is_charged_what_autograd_runs():
 def test_the_regime_sweep_tunes_every_probe_setting_and_fits_the_budget():
     s = compare_regime.LORA_SST2
     assert set(s.grid) == {m.label for m in s.methods} and not any(m.tuned_as for m in s.methods)
-    grid, main = (sweeps.build_sweep(s, name, {}) for name in ("grid", "main"))
+    pilot, grid, main = (sweeps.build_sweep(s, name, {}) for name in ("pilot", "grid", "main"))
     assert {r.seed for r in grid} == {compare_regime.TUNING_SEED} and compare_regime.TUNING_SEED not in {r.seed for r in main}
     assert len({r.seed for r in main}) >= 4 and all(r.eval_count >= 10 for r in main)
-    assert sum(r.est_cpu_s for r in grid + main) / 3600 <= 40
+    assert sum(r.est_cpu_s for r in pilot + grid + main) / 3600 <= 40
+    # the pilot: two labels on the tuning seed at the main runs' budget and curve, at their fallback step
+    assert len(pilot) == 2 and {r.seed for r in pilot} == {compare_regime.TUNING_SEED}
+    for r in pilot:
+        twin = next(m for m in main if m.name == r.name)
+        assert (r.rounds, r.eval_every, r.budget_flops) == (twin.rounds, twin.eval_every, twin.budget_flops)
+        assert (r.lr, r.eps) == s.fallback[r.name] or (r.lr == s.fallback[r.name][0] and not s.method(r.name).zero_order)
+    bench = next(r for r in main if r.name == "spzo-bench")
+    assert bench.args[bench.args.index("--variant") + 1] == "clean" and bench.args[bench.args.index("--split") + 1] == "10"
     fwd = next(r for r in main if r.name == "decomfl-fwd")
     assert fwd.args[fwd.args.index("--difference") + 1] == "forward"
     with pytest.raises(ValueError, match="tuning seed 0 is also a reported seed"):
