@@ -202,7 +202,7 @@ def child_env() -> dict[str, str]:
 
 
 def working_tree_child() -> Child:
-    return Child([sys.executable, "-m", "edgezo.cli", "simulate"], REPO, child_env())
+    return Child([sys.executable, "-m", "edgezo", "simulate"], REPO, child_env())
 
 
 def pinned_child(runs_dir: Path) -> Child:
@@ -210,7 +210,7 @@ def pinned_child(runs_dir: Path) -> Child:
     becomes edgezo/backends, ...), run from its own folder so the working tree is not imported."""
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     root = runs_dir / f"edgezo-{commit[:12]}"
-    if not (root / "edgezo" / "cli.py").is_file():
+    if not (root / "edgezo" / "__main__.py").is_file():
         shutil.rmtree(root, ignore_errors=True)
         blob = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD"], capture_output=True, check=True).stdout
         src = root / "src"
@@ -221,7 +221,7 @@ def pinned_child(runs_dir: Path) -> Child:
             shutil.copytree(src / folder, root / package.replace(".", "/"), dirs_exist_ok=True)
     env = child_env()
     env["PYTHONPATH"] = str(root)
-    return Child([sys.executable, "-m", "edgezo.cli", "simulate"], root, env, commit)
+    return Child([sys.executable, "-m", "edgezo", "simulate"], root, env, commit)
 
 
 # -- running ------------------------------------------------------------------------------------
