@@ -33,7 +33,7 @@ def run(name: str, out: Path, common: list[str], extra: list[str]) -> list[dict]
     if done_before.exists() and json.loads(done_before.read_text()).get("argv") == [*common, *extra]:
         print(f"[{name}] reusing the finished run in {folder}", flush=True)
         return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    cmd = [sys.executable, "-m", "edgezo.cli", "simulate", *common, *extra, "--out", str(folder), "--quiet"]
+    cmd = [sys.executable, "-m", "edgezo", "simulate", *common, *extra, "--out", str(folder), "--quiet"]
     print(f"[{name}] {' '.join(cmd[3:])}", flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:

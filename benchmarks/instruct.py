@@ -107,7 +107,7 @@ def cli(*args: str, threads: int = 1) -> tuple[str, float]:
     """Run one `edgezo` command (a child process, as a user would); its stdout and wall seconds.
     ``threads`` torch threads (as compare.py's children: on a shared 2-core machine two threads
     spin-wait for each other, one generated token costing 5x the CPU time of one thread's)."""
-    command = [sys.executable, "-m", "edgezo.cli", *args]
+    command = [sys.executable, "-m", "edgezo", *args]
     print("$ edgezo " + " ".join(args), flush=True)
     started = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env={**os.environ, **{k: str(threads) for k in THREADS}})

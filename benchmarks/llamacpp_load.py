@@ -95,7 +95,7 @@ def main() -> None:
     folder = Path(args.model) if args.model else resolve_model(None).folder
     with tempfile.TemporaryDirectory() as tmp:
         gguf = Path(args.gguf) if args.gguf else Path(tmp) / "model-q8_0.gguf"
-        command = [sys.executable, "-m", "edgezo.cli", "export", str(folder), "--gguf", str(gguf)]
+        command = [sys.executable, "-m", "edgezo", "export", str(folder), "--gguf", str(gguf)]
         print(f"$ edgezo export {folder} --gguf {gguf}", flush=True)
         started = time.perf_counter()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

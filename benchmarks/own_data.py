@@ -58,7 +58,7 @@ def main() -> None:
     folder = Path(args.out)
     task = write_task(folder / "task", Path(args.data))
     out = folder / f"job-{args.trainable.split(':')[0]}"
-    command = [sys.executable, "-m", "edgezo.cli", "simulate", "--task", str(task), "--method", "spzo", "--clients", "4",
+    command = [sys.executable, "-m", "edgezo", "simulate", "--task", str(task), "--method", "spzo", "--clients", "4",
                "--rounds", str(args.rounds), "--eval-samples", str(args.eval_samples), "--max-length", str(args.max_length),
                "--trainable", args.trainable, "--out", str(out), "--quiet"]
     print("$ " + " ".join(command[1:]), flush=True)
