@@ -2,6 +2,7 @@
 per forward FLOP, measured against backpropagation's gradient, without training noise.
 
     python benchmarks/gradient_quality.py run [--trainable norm lora bitfit] [--batches 48] [--mid-batches N] [--quick]
+    python benchmarks/gradient_quality.py scaled [--trainable norm lora] [--batches 48] [--mid-batches N]
     python benchmarks/gradient_quality.py report
 
 ``run``: at two checkpoints of the default job's model (the base model and one mid-training
@@ -15,6 +16,10 @@ The estimator formulas and the statistics are in ``gradient_quality_stats`` (its
 the probe scalars' linearisation is checked against real perturbed forwards through each
 method's own ``step`` on one batch per checkpoint. Writes
 ``benchmarks/results/gradient_quality/<trainable>.json``.
+
+``scaled``: from the cached gradients only, the per-tensor probe scales of issue 27 (LoRA B-only,
+scales rebuilt from the seed log, the oracle) against the default and DeComFL P = 5
+(``gradient_quality_scaled``); writes ``benchmarks/results/gradient_quality/scaled_<trainable>.json``.
 
 ``report``: prints the tables and writes the RESULTS.md section "Gradient quality (mechanism
 bench)" (at the end of the file) and one plot per trainable set.
@@ -112,6 +117,18 @@ def run(args) -> None:
         print(f"wrote {path}")
 
 
+def scaled(args) -> None:
+    import gradient_quality_scaled as sc
+
+    command = "python benchmarks/gradient_quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    for trainable in args.trainable:
+        batches = {"base": args.batches, "mid": args.mid_batches or args.batches}
+        result = sc.scaled_result(grads.load_bench(trainable), batches, curvature_q2) | {"command": command}
+        path = RESULTS / f"scaled_{trainable}.json"
+        path.write_text(json.dumps(result, indent=1))
+        print(f"wrote {path}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -122,12 +139,18 @@ def main(argv=None) -> None:
     r.add_argument("--splits", type=int, nargs="+", default=[10, 20, 25])
     r.add_argument("--quick", action="store_true",
                    help="6 batches, the base model, P in {1, 4}, split 20: a smoke run, written under runs/gradient_quality/quick/")
+    sc = sub.add_parser("scaled", help="screen per-tensor probe scales from the cached gradients (issue 27)")
+    sc.add_argument("--trainable", nargs="+", default=["norm", "lora"], choices=TRAINABLES)
+    sc.add_argument("--batches", type=int, required=True, help="cached batches to read at the base checkpoint")
+    sc.add_argument("--mid-batches", type=int, default=0, help="at the mid checkpoint (default: --batches)")
     sub.add_parser("report", help="print the tables, write the RESULTS section and the plots")
     args = ap.parse_args(argv)
     if args.command == "run":
         if min(args.batches, args.mid_batches or args.batches) < 4:
             ap.error("--batches and --mid-batches must be at least 4 (the jackknife needs several batches)")
         run(args)
+    elif args.command == "scaled":
+        scaled(args)
     else:
         import gradient_quality_report
 

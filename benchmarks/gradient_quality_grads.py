@@ -93,6 +93,13 @@ def unit_layout(ex) -> tuple[list[str], np.ndarray]:
     return units, index
 
 
+def tensor_layout(ex) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The trainable tensors (``ex.names`` order), their sizes, and per element of the flat
+    gradient the index of its tensor: the per-tensor probe scales' unit of account."""
+    numel = np.array([ex.tensor_numel[n] for n in ex.names], dtype=np.int64)
+    return list(ex.names), numel, np.repeat(np.arange(len(numel), dtype=np.int32), numel)
+
+
 def flops_by_split(ex, batch) -> np.ndarray:
     """[split, F1, F2] for every split 1..L-1 on this batch, from the executor's own FLOP count
     (``forward_flops`` reads only the split, so a shallow copy with another split asks it)."""

@@ -298,3 +298,167 @@ def mean_and_se(samples: np.ndarray) -> tuple[float, float]:
     """A Monte-Carlo mean and its standard error."""
     samples = np.asarray(samples, float)
     return float(samples.mean()), float(samples.std(ddof=1) / np.sqrt(len(samples)))
+
+
+# -- probes with a per-tensor scale (issue 27) ---------------------------------------------------
+#
+# A whole-model probe z = s ⊙ r, r Rademacher, s ≥ 0 a fixed scale per element (here one value s_t
+# per trainable tensor t; w_t = s_t²). With u = s ⊙ h the central scalar is h·z = u·r (to O(eps²)),
+# and one probe's estimate ĝ_p = (u·r) s ⊙ r. Because r_i² = 1 exactly:
+#
+#   E[ĝ_p | h] = s² ⊙ h                                  (biased unless s = 1: a diagonal preconditioner)
+#   E[G·ĝ]     = Σ_t w_t ‖G_t‖²                          (over batches, E h = G)
+#   ‖ĝ_p‖²     = (u·r)² ‖s‖², so E‖ĝ_p‖² = ‖s‖² ‖s ⊙ h‖²
+#   E[ĝ_p·ĝ_q] = ‖s² ⊙ h‖² for p ≠ q (independent probes), hence, P probes averaged,
+#   E‖ĝ‖²      = [‖s‖² ‖s ⊙ h‖² + (P − 1) ‖s² ⊙ h‖²] / P                       (central)
+#              = the same + ‖s‖² E[q_s²] / P                                     (forward, P + 1 forwards)
+#
+# with q_s = (eps/2) zᵀHz the forward difference's curvature term, taken as E[q²]·(‖s‖²/d)² from
+# the measured isotropic E[q²] (exact when H ∝ I; the term is < 1% of E‖ĝ‖² for LoRA and a few % for
+# norm, so the model barely matters). s = 1 gives back the whole-model rows above. The descent ratio
+# of a biased estimate is E[G·ĝ]² / (E‖ĝ‖² ‖G‖²) (the expected one-step descent at the best step
+# size, relative to backprop's); E[G·ĝ] is the U-statistic of Σ_t w_t (h_a,t · h_b,t) over batch
+# pairs, unbiased like ‖G‖²'s. The scale is held fixed in the jackknife (its own estimation noise is
+# not in the SE: for the oracle scales below that makes them an in-sample upper bound).
+
+
+@dataclass(frozen=True)
+class ScaledProbe:
+    """A whole-model estimator whose probes carry the per-tensor scale s_t = √w_t."""
+
+    label: str
+    difference: str  # "central" (2P forwards) or "forward" (P + 1)
+    p: int
+    weights: np.ndarray  # [T] w_t = s_t²
+
+    def forwards(self) -> int:
+        return 2 * self.p if self.difference == "central" else self.p + 1
+
+
+@dataclass
+class TensorCheckpoint:
+    """Per-tensor Gram matrices of the batch gradients (gram[t, a, b] = h_a,t · h_b,t), the
+    tensors' sizes, and per batch the FLOPs of one whole-model forward; E[q²] as measured."""
+
+    gram: np.ndarray  # [T, N, N]
+    numel: np.ndarray  # [T]
+    full_flops: np.ndarray  # [N]
+    q2: float = 0.0
+
+    def diag(self) -> np.ndarray:
+        return np.einsum("tnn->tn", self.gram)  # [T, N] per-batch ‖h_t‖²
+
+
+def scaled_terms(tck: TensorCheckpoint, probe: ScaledProbe) -> SettingTerms:
+    """Per batch E‖ĝ‖² (formula above) and the step's FLOPs."""
+    w = np.asarray(probe.weights, float)
+    diag = tck.diag()
+    norm_s2 = float(w @ tck.numel)
+    y = (norm_s2 * (w @ diag) + (probe.p - 1) * ((w**2) @ diag)) / probe.p
+    if probe.difference == "forward":
+        y = y + norm_s2 * tck.q2 * (norm_s2 / tck.numel.sum()) ** 2 / probe.p
+    return SettingTerms(y, probe.forwards() * tck.full_flops)
+
+
+def scaled_figures(tck: TensorCheckpoint, probe: ScaledProbe, references: dict[str, SettingTerms]) -> dict:
+    """A scaled probe's descent ratio, cosine, descent per GFLOP, and its descent per FLOP over
+    each unbiased reference's (``references``: name -> its terms on the same batches), with
+    delete-one-batch jackknife SEs."""
+    total = tck.gram.sum(0)
+    signal = np.tensordot(np.asarray(probe.weights, float), tck.gram, axes=1)  # Σ_t w_t gram_t
+    g2, g2_loo = pair_mean(total), leave_one_out_pair_means(total)
+    m, m_loo = pair_mean(signal), leave_one_out_pair_means(signal)
+    t = scaled_terms(tck, probe)
+    refs = list(references.values())
+
+    def stat(g, mm, y, c, *ref):
+        r = mm**2 / (y * g)
+        vs = [r / c / (g / ry / rc) for ry, rc in zip(ref[0::2], ref[1::2])]
+        return np.array([r, np.sqrt(max(r, 0.0)), r / (c / 1e9), *vs])
+
+    ref_full = [v for ref in refs for v in (ref.y.mean(), ref.cost.mean())]
+    full = stat(g2, m, t.y.mean(), t.cost.mean(), *ref_full)
+    ref_loo = [v for ref in refs for v in (loo_means(ref.y), loo_means(ref.cost))]
+    loo = np.stack([stat(*row) for row in zip(g2_loo, m_loo, loo_means(t.y), loo_means(t.cost), *ref_loo)])
+    names = ["descent_ratio", "cosine", "descent_per_gflop"] + [f"per_flop_vs_{k}" for k in references]
+    out = {"setting": probe.label, "difference": probe.difference, "p": probe.p, "forwards": probe.forwards(),
+           "gflops_per_step": float(t.cost.mean() / 1e9), "bias_cosine": bias_cosine(tck, probe.weights)}
+    for k, name in enumerate(names):
+        out[name] = float(full[k])
+        out[name + "_se"] = jackknife_se(full[k], loo[:, k])
+    return out
+
+
+def bias_cosine(tck: TensorCheckpoint, weights: np.ndarray) -> float:
+    """cos(G, s² ⊙ G): how far the scale turns the expected step from the gradient (1 for s = 1)."""
+    g = np.maximum([pair_mean(gram) for gram in tck.gram], 0.0)
+    w = np.asarray(weights, float)
+    return float((w @ g) / np.sqrt(g.sum() * ((w**2) @ g))) if (w @ g) > 0 else 0.0
+
+
+def tensor_energy(tck: TensorCheckpoint) -> np.ndarray:
+    """Each tensor's ‖G_t‖² (U-statistic, clipped at 0: a negative estimate is noise)."""
+    return np.maximum([pair_mean(gram) for gram in tck.gram], 0.0)
+
+
+def normalised(weights: np.ndarray, numel: np.ndarray) -> np.ndarray:
+    """Weights rescaled so that ‖s‖² = d: the probe moves the weights as far as an isotropic one
+    (the step-size column then compares like with like; the descent ratio does not depend on it)."""
+    w = np.asarray(weights, float)
+    return w * (numel.sum() / float(w @ numel))
+
+
+def per_element(energy: np.ndarray, numel: np.ndarray) -> np.ndarray:
+    """energy/numel, 0 for an empty tensor."""
+    return np.divide(energy, numel, out=np.zeros(len(numel)), where=numel > 0)
+
+
+def oracle_rms_weights(tck: TensorCheckpoint) -> np.ndarray:
+    """s_t ∝ the RMS of G over tensor t (w_t ∝ ‖G_t‖²/n_t): the brief's oracle, not replayable."""
+    return normalised(per_element(tensor_energy(tck), tck.numel), tck.numel)
+
+
+def history_weights(tck: TensorCheckpoint, steps: int, p_history: int) -> np.ndarray:
+    """What a device can rebuild from the seed log: w_t = ‖m_t‖²/n_t, m the running mean of the
+    past ĝ (equivalently the RMS of tensor t's accumulated update, for a constant lr), after
+    ``steps`` isotropic forward-difference steps of ``p_history`` probes, in expectation and with
+    G held constant along the history (both favour it): ‖G_t‖²/n_t plus the per-element noise of
+    the mean, (E‖h‖² + E[q²]) / (P·K), the same for every element, so a short history gives an
+    isotropic scale."""
+    noise = (float(tck.diag().sum(0).mean()) + tck.q2) / (p_history * steps)
+    return normalised(per_element(tensor_energy(tck), tck.numel) + noise, tck.numel)
+
+
+def best_weights(tck: TensorCheckpoint, difference: str, p: int) -> np.ndarray:
+    """The per-tensor scale that maximises the descent ratio on these batches (L-BFGS over log w,
+    from the oracle-rms scale, the objective in units of its starting value so the optimiser's
+    tolerances mean something): an in-sample upper bound on what a per-tensor scale can buy."""
+    from scipy.optimize import minimize
+
+    g2 = pair_mean(tck.gram.sum(0))
+
+    def ratio(logw):
+        w = np.exp(logw)
+        m = pair_mean(np.tensordot(w, tck.gram, axes=1))
+        return m * abs(m) / (scaled_terms(tck, ScaledProbe("", difference, p, w)).y.mean() * g2)  # signed: uphill loses
+
+    start = np.log(np.maximum(oracle_rms_weights(tck), 1e-9))
+    unit = abs(ratio(start)) or 1.0
+    found = minimize(lambda x: -ratio(x) / unit, start, method="L-BFGS-B", bounds=[(-25.0, 25.0)] * len(start))
+    return normalised(np.exp(found.x), tck.numel)
+
+
+def half(tck: TensorCheckpoint, parity: int) -> TensorCheckpoint:
+    """The checkpoint restricted to the batches of one parity: fit a scale on one half, measure
+    it on the other, so an oracle's own noise does not flatter it (cross-fitting)."""
+    keep = np.arange(parity, tck.gram.shape[1], 2)
+    return TensorCheckpoint(tck.gram[:, keep][:, :, keep], tck.numel, tck.full_flops[keep], tck.q2)
+
+
+def group_share(tck: TensorCheckpoint, mask: np.ndarray) -> tuple[float, float]:
+    """The share of ‖G‖² held by the tensors in ``mask`` (U-statistics), with its jackknife SE."""
+    total = tck.gram.sum(0)
+    part = tck.gram[np.asarray(mask, bool)].sum(0)
+    share = pair_mean(part) / pair_mean(total)
+    loo = leave_one_out_pair_means(part) / leave_one_out_pair_means(total)
+    return share, jackknife_se(share, loo)

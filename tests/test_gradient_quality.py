@@ -19,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import gradient_quality_stats as st  # noqa: E402
+from edgezo import perturb  # noqa: E402
 from edgezo.estimators import ProbeConfig, update_rule  # noqa: E402
 from edgezo.methods import method_of  # noqa: E402
 from edgezo.methods.fedavg import FedAvg  # noqa: E402
@@ -212,3 +213,111 @@ def test_report_section_is_written_once_at_the_end_and_keeps_the_rest(tmp_path):
     assert text.count(rep.HEADING) == 1 and text.startswith("# Results\n\n## Other section\n\nkept\n")
     assert text.rstrip().endswith(rep.END)
     assert f"| {default.label} **(default)** |" in text
+
+
+# -- probes with a per-tensor scale (issue 27) ----------------------------------------------------
+
+
+class ScaledProbeToy(QuadraticExecutor):
+    """The toy whose probes and updates carry a fixed per-tensor scale s_t (z = s ⊙ r), the way an
+    executor would apply it: the methods' own step and update code run unchanged on top."""
+
+    def __init__(self, scales: dict, **kw):
+        super().__init__(**kw)
+        self.scales = scales
+
+    def _value(self, name, perturbation):
+        return super()._value(name, [(d, s * self.scales[name]) for d, s in perturbation])
+
+    def apply_update(self, update):
+        for name, v in self.theta.items():
+            for d, coeff in sorted(update):
+                if d.covers(self.block[name]):
+                    v += np.float32(coeff * self.scales[name]) * perturb.generate(d.tensor_key(name), 0, v.size, self.distribution)
+
+
+def toy_checkpoint(ex: QuadraticExecutor, eps: float) -> tuple[st.TensorCheckpoint, np.ndarray]:
+    """The toy as a one-batch TensorCheckpoint (h = g exactly) and its gradient."""
+    g = ex.gradient(0.0)
+    parts = [g[:N1], g[N1:]]
+    gram = np.array([[[p @ p]] for p in parts])
+    q2 = (eps / 2) ** 2 * ((N1 + N2) ** 2 + 4 * ex.c**2 * min(N1, N2))  # E[q²] of an isotropic probe (forward_q2)
+    return st.TensorCheckpoint(gram, np.array([N1, N2]), np.array([1.0]), q2), g
+
+
+@pytest.mark.parametrize("scales, difference, p, eps, coupling", [
+    ((0.5, 2.0), "central", 3, 1e-3, COUPLING),
+    ((0.0, 1.0), "central", 2, 1e-3, COUPLING),  # block 1 never probed: the B-only case
+    ((0.5, 2.0), "forward", 4, 1e-3, COUPLING),
+    ((0.7, 1.5), "forward", 2, 0.05, 0.0),  # H = I: the curvature model E[q_s²] = E[q²](‖s‖²/d)² is exact
+])
+def test_scaled_probe_moments_match_the_methods_own_steps(scales, difference, p, eps, coupling):
+    ex = ScaledProbeToy({"block1.w": scales[0], "block2.w": scales[1]}, n1=N1, n2=N2, coupling=coupling, seed=1)
+    tck, g = toy_checkpoint(ex, eps)
+    w = np.array(scales) ** 2
+    probe = ProbeConfig("decomfl", p, 1, eps, difference=difference)
+    method = method_of("decomfl")
+    dots, norms = [], []
+    for rnd in range(DRAWS):
+        result = method.step(ex, 0.0, probe, 5, rnd, 0)
+        ghat = estimated_gradient(result.scalars, lambda sc: update_rule(sc, 1.0), ex)
+        dots.append(g @ ghat)
+        norms.append(ghat @ ghat)
+    dot, dot_se = st.mean_and_se(dots)
+    norm, norm_se = st.mean_and_se(norms)
+    expected_dot = w[0] * (g[:N1] @ g[:N1]) + w[1] * (g[N1:] @ g[N1:])  # E[g·ĝ] = Σ_t w_t ‖g_t‖²
+    assert abs(dot - expected_dot) < 4 * dot_se
+    expected = float(st.scaled_terms(tck, st.ScaledProbe("toy", difference, p, w)).y[0])
+    assert abs(norm - expected) < 4 * norm_se, (norm, norm_se, expected)
+    assert norm_se < 0.06 * expected
+
+
+def test_unit_scales_reproduce_the_whole_model_rows():
+    """s = 1 is DeComFL: the scaled figures equal the bench's central/forward rows on the same batches."""
+    ck, _, index = synthetic_checkpoint()
+    ck.q2 = 0.3
+    tck = st.TensorCheckpoint(ck.gram, ck.dims, ck.flops[:, 1, 1] + ck.flops[:, 1, 2], ck.q2)
+    default = st.Setting("central", 5, 1, 2)
+    refs = {"decomfl_p5": st.setting_terms(ck, default)}
+    for difference in ("central", "forward"):
+        scaled = st.scaled_figures(tck, st.ScaledProbe("iso", difference, 4, np.ones(len(ck.dims))), refs)
+        plain = st.figures(ck, st.Setting(difference, 4, 1, 2), refs["decomfl_p5"])
+        assert scaled["descent_ratio"] == pytest.approx(plain["descent_ratio"])
+        assert scaled["per_flop_vs_decomfl_p5"] == pytest.approx(plain["per_flop_vs_default"])
+        assert scaled["bias_cosine"] == pytest.approx(1.0)
+
+
+def test_dropping_a_tensor_without_gradient_divides_the_noise_by_its_share_of_the_elements():
+    """With G and every h zero on some tensors, probing only the others keeps E[G·ĝ] and divides
+    E‖ĝ‖² by d/d_kept (P = 1, central): LoRA's A while B = 0."""
+    ck, _, _ = synthetic_checkpoint()
+    gram = ck.gram.copy()
+    gram[1] = 0.0  # layers.0 carries no gradient
+    tck = st.TensorCheckpoint(gram, ck.dims, np.ones(ck.batches), 0.0)
+    keep = (ck.dims > 0) & (np.arange(len(ck.dims)) != 1)
+    refs = {"iso": st.scaled_terms(tck, st.ScaledProbe("iso", "central", 1, np.ones(len(ck.dims))))}
+    fig = st.scaled_figures(tck, st.ScaledProbe("kept", "central", 1, keep.astype(float)), refs)
+    assert fig["per_flop_vs_iso"] == pytest.approx(ck.dims.sum() / ck.dims[keep].sum())
+
+
+def test_a_short_history_gives_an_isotropic_scale_and_a_long_one_the_oracle():
+    ck, _, _ = synthetic_checkpoint()
+    tck = st.TensorCheckpoint(ck.gram, ck.dims, np.ones(ck.batches), 0.0)
+    live = ck.dims > 0
+    short = st.history_weights(tck, 1, 1)[live]
+    assert short.max() / short.min() < 1.01
+    np.testing.assert_allclose(st.history_weights(tck, 10**9, 16)[live], st.oracle_rms_weights(tck)[live], rtol=1e-4)
+    assert float(st.oracle_rms_weights(tck) @ tck.numel) == pytest.approx(tck.numel.sum())  # ‖s‖² = d
+
+
+def test_the_best_scale_is_at_least_the_oracle_and_halves_split_the_batches():
+    ck, _, _ = synthetic_checkpoint()
+    tck = st.TensorCheckpoint(ck.gram, ck.dims, np.ones(ck.batches), 0.0)
+    refs = {"iso": st.scaled_terms(tck, st.ScaledProbe("iso", "forward", 16, np.ones(len(ck.dims))))}
+    rms = st.scaled_figures(tck, st.ScaledProbe("rms", "forward", 16, st.oracle_rms_weights(tck)), refs)
+    best = st.scaled_figures(tck, st.ScaledProbe("best", "forward", 16, st.best_weights(tck, "forward", 16)), refs)
+    assert best["descent_ratio"] >= rms["descent_ratio"] * (1 - 1e-6)
+    assert rms["per_flop_vs_iso"] > 1.0  # the synthetic G is uneven across layers: a scale pays
+    even, odd = st.half(tck, 0), st.half(tck, 1)
+    assert even.gram.shape[1] + odd.gram.shape[1] == ck.batches
+    assert even.gram[0, 1, 1] == tck.gram[0, 2, 2] and odd.gram[0, 0, 0] == tck.gram[0, 1, 1]
