@@ -137,21 +137,28 @@ def export_onnx(ex, sample, path: Path) -> None:
 def cached_export(ex, sample, model_digest: str, trainable_spec: str, cache_dir: Path | None = None,
                   say: Callable[[str], None] = lambda msg: None) -> OnnxExport:
     """The export for this job, made once per key under ``cache_dir`` (default
-    ``~/.cache/edgezo/onnx``) and written atomically (a crash mid-export leaves no file that looks
-    complete); a cached file whose bytes no longer match its recorded SHA-256 is made again."""
+    ``~/.cache/edgezo/onnx``); see :func:`cached_file`."""
     key = export_key(ex, model_digest, trainable_spec)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "onnx"
-    target = folder / key[:32]
+    return cached_file(key, folder, lambda path: export_onnx(ex, sample, path), say,
+                       "exporting the model to ONNX for browser devices (once per model and trainable set; SmolLM2-135M takes about a minute) ...")
+
+
+def cached_file(key: str, folder: Path, make: Callable[[Path], dict | None], say: Callable[[str], None], making: str) -> OnnxExport:
+    """The model file for ``key`` under ``folder``, made by ``make(path)`` (which may return extra
+    metadata to record) when absent, and written atomically (a crash mid-export leaves no file that
+    looks complete); a cached file whose bytes no longer match its recorded SHA-256 is made again."""
+    target = Path(folder) / key[:32]
     cached = _read_cached(target, key)
     if cached is not None:
         say(f"ONNX export of the model: cached {cached.path} ({cached.bytes / 1e6:.1f} MB)")
         return cached
-    say("exporting the model to ONNX for browser devices (once per model and trainable set; SmolLM2-135M takes about a minute) ...")
+    say(making)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=target.parent))
-    export_onnx(ex, sample, work / MODEL_FILE)
+    extra = make(work / MODEL_FILE) or {}
     done = OnnxExport(target / MODEL_FILE, file_sha256(work / MODEL_FILE), (work / MODEL_FILE).stat().st_size, key)
-    (work / META_FILE).write_text(json.dumps({**asdict(done), "path": MODEL_FILE}, indent=1) + "\n")
+    (work / META_FILE).write_text(json.dumps({**extra, **asdict(done), "path": MODEL_FILE}, indent=1) + "\n")
     if target.exists():  # a stale or broken entry of the same key
         _remove_tree(target)
     os.replace(work, target)
@@ -184,4 +191,4 @@ def _require_exporter() -> None:
         raise EdgezoError(f"exporting the model to ONNX for browser devices needs onnx and onnxscript; {WEB_EXTRA_HINT}") from None
 
 
-__all__ = ["OnnxExport", "TrainableInputs", "cached_export", "export_key", "export_onnx", "file_sha256"]
+__all__ = ["OnnxExport", "TrainableInputs", "cached_export", "cached_file", "export_key", "export_onnx", "file_sha256"]
