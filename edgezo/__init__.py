@@ -3,7 +3,7 @@
 The core (this package) never touches framework tensors: it derives perturbation keys,
 runs the estimators against an executor protocol, aggregates scalars and keeps the seed log.
 Executors live in ``edgezo.backends``. The Python API (``edgezo.simulate``, ``edgezo.SimulateJob``,
-``edgezo.CoordinateJob``, ``edgezo.JoinJob`` and their settings) is ``edgezo.api``, importable
+``edgezo.CoordinateJob``, ``edgezo.JoinJob`` and their settings) is ``edgezo.app.api``, importable
 from here; it is loaded on first use, so ``import edgezo`` stays light.
 """
 
@@ -18,7 +18,7 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name):
     if name in _API:
-        from edgezo import api
+        from edgezo.app import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'edgezo' has no attribute {name!r}")

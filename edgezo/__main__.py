@@ -1,5 +1,5 @@
 """``python -m edgezo`` runs the CLI."""
 
-from edgezo.cli import main
+from edgezo.app.cli import main
 
 main()

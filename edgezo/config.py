@@ -15,6 +15,7 @@ from edgezo.errors import ConfigError, EdgezoError
 from edgezo.estimators import VARIANTS, ProbeConfig
 from edgezo.methods import DEFAULT_METHOD, method_of
 from edgezo.perturb import DISTRIBUTIONS
+from edgezo.schema import build, checked
 
 PARTITIONS = ("iid", "dirichlet")
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -68,8 +69,6 @@ class JobConfig:
     distribution: str = "rademacher"
 
     def validate(self) -> "JobConfig":
-        from edgezo.schema import checked
-
         for key, value in checked(JobConfig, asdict(self), "job configuration").items():
             setattr(self, key, value)  # JobConfig(clients=4.5) is refused as a TOML file's value is
         method = method_of(self.method)
@@ -145,8 +144,6 @@ def load_toml(path: str | Path, known: list[str] | None = None) -> dict:
 def build_config(file_values: dict, cli_values: dict, where: str = "config file") -> JobConfig:
     """TOML values first, then the options given on the command line (None means not given);
     every value type-checked, naming its key."""
-    from edgezo.schema import build, checked
-
     merged = checked(JobConfig, dict(file_values), where)
     merged.update(checked(JobConfig, {k: v for k, v in cli_values.items() if v is not None}, "options"))
     return build(JobConfig, merged, where).validate()

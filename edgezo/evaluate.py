@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
+
+from edgezo.errors import EdgezoError
+from edgezo.jobdata import make_batcher, prompts_for
 
 
 def length_ordered_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -92,8 +96,6 @@ class ClassificationEvaluation:
     without ``label_logits`` is evaluated by ``predict`` alone (no loss, no per-example scores)."""
 
     def __init__(self, ex, task, dev, quiet: bool, batch_size: int):
-        from edgezo.jobdata import make_batcher, prompts_for
-
         self.ex, self.quiet, self.batch_size = ex, quiet, batch_size
         self.lengths = [len(p) for p in prompts_for(ex, task, dev)]
         self.labels = [e.label for e in dev]
@@ -101,8 +103,6 @@ class ClassificationEvaluation:
         self.last: ExampleScores | None = None
 
     def __call__(self) -> float:
-        from tqdm.auto import tqdm
-
         with tqdm(total=len(self.labels), desc="evaluating", unit="ex", leave=False, disable=self.quiet) as bar:
             if not hasattr(self.ex, "label_logits"):
                 return accuracy(self.ex.predict, self.make_batch, self.labels, self.lengths, self.batch_size, bar.update)
@@ -133,16 +133,12 @@ class LMEvaluation:
     job's rounds record as ``eval_accuracy``); ``last`` holds that call's validation loss too."""
 
     def __init__(self, ex, task, dev, quiet: bool, batch_size: int):
-        from edgezo.jobdata import make_batcher, prompts_for
-
         self.ex, self.dev, self.quiet, self.batch_size = ex, dev, quiet, batch_size
         self.lengths = [len(p) for p in prompts_for(ex, task, dev)]
         self.make_batch = make_batcher(ex, task, dev)
         self.last: dict[str, float] = {}
 
     def __call__(self) -> float:
-        from tqdm.auto import tqdm
-
         order = sorted(range(len(self.dev)), key=lambda k: self.lengths[k])
         loss = tokens = correct = 0
         with tqdm(total=len(self.dev), desc="evaluating", unit="ex", leave=False, disable=self.quiet) as bar:
@@ -179,8 +175,6 @@ def rouge_l(predictions, references) -> float:
     try:
         from rouge_score import rouge_scorer
     except ImportError:
-        from edgezo.errors import EdgezoError
-
         raise EdgezoError("ROUGE-L needs the rouge-score package: pip install rouge-score") from None
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     scores = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]

@@ -3,7 +3,7 @@
 Click types what it parses, but a TOML file or a notebook does not: ``clients = 4.5`` or
 ``rounds = true`` must be refused naming the key, not crash deep inside the job or run "after
 True rounds". Every settings dataclass (``JobConfig`` and the command settings in
-``edgezo.settings``) is checked by ``checked`` against its own field annotations, so the types
+``edgezo.app.settings``) is checked by ``checked`` against its own field annotations, so the types
 are declared once, where the defaults are.
 """
 

@@ -8,7 +8,7 @@ code a real device and the seed-log replay use, so the simulated global model is
 
 The loop holds the algorithm only, as a training loop in mlx-lm's tuner does: the job's settings
 come as a ``JobConfig``, batching with each ``SimulatedDevice``, the devices' rounds (``round_fn``),
-evaluation and reporting as callables; ``edgezo.jobs.simulate`` does the I/O. Each method's own part (its step, its
+evaluation and reporting as callables; ``edgezo.app.jobs.simulate`` does the I/O. Each method's own part (its step, its
 aggregation, its bytes) is the method's (``edgezo.methods``).
 """
 
@@ -23,13 +23,13 @@ import numpy as np
 from edgezo.aggregate import Aggregation
 from edgezo.config import JobConfig, job_work, probe_config
 from edgezo.costmodel import Work
-from edgezo.engine import (DeviceTurn, RoundRecord, Totals, apply_reviewed, device_round, evaluation_due, log_review,
-                           simulated_bytes)
 from edgezo.errors import EdgezoError
 from edgezo.estimators import LocalRound
 from edgezo.methods import Method, method_of
 from edgezo.methods.base import Update
 from edgezo.seedlog import LogEntry, replay
+from edgezo.engine import (DeviceTurn, RoundRecord, Totals, apply_reviewed, device_round, evaluation_due, log_review,
+                           simulated_bytes)
 
 
 @dataclass

@@ -120,7 +120,7 @@ def test_typed_errors_not_system_exit(tmp_path):
 def test_plotting_leaves_matplotlib_global_state_alone(tmp_path):
     import matplotlib
 
-    from edgezo.plot import plot_accuracy_vs_flops
+    from edgezo.app.plot import plot_accuracy_vs_flops
 
     matplotlib.use("svg")
     import matplotlib.pyplot as plt

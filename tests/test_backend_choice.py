@@ -64,7 +64,7 @@ def test_missing_mlx_is_a_one_line_cli_error(tmp_path, tiny_llama, sst2_dir):
     env = {"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}
     for args in (["simulate", "--backend", "mlx", "--model", str(tiny_llama), "--data", str(sst2_dir), "--out", str(tmp_path / "o")],
                  ["join", "--broker", "127.0.0.1:1", "--backend", "mlx"]):
-        done = subprocess.run([sys.executable, "-m", "edgezo.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+        done = subprocess.run([sys.executable, "-m", "edgezo.app.cli", *args], capture_output=True, text=True, env=env, timeout=120)
         assert done.returncode != 0
         assert "Traceback" not in done.stderr, done.stderr[-2000:]
         lines = [line for line in done.stderr.splitlines() if line.strip()]

@@ -189,7 +189,7 @@ def test_every_committed_row_is_still_a_run_of_the_cpu_sweep():
 
 @pytest.mark.parametrize("name", sorted(sweeps_gpu.MODELS))
 def test_a_gpu_preset_is_the_cpu_sweep_on_the_papers_model(name):
-    from edgezo.commands.simulate import simulate
+    from edgezo.app.commands.simulate import simulate
 
     shape, cpu = sweeps_gpu.MODELS[name], sweeps.SETTINGS
     s = sweeps_gpu.preset(name)
@@ -269,3 +269,25 @@ def test_seed_level_targets_where_the_task_has_none():
     assert compare_report.single_seed_target(s, pairs, goal, "sst2", 1)[0] is None
     line = " ".join(compare_report.seed_level_lines(s, "sst2", pairs))
     assert "seed 0 (target" in line and "seed 1 (" not in line and "fedzo >1.25×" in line  # FedSPZO at 80% of its run, the rest never
+
+
+@pytest.mark.parametrize("name", sorted(sweeps_gpu.MODELS))
+def test_a_gpu_lora_preset_is_the_paired_regime_on_the_papers_model(name):
+    """The GPU presets test more trained weights too: NAME-lora is compare_regime's paired LoRA
+    regime (tuning seed apart, one evaluation set, whole validation split) on SST-2 and RTE."""
+    from edgezo.app.commands.simulate import simulate
+
+    shape, s = sweeps_gpu.MODELS[name], compare.preset(f"{name}-lora")
+    assert s.trainable == "lora" and s.harness == sweeps.PAIRED_HARNESS_VERSION and s.eval_seed is not None
+    main, grid = sweeps.build_sweep(s, "main", {}), sweeps.build_sweep(s, "grid", {})
+    assert {r.task for r in main} == {"sst2", "rte"} and s.grid_seed not in {r.seed for r in main}
+    assert {r.seed for r in grid} == {s.grid_seed}
+    for spec in main:
+        args = list(spec.args)
+        assert args[args.index("--model") + 1] == shape.hub_id and args[args.index("--trainable") + 1] == "lora"
+        assert args[args.index("--eval-samples") + 1] == str(sweeps_gpu.FULL_VALIDATION[spec.task])
+        assert spec.eval_count >= 10
+        simulate.make_context("simulate", args)  # every argument is one the real CLI accepts
+    bench = next(r for r in main if r.name == "spzo-bench")
+    assert 0 < int(bench.args[bench.args.index("--split") + 1]) == round(shape.layers / 3)
+    assert compare.preset_paths(f"{name}-lora")["rows"].parent.name == f"compare-{name}-lora"

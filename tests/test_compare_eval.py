@@ -15,8 +15,8 @@ from edgezo.backends.choice import build_executor
 from edgezo.config import JobConfig
 from edgezo.evaluate import ClassificationEvaluation, label_scores, make_evaluator
 from edgezo.jobdata import load_job_data
-from edgezo.jobs.simulate import SimulateJob
-from edgezo.settings import SimulateSettings
+from edgezo.app.jobs.simulate import SimulateJob
+from edgezo.app.settings import SimulateSettings
 
 
 def _cfg(model, seed: int, **kw) -> JobConfig:

@@ -34,10 +34,10 @@ def test_negative_decay_rounds_is_a_clear_error():
 
 import textwrap  # noqa: E402
 
-from edgezo.cli import main  # noqa: E402
+from edgezo.app.cli import main  # noqa: E402
 from edgezo.errors import ConfigError  # noqa: E402
 from edgezo.schema import checked  # noqa: E402
-from edgezo.settings import CoordinateSettings, JoinSettings, SimulateSettings  # noqa: E402
+from edgezo.app.settings import CoordinateSettings, JoinSettings, SimulateSettings  # noqa: E402
 
 
 def cli(capsys, *args) -> tuple[int, str]:

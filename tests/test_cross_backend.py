@@ -42,7 +42,7 @@ def seed_logs(tiny_llama, sst2_dir, tmp_path_factory):
                 "--local-steps", "1", "--p1", "1", "--p2", "2", "--split", "2", "--trainable", trainable, "--lr", "5e-3",
                 "--distribution", distribution, "--batch-size", "4", "--eval-samples", "8", "--train-samples", "200",
                 "--backend", "torch", "--out", str(out), "--quiet"]
-        done = subprocess.run([sys.executable, "-m", "edgezo.cli", *args], capture_output=True, text=True, timeout=600)
+        done = subprocess.run([sys.executable, "-m", "edgezo.app.cli", *args], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         summary = json.loads((out / "summary.json").read_text())
         runs[(trainable, distribution)] = (list(SeedLog(out / "seedlog.jsonl").entries()), summary["fingerprint"])
@@ -124,7 +124,7 @@ def test_simulate_cli_runs_a_mixed_backend_job(tiny_llama, sst2_dir, tmp_path):
     args = ["simulate", "--model", str(tiny_llama), "--data", str(sst2_dir), "--backend", "int8,torch", "--clients", "3",
             "--rounds", "2", "--local-steps", "1", "--p2", "2", "--split", "2", "--batch-size", "4", "--eval-samples", "16",
             "--train-samples", "60", "--out", str(tmp_path), "--quiet"]
-    done = subprocess.run([sys.executable, "-m", "edgezo.cli", *args], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "edgezo.app.cli", *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["device_backends"] == ["int8", "torch", "int8"]

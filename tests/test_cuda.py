@@ -40,7 +40,7 @@ JOB = dict(clients=2, rounds=2, local_steps=1, batch_size=4, max_length=32, eval
 
 
 def _simulate(tiny_llama, sst2_dir, out, **options):
-    from edgezo.jobs.simulate import SimulateJob
+    from edgezo.app.jobs.simulate import SimulateJob
 
     return SimulateJob.from_options(model=str(tiny_llama), data=str(sst2_dir), out=str(out), **{**JOB, **options}).run()
 
@@ -63,7 +63,7 @@ def test_auto_picks_the_gpu_only_when_torch_can_use_one(monkeypatch):
 
 
 def test_device_settings_are_checked_when_the_job_is_built():
-    from edgezo.settings import JoinSettings, SimulateSettings
+    from edgezo.app.settings import JoinSettings, SimulateSettings
 
     assert SimulateSettings(device="CUDA").validate().device == "cuda"
     with pytest.raises(EdgezoError, match="unknown --device 'gpu'"):
@@ -92,7 +92,7 @@ def test_cuda_without_a_gpu_is_one_line_before_any_data_is_read(tmp_path):
 
 
 def test_int8_with_device_cuda_is_refused_before_any_data_is_read(tmp_path):
-    from edgezo.jobs.simulate import SimulateJob
+    from edgezo.app.jobs.simulate import SimulateJob
 
     with pytest.raises(EdgezoError, match=r"^--device cuda places the torch backend only; the int8 backend runs on the CPU only"):
         SimulateJob.from_options(backend="int8", device="cuda", data=str(tmp_path / "nowhere"), out=str(tmp_path / "out")).run()

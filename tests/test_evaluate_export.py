@@ -23,7 +23,7 @@ from test_taskfile import TASK, sst2_rows, write_jsonl
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "edgezo.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "edgezo.app.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

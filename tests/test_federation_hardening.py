@@ -273,7 +273,7 @@ def test_a_rehashed_edit_is_caught_by_the_logged_fingerprints_on_resume_and_on_d
 
 
 def test_the_default_device_id_is_made_once_per_device_and_kept(tmp_path, monkeypatch):
-    from edgezo.commands.join import default_device_id
+    from edgezo.app.commands.join import default_device_id
     from edgezo.coordinator.topics import check_name
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "one"))

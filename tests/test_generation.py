@@ -37,7 +37,7 @@ def gen_task(tmp_path_factory, sst2_dir):
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "edgezo.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "edgezo.app.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_generation_task_file_and_its_json_form(gen_task):

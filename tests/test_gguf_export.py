@@ -67,7 +67,7 @@ def test_the_int8_executor_loads_the_export_natively(exported, tiny_llama, tmp_p
 
 
 def test_export_command_and_refusals(tiny_llama, tiny_models, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "edgezo.cli", "export", str(tiny_llama), "--gguf", str(tmp_path / "m.gguf")],
+    done = subprocess.run([sys.executable, "-m", "edgezo.app.cli", "export", str(tiny_llama), "--gguf", str(tmp_path / "m.gguf")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "Q8_0" in done.stdout and (tmp_path / "m.gguf").stat().st_size > 0, done.stderr[-2000:]
     with pytest.raises(EdgezoError, match="LLaMA-family"):

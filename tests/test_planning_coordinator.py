@@ -157,7 +157,7 @@ def test_without_planning_everyone_gets_the_jobs_fixed_work(tmp_path):
 
 def test_join_resolves_its_profile_before_connecting(tmp_path, monkeypatch):
     from edgezo import profiles
-    from edgezo.commands import join
+    from edgezo.app.commands import join
 
     monkeypatch.setenv("EDGEZO_PROFILES", str(tmp_path / "profiles"))
     monkeypatch.setattr(profiles, "host_profile_name", lambda: "this-host")

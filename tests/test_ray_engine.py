@@ -33,7 +33,7 @@ def in_process(tiny_llama, sst2_dir, tmp_path_factory):
     """The reference: the same job in one process, one thread (as the invariant jobs run)."""
     out = tmp_path_factory.mktemp("local")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "edgezo.cli", "simulate", "--model", str(tiny_llama), "--data",
+    done = subprocess.run([sys.executable, "-m", "edgezo.app.cli", "simulate", "--model", str(tiny_llama), "--data",
                            str(sst2_dir), *COMMON, "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return _rows(out)
@@ -68,7 +68,7 @@ def test_ray_engine_simulate_ends_on_the_in_process_fingerprint(in_process, loca
                                                                 tmp_path):
     """`edgezo simulate --engine ray`, 8 devices on 2 Ray workers: the in-process job's final
     fingerprint and the same metrics rows (wall time aside)."""
-    from edgezo.cli import main
+    from edgezo.app.cli import main
 
     out = tmp_path / "ray"
     main(["simulate", "--model", str(tiny_llama), "--data", str(sst2_dir), *COMMON, "--engine", "ray",
@@ -81,7 +81,7 @@ def test_ray_engine_simulate_ends_on_the_in_process_fingerprint(in_process, loca
 
 def test_a_worker_killed_mid_round_is_replaced_and_the_job_ends_on_the_same_model(in_process, local_ray, one_thread,
                                                                                    tiny_llama, sst2_dir):
-    from edgezo.engines.ray_engine import RayEngine, RaySettings
+    from edgezo.app.engines.ray_engine import RayEngine, RaySettings
 
     cfg = JobConfig(model=str(tiny_llama), data=str(sst2_dir), clients=8, rounds=2, local_steps=1, p1=2, p2=2, split=2,
                     trainable="norm", batch_size=4, max_length=32, seed=3).validate()
@@ -109,7 +109,7 @@ def test_a_worker_killed_mid_round_is_replaced_and_the_job_ends_on_the_same_mode
 
 
 def test_engine_ray_without_ray_is_one_line_naming_the_extra(tiny_llama, sst2_dir, tmp_path):
-    code = "import sys; sys.modules['ray'] = None; from edgezo.cli import main; main()"
+    code = "import sys; sys.modules['ray'] = None; from edgezo.app.cli import main; main()"
     done = subprocess.run([sys.executable, "-c", code, "simulate", "--model", str(tiny_llama), "--data", str(sst2_dir),
                            "--engine", "ray", "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
@@ -120,14 +120,14 @@ def test_engine_ray_without_ray_is_one_line_naming_the_extra(tiny_llama, sst2_di
 def test_ray_options_without_engine_ray_are_refused(tmp_path):
     from click.testing import CliRunner
 
-    from edgezo.cli import cli
+    from edgezo.app.cli import cli
 
     result = CliRunner().invoke(cli, ["simulate", "--ray-workers", "3", "--out", str(tmp_path / "x")])
     assert result.exit_code != 0 and "--engine ray" in result.output
 
 
 def test_a_method_that_moves_full_models_is_refused_on_ray():
-    from edgezo.engines.ray_engine import RayEngine, RaySettings
+    from edgezo.app.engines.ray_engine import RayEngine, RaySettings
     from edgezo.errors import EdgezoError
 
     with pytest.raises(EdgezoError, match="moves full model deltas"):

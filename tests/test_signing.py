@@ -179,7 +179,7 @@ def test_the_pump_rejects_what_the_enrolled_key_did_not_sign_and_tells_refused_k
 
 
 def test_coordinate_key_needs_enrolled_and_bad_key_lines_fail_in_one_line(tmp_path):
-    from edgezo.jobs.coordinate import CoordinateJob
+    from edgezo.app.jobs.coordinate import CoordinateJob
 
     with pytest.raises(ConfigError, match="--key signs the coordinator's messages in a signed job: add --enrolled"):
         CoordinateJob.from_options(key=str(tmp_path / "c.key"), out=str(tmp_path / "out"))
@@ -188,7 +188,7 @@ def test_coordinate_key_needs_enrolled_and_bad_key_lines_fail_in_one_line(tmp_pa
 
 
 def test_keys_init_and_show_print_the_line_to_enrol(tmp_path, monkeypatch, capsys):
-    from edgezo.cli import main
+    from edgezo.app.cli import main
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     main(["keys", "init", "--device-id", "pi-7"])

@@ -23,7 +23,7 @@ KEYS = {"round", "method", "train_loss", "forwards_block1", "forwards_block2", "
 
 
 def run_cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "edgezo.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "edgezo.app.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

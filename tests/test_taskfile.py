@@ -237,7 +237,7 @@ JOB = dict(clients=2, rounds=1, local_steps=1, batch_size=4, max_length=32, eval
 
 
 def _simulate(tiny_llama, out: Path, **options) -> dict:
-    from edgezo.jobs.simulate import SimulateJob
+    from edgezo.app.jobs.simulate import SimulateJob
 
     return SimulateJob.from_options(model=str(tiny_llama), out=str(out), device="cpu", **JOB, **options).run().summary
 
@@ -257,7 +257,7 @@ def test_a_task_from_options_trains_to_the_task_files_fingerprint(task_dir, tiny
 
 
 def test_task_options_from_a_config_file_and_the_same_task_as_the_file(task_dir, tmp_path, monkeypatch):
-    from edgezo.jobs.simulate import SimulateJob
+    from edgezo.app.jobs.simulate import SimulateJob
 
     monkeypatch.chdir(task_dir)  # paths in options are relative to the working folder
     (tmp_path / "job.toml").write_text('train = "train.jsonl"\nvalidation = "dev.jsonl"\nlabel_column = "sentiment"\n'
@@ -288,7 +288,7 @@ def test_task_options_from_a_config_file_and_the_same_task_as_the_file(task_dir,
     ],
 )
 def test_bad_task_options_are_one_line_errors(task_dir, change, expected):
-    from edgezo.jobs.simulate import SimulateJob
+    from edgezo.app.jobs.simulate import SimulateJob
 
     options = {k: v for k, v in {**_options(task_dir), **change}.items() if v is not None}
     with pytest.raises(EdgezoError) as err:
@@ -317,7 +317,7 @@ def test_task_options_on_the_command_line(task_dir):
 
 
 def test_coordinate_takes_the_task_options_and_announces_the_file_task(task_dir, tmp_path):
-    from edgezo.jobs.coordinate import CoordinateJob
+    from edgezo.app.jobs.coordinate import CoordinateJob
 
     job = CoordinateJob.from_options(out=str(tmp_path / "out"), **_options(task_dir))
     task = get_task(job.config.task)  # the JSON text every device receives in the announcement

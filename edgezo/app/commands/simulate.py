@@ -1,15 +1,17 @@
 """`edgezo simulate`: N virtual devices fine-tune a model together in one process.
 
-A thin layer: options -> ``edgezo.jobs.simulate.SimulateJob`` -> ``run()``."""
+A thin layer: options -> ``edgezo.app.jobs.simulate.SimulateJob`` -> ``run()``."""
 
 from __future__ import annotations
 
 import click
+from tqdm.auto import tqdm
 
-from edgezo.engines.options import engine_options
-from edgezo.commands.options import (AGGREGATION_OPTIONS, DEVICE_OPTION, JOB_OPTIONS, PLAN_CAP_OPTIONS, QUIET_HELP, TASK_OPTIONS,
+from edgezo.app.engines.options import engine_options
+from edgezo.app.jobs.simulate import SimulateJob
+from edgezo.app.settings import SimulateSettings
+from edgezo.app.commands.options import (AGGREGATION_OPTIONS, DEVICE_OPTION, JOB_OPTIONS, PLAN_CAP_OPTIONS, QUIET_HELP, TASK_OPTIONS,
                                      TRAIN_SAMPLES, apply, given_options)
-from edgezo.settings import SimulateSettings
 
 S = SimulateSettings
 
@@ -46,10 +48,6 @@ def simulate(ctx, config_file, engine, **options):
     Accuracy is that of the first listed backend's replica (torch's with --devices); every
     replica applies the same global updates.
     """
-    from tqdm.auto import tqdm
-
-    from edgezo.jobs.simulate import SimulateJob
-
     job = SimulateJob.from_options(config_file, engine=engine, **given_options(ctx, options, {"rule": "aggregation"}))
     job.say, job.progress = tqdm.write, not job.settings.quiet  # a --config file may say quiet = true too
     result = job.run()

@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgezo.app.jobs.common import Callback, JobResult
+from edgezo.app.jobs.coordinate import CoordinateJob
+from edgezo.app.jobs.join import JoinJob
+from edgezo.app.jobs.simulate import SimulateJob
+from edgezo.app.plot import accuracy_figure
+from edgezo.app.settings import CoordinateSettings, JoinSettings, SimulateSettings
 from edgezo.config import JobConfig
 from edgezo.engine import RoundRecord
 from edgezo.errors import ConfigError, EdgezoError, JobStopped, OutputError
-from edgezo.jobs.common import Callback, JobResult
-from edgezo.jobs.coordinate import CoordinateJob
-from edgezo.jobs.join import JoinJob
-from edgezo.jobs.simulate import SimulateJob
-from edgezo.plot import accuracy_figure
-from edgezo.settings import CoordinateSettings, JoinSettings, SimulateSettings
 
 __all__ = [
     "Callback", "ConfigError", "CoordinateJob", "CoordinateSettings", "EdgezoError", "JobConfig", "JobResult", "JobStopped",

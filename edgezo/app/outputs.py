@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from edgezo.app.plot import plot_accuracy_vs_flops
 from edgezo.config import JobConfig
 from edgezo.engine import RoundRecord
-from edgezo.plot import plot_accuracy_vs_flops
 
 
 def round_line(record: RoundRecord, rounds: int, extra: str = "") -> str:

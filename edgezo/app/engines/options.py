@@ -10,7 +10,7 @@ import functools
 
 import click
 
-from edgezo.engines.ray_engine import RaySettings
+from edgezo.app.engines.ray_engine import RaySettings
 
 _OPTIONS = [
     click.option("--engine", "engine_name", type=click.Choice(["local", "ray"]), default="local", show_default=True,

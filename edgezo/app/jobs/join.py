@@ -11,12 +11,26 @@ from __future__ import annotations
 import math
 import os
 import re
+import secrets
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Callable
 
+from edgezo import signing
+from edgezo.app.jobs.common import file_and_options
+from edgezo.app.settings import JoinSettings
+from edgezo.backends.choice import build_executor, check_device, require, resolve_backend
+from edgezo.coordinator import messages as m
+from edgezo.coordinator.device import Device, DeviceSettings, find_job, signing_mismatch
+from edgezo.coordinator.messages import PROTOCOL_VERSION, Status, encode
+from edgezo.coordinator.signed_link import SignedLink, device_trust
+from edgezo.coordinator.topics import Topics, check_name
+from edgezo.coordinator.transport import BrokerUnreachable, MqttLink
 from edgezo.errors import EdgezoError
-from edgezo.jobs.common import file_and_options
-from edgezo.settings import JoinSettings
+from edgezo.jobdata import parse_shard
+from edgezo.profiles import host_profile_name, load_profile, resolve_profile, user_profile_dir
 
 ROUND_LINE = re.compile(r"round \d+: \d+ scalars")  # a device's per-round line (coordinator.device)
 PROFILE_LIMIT = 64 * 1024  # most bytes a profile may add to the Status message (the payload limit is 1 MiB)
@@ -38,28 +52,14 @@ class JoinJob:
 
     def run(self) -> int:
         """Answer the job's rounds until it ends; the exit status (0: the job finished)."""
-        import secrets
-
-        from edgezo import signing
-        from edgezo.coordinator.device import Device, DeviceSettings, find_job, signing_mismatch
-        from edgezo.coordinator.messages import PROTOCOL_VERSION, Status, encode
-        from edgezo.coordinator.signed_link import SignedLink, device_trust
-        from edgezo.coordinator.topics import Topics, check_name
-        from edgezo.coordinator.transport import MqttLink
-        from edgezo.jobdata import parse_shard
-
         s = self.settings
         say = _without_round_lines(self.say) if s.quiet else self.say
         if s.device_id is None:
-            from edgezo.commands.join import default_device_id
-
             device_id = check_name("device", default_device_id())
         else:
             device_id = check_name("device", s.device_id)
         run_name = check_name("run", s.run) if s.run else None
         if s.backend != "auto":
-            from edgezo.backends.choice import check_device, require
-
             require(s.backend)  # before connecting: a missing extra fails here, in one line
             check_device(s.backend, s.device)
         if s.device != "auto":
@@ -102,8 +102,6 @@ class JoinJob:
         def build(cfg, task):
             import transformers
 
-            from edgezo.backends.choice import build_executor, resolve_backend
-
             transformers.utils.logging.set_verbosity_error()
             choice = resolve_backend(s.backend, cfg.model, memory_budget * 1024 if memory_budget else None)
             say(f"backend {choice.backend} ({choice.reason})")
@@ -120,14 +118,37 @@ class JoinJob:
             link.close()
 
 
+def default_device_id() -> str:
+    """This device's own id: the host name (made safe for MQTT topics) and a random suffix,
+    generated once and kept in the user's config folder (``$XDG_CONFIG_HOME/edgezo/device-id``),
+    so it is stable across restarts (catch-up works) and two devices never share one, not even
+    clones of one image (every Raspberry Pi image is ``raspberrypi``). If the folder cannot be
+    written, the id lives for this process only (and the warning says so)."""
+    path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "edgezo" / "device-id"
+    try:
+        kept = path.read_text(encoding="utf-8").strip()
+        check_name("device", kept)
+        return kept
+    except (OSError, EdgezoError):
+        pass
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:51] or "device"
+    new = f"{host}-{secrets.token_hex(6)}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(new + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        print(f"warning: cannot keep the device id in {path} ({e.strerror or e}); using {new} for this run "
+              "(pass --device-id to keep one)", file=sys.stderr)
+    return new
+
+
 def device_profile(spec: str | None, memory_gb: float | None, say=print) -> tuple[dict, float]:
     """(profile dict, memory budget in GB) this device sends in its Status; ({}, 0.0 or --memory-gb)
     without a profile. An explicit ``spec`` that cannot be read is an error; the implicit default
     (the measured profile named after this host in the user profile folder) is skipped with a
     warning when it is broken, since the device works without one."""
-    from edgezo.coordinator import messages as m
-    from edgezo.profiles import host_profile_name, load_profile, resolve_profile, user_profile_dir
-
     if memory_gb is not None and not (math.isfinite(memory_gb) and memory_gb > 0):
         raise EdgezoError(f"--memory-gb must be a positive number of GB (got {memory_gb})")
     profile = None
@@ -155,10 +176,6 @@ def device_profile(spec: str | None, memory_gb: float | None, say=print) -> tupl
 def connect_patiently(link, timeout: float, say) -> None:
     """Devices are often started before the broker (or the coordinator's embedded one): retry an
     unreachable broker for ``timeout`` seconds; refused credentials fail at once."""
-    import time
-
-    from edgezo.coordinator.transport import BrokerUnreachable
-
     deadline = time.monotonic() + timeout
     while True:
         try:

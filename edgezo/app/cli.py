@@ -1,4 +1,4 @@
-"""The ``edgezo`` command line: one module per command under ``edgezo.commands``."""
+"""The ``edgezo`` command line: one module per command under ``edgezo.app.commands``."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import sys
 import click
 
 from edgezo import __version__
-from edgezo.commands.coordinate import coordinate
-from edgezo.commands.evaluate import evaluate
-from edgezo.commands.export import export
-from edgezo.commands.generate import generate
-from edgezo.commands.join import join
-from edgezo.commands.keys import keys
-from edgezo.commands.profile import profile
-from edgezo.commands.simulate import simulate
+from edgezo.app.commands.coordinate import coordinate
+from edgezo.app.commands.evaluate import evaluate
+from edgezo.app.commands.export import export
+from edgezo.app.commands.generate import generate
+from edgezo.app.commands.join import join
+from edgezo.app.commands.keys import keys
+from edgezo.app.commands.profile import profile
+from edgezo.app.commands.simulate import simulate
 from edgezo.errors import EdgezoError
 
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from edgezo.commands.options import DEVICE_OPTION
+from edgezo.app.commands.options import DEVICE_OPTION
+from edgezo.backends.hf.export import read_record
+from edgezo.errors import EdgezoError
 
 
 @click.command(context_settings={"show_default": True})
@@ -23,11 +25,9 @@ def generate(model, prompt, max_new_tokens, raw, device):
     """
     import transformers
 
-    from edgezo.backends.hf.export import read_record
     from edgezo.backends.torch.lm import generate as complete
     from edgezo.backends.torch.device import resolve_device
     from edgezo.backends.torch.loading import load_model
-    from edgezo.errors import EdgezoError
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

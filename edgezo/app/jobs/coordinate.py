@@ -13,12 +13,29 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
 
-from edgezo.config import JobConfig
+from tqdm.auto import tqdm
+
+from edgezo import signing
+from edgezo.app.jobs.common import Callback, JobResult, callbacks_of, file_and_options, job_config, record_of
+from edgezo.app.outputs import RunOutputs, round_line
+from edgezo.app.runfolder import prepare_out, writable_folder
+from edgezo.app.settings import COORDINATE_OUT, CoordinateSettings
+from edgezo.config import JobConfig, job_work
+from edgezo.coordinator.broker import EmbeddedBroker
+from edgezo.coordinator.messages import ModelRef
+from edgezo.coordinator.rounds import RoundPolicy
+from edgezo.coordinator.server import Coordinator, CoordinatorSettings, Planning
+from edgezo.coordinator.signed_link import SignedLink
+from edgezo.coordinator.topics import check_name
+from edgezo.coordinator.transport import MqttLink
+from edgezo.coordinator.web_serving import start_for_job, websocket_listener
 from edgezo.errors import ConfigError
-from edgezo.jobs.common import Callback, JobResult, callbacks_of, file_and_options, job_config, record_of
-from edgezo.outputs import RunOutputs, round_line
-from edgezo.runfolder import prepare_out, writable_folder
-from edgezo.settings import COORDINATE_OUT, CoordinateSettings
+from edgezo.evaluate import make_evaluator
+from edgezo.jobdata import load_job_data
+from edgezo.methods import method_of
+from edgezo.planner import Limits
+from edgezo.profiles import resolve_profile
+from edgezo.taskfile import TaskOptions, with_task_options
 
 
 class CoordinateJob:
@@ -41,7 +58,6 @@ class CoordinateJob:
     def from_options(cls, config_file: str | Path | None = None, **options) -> "CoordinateJob":
         """From option values as the CLI names them, over a TOML file's (options win)."""
         run_kw = {k: options.pop(k) for k in ("callbacks", "say", "progress") if k in options}
-        from edgezo.taskfile import TaskOptions, with_task_options
 
         job, settings, task = file_and_options(config_file, options, JobConfig, CoordinateSettings, TaskOptions)
         job = with_task_options(job, TaskOptions(**task))  # --train/--template/...: announced to every device
@@ -53,9 +69,6 @@ class CoordinateJob:
     def _checked(self):
         """Everything that needs neither the model nor the broker: the aggregation, the planner's
         limits and fallback profile, the folders."""
-        from edgezo.coordinator.topics import check_name
-        from edgezo.methods import method_of
-
         cfg, s = self.config, self.settings
         check_name("run", s.run)
         if method_of(cfg.method).backprop:
@@ -63,10 +76,6 @@ class CoordinateJob:
         aggregation = s.aggregation_rule(cfg)
         limits = fallback = None
         if s.plan:
-            from edgezo.config import job_work
-            from edgezo.planner import Limits
-            from edgezo.profiles import resolve_profile
-
             limits = Limits(job_work(cfg), p1=s.max_p1, p2=s.max_p2)
             fallback = resolve_profile(s.default_profile) if s.default_profile else None
         out = Path(cfg.out)
@@ -80,12 +89,6 @@ class CoordinateJob:
 
     def run(self) -> JobResult:
         """Coordinate the job until its last round; returns the records and output paths."""
-        from tqdm.auto import tqdm
-
-        from edgezo.coordinator.rounds import RoundPolicy
-        from edgezo.coordinator.server import CoordinatorSettings
-        from edgezo.jobdata import load_job_data
-
         cfg, s, say = self.config, self.settings, self.say
         aggregation, limits, fallback, out, state = self._checked()
         enrolment, key = self._signing(state)
@@ -93,13 +96,10 @@ class CoordinateJob:
         cfg.task = data.task.ref  # a user task travels whole (template, label words); devices read their own data
         link, embedded = self._connect()  # broker and credentials before the model loads
         if enrolment is not None:
-            from edgezo.coordinator.signed_link import SignedLink
-
             link = SignedLink(link, key, enrolment=enrolment)  # signs what it publishes; the pump checks the devices'
         web = None
         try:
             ex, info = self._load_model(data)
-            from edgezo.coordinator.web_serving import start_for_job
 
             web = start_for_job(s, ex, info, cfg, data, embedded, self.say)  # --web-port: browser devices (None without)
             self.onnx_sha256 = web[1] if web else ""
@@ -124,8 +124,6 @@ class CoordinateJob:
         """With --enrolled: (the enrolment, this coordinator's key), both read before any work; the
         key is STATE/coordinator.key unless --key, made on first use, its public line printed and
         kept in STATE/coordinator.pub for the devices' --coordinator-key. Without: (None, None)."""
-        from edgezo import signing
-
         s = self.settings
         if s.enrolled is None:
             return None, None
@@ -146,14 +144,8 @@ class CoordinateJob:
 
     def _connect(self):
         """The MQTT link, connected (an embedded broker started first when no broker is given)."""
-        from edgezo.coordinator.transport import MqttLink
-
         s, embedded, broker = self.settings, None, self.settings.broker
         if broker is None:
-            from edgezo.coordinator.broker import EmbeddedBroker
-
-            from edgezo.coordinator.web_serving import websocket_listener
-
             embedded = EmbeddedBroker(port=s.port, websocket=websocket_listener(s))  # browser devices: MQTT over WebSockets
             self.say(f"no --broker given: started an embedded MQTT broker (amqtt) on {embedded.host}:{embedded.port} "
                      f"(this machine only; devices here join with: edgezo join --broker {embedded.host}:{embedded.port}). "
@@ -181,7 +173,6 @@ class CoordinateJob:
 
     def _planning(self, ex, info, data, limits, fallback):
         from edgezo.backends.torch.profiling import model_shape, typical_tokens
-        from edgezo.coordinator.server import Planning
 
         cfg, s = self.config, self.settings
         tokens = typical_tokens(ex, data.task, data.dev, cfg.batch_size, seed=cfg.seed)
@@ -192,9 +183,6 @@ class CoordinateJob:
 
     def _coordinate(self, settings, link, ex, info, data, aggregation, out: Path, tqdm) -> JobResult:
         from edgezo.backends.torch.factory import save_trained_model
-        from edgezo.coordinator.messages import ModelRef
-        from edgezo.coordinator.server import Coordinator
-        from edgezo.evaluate import make_evaluator
 
         cfg, say = self.config, self.say
         started = time.perf_counter()

@@ -1,55 +1,20 @@
 """`edgezo join`: contribute this device's compute and private data to a federated job.
 
-A thin layer: options -> ``edgezo.jobs.join.JoinJob`` -> ``run()``; this device's default id
-is made here (``default_device_id``)."""
+A thin layer: options -> ``edgezo.app.jobs.join.JoinJob`` -> ``run()``."""
 
 from __future__ import annotations
 
-import os
-import re
 import signal
-import socket
 import sys
 
 import click
 
-from edgezo.commands.options import BROKER_OPTIONS, DEVICE_OPTION, QUIET_HELP, TRAIN_SAMPLES, apply, given_options
-from edgezo.errors import EdgezoError
-from edgezo.jobs.join import PROFILE_LIMIT, connect_patiently, device_profile  # noqa: F401 (their home before the API)
-from edgezo.settings import JoinSettings
+from edgezo.app.commands.options import BROKER_OPTIONS, DEVICE_OPTION, QUIET_HELP, TRAIN_SAMPLES, apply, given_options
+from edgezo.app.jobs.coordinate import configure_logging
+from edgezo.app.jobs.join import PROFILE_LIMIT, JoinJob, connect_patiently, default_device_id, device_profile
+from edgezo.app.settings import JoinSettings
 
 S = JoinSettings
-
-
-def default_device_id() -> str:
-    """This device's own id: the host name (made safe for MQTT topics) and a random suffix,
-    generated once and kept in the user's config folder (``$XDG_CONFIG_HOME/edgezo/device-id``),
-    so it is stable across restarts (catch-up works) and two devices never share one, not even
-    clones of one image (every Raspberry Pi image is ``raspberrypi``). If the folder cannot be
-    written, the id lives for this process only (and the warning says so)."""
-    import secrets
-    from pathlib import Path
-
-    from edgezo.coordinator.topics import check_name
-
-    path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "edgezo" / "device-id"
-    try:
-        kept = path.read_text(encoding="utf-8").strip()
-        check_name("device", kept)
-        return kept
-    except (OSError, EdgezoError):
-        pass
-    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:51] or "device"
-    new = f"{host}-{secrets.token_hex(6)}"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(new + "\n", encoding="utf-8")
-        tmp.replace(path)
-    except OSError as e:
-        click.echo(f"warning: cannot keep the device id in {path} ({e.strerror or e}); using {new} for this run "
-                   "(pass --device-id to keep one)", err=True)
-    return new
 
 
 @click.command(context_settings={"show_default": True})
@@ -85,9 +50,6 @@ def join(ctx, config_file, **options):
 
     Example: edgezo join --broker server.local --data ~/my-sst2 --profile pi5
     """
-    from edgezo.jobs.coordinate import configure_logging
-    from edgezo.jobs.join import JoinJob
-
     job = JoinJob.from_options(config_file, **given_options(ctx, options))
     configure_logging()
     job.say = click.echo

@@ -1,14 +1,16 @@
 """`edgezo coordinate`: run a federated job over an MQTT broker.
 
-A thin layer: options -> ``edgezo.jobs.coordinate.CoordinateJob`` -> ``run()``."""
+A thin layer: options -> ``edgezo.app.jobs.coordinate.CoordinateJob`` -> ``run()``."""
 
 from __future__ import annotations
 
 import click
+from tqdm.auto import tqdm
 
-from edgezo.commands.options import (AGGREGATION_OPTIONS, BROKER_OPTIONS, PLAN_CAP_OPTIONS, QUIET_HELP, TASK_OPTIONS, apply, given_options,
+from edgezo.app.commands.options import (AGGREGATION_OPTIONS, BROKER_OPTIONS, PLAN_CAP_OPTIONS, QUIET_HELP, TASK_OPTIONS, apply, given_options,
                                      job_options)
-from edgezo.settings import CoordinateSettings
+from edgezo.app.jobs.coordinate import CoordinateJob, configure_logging
+from edgezo.app.settings import CoordinateSettings
 
 S = CoordinateSettings
 
@@ -57,10 +59,6 @@ def coordinate(ctx, config_file, **options):
 
     Example: edgezo coordinate --broker localhost --min-devices 3 --rounds 30 --out runs/job
     """
-    from tqdm.auto import tqdm
-
-    from edgezo.jobs.coordinate import CoordinateJob, configure_logging
-
     job = CoordinateJob.from_options(config_file, **given_options(ctx, options, {"rule": "aggregation"}))
     configure_logging()
     job.say, job.progress = tqdm.write, not job.settings.quiet

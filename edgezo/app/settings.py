@@ -10,8 +10,11 @@ import math
 from dataclasses import dataclass, fields
 
 from edgezo.aggregate import Aggregation
+from edgezo.backends.choice import parse_device
 from edgezo.config import JobConfig
+from edgezo.coordinator.transport import broker_settings_for
 from edgezo.errors import ConfigError
+from edgezo.methods import method_of
 from edgezo.planner import Limits
 
 COORDINATE_OUT = "runs/coordinate"  # coordinate's --out default (simulate's is JobConfig.out)
@@ -31,8 +34,6 @@ def _at_least(name: str, value: int | None, least: int) -> None:
 
 def _device(value: str) -> str:
     """--device checked (auto, cpu or cuda); whether cuda is usable is asked when the job runs."""
-    from edgezo.backends.choice import parse_device
-
     return parse_device(value)
 
 
@@ -46,8 +47,6 @@ class AggregationSettings:
 
     def aggregation_rule(self, cfg: JobConfig) -> Aggregation:
         """The aggregation of a job, checked against its method."""
-        from edgezo.methods import method_of
-
         given = {"rule": self.aggregation, "trim": self.trim, "clip": self.clip}
         rule = Aggregation(**{k: v for k, v in given.items() if v is not None})
         method_of(cfg.method).check_aggregation(rule)
@@ -100,8 +99,6 @@ class BrokerConnection:
     tls_insecure: bool = False
 
     def broker_settings(self, broker: str | None = None, default_port: int = 1883):
-        from edgezo.coordinator.transport import broker_settings_for  # one address, or a cluster's nodes: a,b
-
         return broker_settings_for(broker or self.broker, default_port, username=self.username, password=self.password,
                                    tls_ca=self.tls_ca, tls_cert=self.tls_cert, tls_key=self.tls_key, tls_insecure=self.tls_insecure)
 

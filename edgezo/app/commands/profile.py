@@ -11,10 +11,16 @@ import click
 from tqdm.auto import tqdm
 
 from edgezo import __version__
-from edgezo.errors import EdgezoError
-from edgezo.commands.options import PLAN_CAP_OPTIONS, QUIET_HELP, given_options
+from edgezo.app.commands.options import PLAN_CAP_OPTIONS, QUIET_HELP, given_options
+from edgezo.app.jobs.common import file_and_options
+from edgezo.app.runfolder import writable_folder
+from edgezo.app.settings import ProfileSettings
 from edgezo.config import JobConfig
-from edgezo.settings import ProfileSettings
+from edgezo.costmodel import Work
+from edgezo.errors import EdgezoError
+from edgezo.planner import Budget, Limits, plan_device
+from edgezo.profiles import Profile, host_profile_name, resolve_profile, save_profile, user_profile_dir
+from edgezo.tasks import get_task
 
 S = ProfileSettings
 
@@ -80,8 +86,6 @@ def profile(ctx, config_file, **options):
     Examples: edgezo profile --quick;  edgezo profile --plan --round-seconds 30 --memory-gb 2;
     edgezo profile --use pi5 --plan --round-seconds 120
     """
-    from edgezo.jobs.common import file_and_options
-
     (values,) = file_and_options(config_file, given_options(ctx, options), ProfileSettings)
     run_profile(ProfileSettings(**values).validate())
 
@@ -92,15 +96,11 @@ def run_profile(s: ProfileSettings) -> None:
 
     from edgezo.backends.torch.factory import build_torch_executor
     from edgezo.backends.torch.profiling import model_shape, rss_mb
-    from edgezo.profiles import resolve_profile, save_profile, user_profile_dir
-    from edgezo.tasks import get_task
 
     batches = list(QUICK_BATCHES) if s.quick else _batch_list(s.batch_sizes)
     repeats = 1 if s.quick else s.repeats
     path = Path(s.out) if s.out else None
     if path is not None and not s.use:
-        from edgezo.runfolder import writable_folder
-
         writable_folder(path.parent if str(path.parent) else Path("."), "--out's folder")  # before the model loads
     runtime_mb = rss_mb()  # interpreter + torch + transformers, before any model
     transformers.utils.logging.set_verbosity_error()
@@ -120,9 +120,6 @@ def run_profile(s: ProfileSettings) -> None:
         click.echo(profile_table(prof))
         click.echo(f"wrote {path}")
     if s.plan:
-        from edgezo.costmodel import Work
-        from edgezo.planner import Budget, Limits, plan_device
-
         limits = Limits(Work(k=s.local_steps, batch=s.batch_size), p1=s.max_p1, p2=s.max_p2)
         chosen = plan_device(prof, shape, s.seq_len, Budget(s.round_seconds, s.memory_gb), limits)
         click.echo("plan: " + chosen.describe())
@@ -133,7 +130,6 @@ def run_profile(s: ProfileSettings) -> None:
 
 def _measure(ex, shape, trainable, seq_len, batches, repeats, runtime_mb, name, quiet=False):
     from edgezo.backends.torch.profiling import cpu_name, profile_torch
-    from edgezo.profiles import Profile, host_profile_name
 
     steps = len(batches) + 1 + min(2, len(batches))
     with tqdm(total=steps, desc="profiling torch", unit="step", dynamic_ncols=True, disable=quiet) as bar:

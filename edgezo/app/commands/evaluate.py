@@ -10,9 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from tqdm.auto import tqdm
 
-from edgezo.commands.options import DEVICE_OPTION
+from edgezo.app.commands.options import DEVICE_OPTION
+from edgezo.backends.hf.export import load_trainable_file, read_record
+from edgezo.config import JobConfig
 from edgezo.errors import EdgezoError
+from edgezo.evaluate import exact_match, make_evaluator, make_lm_evaluator, rouge_l
+from edgezo.jobdata import load_job_data, pairs_for
+from edgezo.tasks import get_task
 
 
 @click.command(context_settings={"show_default": True})
@@ -37,11 +43,7 @@ def evaluate(model, task, data, eval_samples, seed, batch_size, max_length, trai
     """
     import transformers
 
-    from edgezo.backends.hf.export import load_trainable_file, read_record
     from edgezo.backends.torch.factory import build_torch_executor
-    from edgezo.config import JobConfig
-    from edgezo.evaluate import make_evaluator
-    from edgezo.jobdata import load_job_data
 
     from edgezo.backends.torch.device import resolve_device
 
@@ -77,11 +79,7 @@ def evaluate(model, task, data, eval_samples, seed, batch_size, max_length, trai
 def generation_report(ex, task, dev, quiet: bool, batch_size: int, max_new_tokens: int) -> str:
     """Validation loss and token accuracy (teacher-forced), then exact match and ROUGE-L of greedy
     generations against the references."""
-    from tqdm.auto import tqdm
-
     from edgezo.backends.torch.lm import generate
-    from edgezo.evaluate import exact_match, make_lm_evaluator, rouge_l
-    from edgezo.jobdata import pairs_for
 
     evaluation = make_lm_evaluator(ex, task, dev, quiet, batch_size)
     evaluation()
@@ -99,8 +97,6 @@ def _validation_only(task: str, data: str) -> str:
     """``--data FILE`` names the validation file here (a job's ``--data FILE`` is its training
     file): the task, as JSON text, with that file as its validation split."""
     from dataclasses import replace
-
-    from edgezo.tasks import get_task
 
     resolved = get_task(task)
     if resolved.source is None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import click
 
 from edgezo.aggregate import AGGREGATIONS
+from edgezo.app.settings import COORDINATE_OUT
 from edgezo.config import JobConfig
 from edgezo.methods import METHODS, method_of
 from edgezo.planner import Limits
-from edgezo.settings import COORDINATE_OUT
 from edgezo.tasks import TASKS
 
 D = JobConfig()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from edgezo.backends.hf.gguf_export import export_gguf
 
 
 @click.command(context_settings={"show_default": True})
@@ -20,8 +21,6 @@ def export(model_folder, out):
 
     Example: edgezo export runs/sst2/model  (writes runs/sst2/model-q8_0.gguf)
     """
-    from edgezo.backends.hf.gguf_export import export_gguf
-
     folder = Path(model_folder)
     target = Path(out) if out else folder.parent / f"{folder.resolve().name}-q8_0.gguf"
     path = export_gguf(folder, target)

@@ -15,14 +15,23 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable
 
-from edgezo.config import JobConfig
+from tqdm.auto import tqdm
+
+from edgezo.app.engines.ray_engine import require_ray, start_engine
+from edgezo.app.fleet import parse_fleet, plan_fleet
+from edgezo.app.jobs.common import Callback, JobResult, callbacks_of, file_and_options, job_config, record_of
+from edgezo.app.outputs import RunOutputs, round_line
+from edgezo.app.runfolder import JOB_FILE, prepare_out, read_job, write_job
+from edgezo.app.settings import SimulateSettings
+from edgezo.backends.choice import BACKENDS, build_executor, check_device, is_installed, parse_backends, require, resolve_backend
+from edgezo.config import JobConfig, job_work
 from edgezo.engine import RoundRecord
-from edgezo.errors import ConfigError, JobStopped
-from edgezo.jobs.common import Callback, JobResult, callbacks_of, file_and_options, job_config, record_of
-from edgezo.outputs import RunOutputs, round_line
-from edgezo.runfolder import prepare_out, read_job, write_job
+from edgezo.errors import ConfigError, JobStopped, OutputError
+from edgezo.evaluate import make_evaluator
+from edgezo.jobdata import device_shards, load_job_data, make_batcher
 from edgezo.seedlog import SeedLog
-from edgezo.settings import SimulateSettings
+from edgezo.simulation import Resume, SimulatedClock, SimulatedDevice, run_simulation
+from edgezo.taskfile import TaskOptions, with_task_options
 
 RUN_FLAGS = ("quiet", "overwrite", "resume", "device")  # how to run, not what: never compared on --resume
 
@@ -45,7 +54,7 @@ class SimulateJob:
         self.callbacks = callbacks_of(callbacks)
         self.say = say or (lambda msg: None)
         self.progress = progress
-        self.engine = engine  # None: devices run here; an edgezo.engines.ray_engine.RaySettings: as Ray actors
+        self.engine = engine  # None: devices run here; an edgezo.app.engines.ray_engine.RaySettings: as Ray actors
 
     @classmethod
     def from_options(cls, config_file: str | Path | None = None, **options) -> "SimulateJob":
@@ -54,7 +63,6 @@ class SimulateJob:
         a TOML file's; with ``resume``, the stopped run's settings
         (from its job.json) are the base, and a given option that disagrees with them is an error."""
         run_kw = {k: options.pop(k) for k in ("callbacks", "say", "progress", "engine") if k in options}
-        from edgezo.taskfile import TaskOptions, with_task_options
 
         job, sim, task = file_and_options(config_file, options, JobConfig, SimulateSettings, TaskOptions)
         job = with_task_options(job, TaskOptions(**task))  # --train/--template/...: the task as JSON text
@@ -68,11 +76,7 @@ class SimulateJob:
         records and the paths of what it wrote to ``config.out``."""
         import transformers
 
-        from edgezo.backends.choice import check_device, parse_backends, require
         from edgezo.backends.torch.device import describe, peak_memory_mib, resolve_device
-        from edgezo.evaluate import make_evaluator
-        from edgezo.jobdata import device_shards, load_job_data
-        from edgezo.simulation import SimulatedDevice, run_simulation
 
         cfg, s, say = self.config, self.settings, self.say
         transformers.utils.logging.set_verbosity_error()
@@ -84,8 +88,6 @@ class SimulateJob:
             check_device(backend, s.device)
         torch_device = resolve_device(s.device)  # --device cuda without a GPU: one line, before any data is read
         if self.engine is not None:
-            from edgezo.engines.ray_engine import require_ray, start_engine
-
             require_ray()
         aggregation = s.aggregation_rule(cfg)
         if s.train_samples is not None and s.train_samples < cfg.clients:
@@ -124,7 +126,6 @@ class SimulateJob:
             write_job(out, {"job": cfg.to_dict(), "simulate": _settings_record(s)})
         else:
             say(f"resuming after round {resume.last['round']} of {cfg.rounds}")
-        from tqdm.auto import tqdm
 
         done = 0 if resume is None else resume.last["round"]
         bar = tqdm(total=cfg.rounds * cfg.clients, initial=done * cfg.clients, desc="devices x rounds", unit="dev",
@@ -177,7 +178,6 @@ class SimulateJob:
         s, cfg = self.settings, self.config
         if not s.devices:
             return None
-        from edgezo.fleet import parse_fleet
 
         fleet = parse_fleet(s.devices)
         if cfg.clients != len(fleet):
@@ -187,9 +187,6 @@ class SimulateJob:
         return fleet
 
     def _resume_point(self, out: Path, seedlog: SeedLog):
-        from edgezo.errors import OutputError
-        from edgezo.simulation import Resume
-
         entries = list(seedlog.entries())
         rows = RunOutputs.read_rows(out / "metrics.jsonl")
         kept = [r for r in rows if r.get("round", -1) <= len(entries)]
@@ -203,7 +200,6 @@ class SimulateJob:
 def _resumed(job: dict, sim: dict) -> tuple[dict, dict]:
     """--resume: the stopped run's settings, with the given ones checked against them."""
     out = Path(job.get("out", JobConfig.out))
-    from edgezo.runfolder import JOB_FILE
 
     if not (out / JOB_FILE).is_file():
         raise ConfigError(f"--resume: {out} holds no stopped run ({JOB_FILE} missing); run without --resume to start one")
@@ -224,9 +220,6 @@ def _resumed(job: dict, sim: dict) -> tuple[dict, dict]:
 def _plan_fleet(cfg, ex, info, data, fleet, s: SimulateSettings, say):
     """Each simulated device's work and the simulated clock that times it."""
     from edgezo.backends.torch.profiling import model_shape, typical_tokens
-    from edgezo.config import job_work
-    from edgezo.fleet import plan_fleet
-    from edgezo.simulation import SimulatedClock
 
     shape = model_shape(ex, info.name, info.digest)
     tokens = typical_tokens(ex, data.task, data.train, cfg.batch_size, cfg.seed)
@@ -250,8 +243,6 @@ class BackendPool:
         self._auto: str | None = None
 
     def get(self, backend: str):
-        from edgezo.backends.choice import build_executor, resolve_backend
-
         if backend == "auto":
             if self._auto is None:
                 choice = resolve_backend("auto", self.cfg.model)
@@ -273,8 +264,6 @@ class BackendPool:
 
     def batcher(self, ex, examples):
         """The executor's make_batch over the training examples (one per executor: prompts once)."""
-        from edgezo.jobdata import make_batcher
-
         if id(ex) not in self._batchers:
             self._batchers[id(ex)] = make_batcher(ex, self.task, examples)
         return self._batchers[id(ex)]
@@ -289,8 +278,6 @@ def _first_backend(requested: list[str], planned: bool) -> str:
 def _planned_backend(planned: str, requested: list[str], device: int, say) -> str:
     """A --devices device runs its planned backend when --backend is auto and that backend is
     installed here (else torch, which computes the same model); otherwise the listed one."""
-    from edgezo.backends.choice import BACKENDS, is_installed
-
     if requested != ["auto"]:
         return requested[device % len(requested)]
     if planned in BACKENDS and is_installed(planned):

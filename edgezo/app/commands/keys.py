@@ -7,16 +7,18 @@ adds the line to the coordinator's enrolment file; ``edgezo join`` then signs wi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+from edgezo import signing
+from edgezo.app.commands.join import default_device_id
+from edgezo.coordinator.topics import check_name
 
 KEY_HELP = "The key file. [default: ~/.config/edgezo/device.key ($XDG_CONFIG_HOME/edgezo/device.key)]"
 ID_HELP = "The device id the line enrols (join's --device-id). [default: this device's default id, ~/.config/edgezo/device-id]"
 
 
 def _device_id(given: str | None) -> str:
-    from edgezo.commands.join import default_device_id
-    from edgezo.coordinator.topics import check_name
-
     return check_name("device", given if given is not None else default_device_id())
 
 
@@ -35,8 +37,6 @@ def keys():
 @click.option("--force", is_flag=True, help="Replace an existing key (the coordinator must then enrol the new line).")
 def init(path, device_id, force):
     """Make this device's signing key and print its public line (to enrol with the coordinator)."""
-    from edgezo import signing
-
     device_id = _device_id(device_id)
     target = signing.save_key(signing.generate(), path or signing.default_key_path(), force=force)
     key = signing.load_key(target)
@@ -54,8 +54,6 @@ def init(path, device_id, force):
 @click.option("--device-id", help=ID_HELP)
 def show(path, device_id):
     """Print this device's public line, 'ed25519:<base64> <device-id>', for the enrolment file."""
-    from edgezo import signing
-
     target = path or signing.default_key_path()
     key = signing.load_key(target)
     if device_id is None:
@@ -63,17 +61,13 @@ def show(path, device_id):
     click.echo(key.line(_device_id(device_id)))
 
 
-def _pub(key_path) -> "Path":
-    from pathlib import Path
-
+def _pub(key_path) -> Path:
     key_path = Path(key_path)
     return key_path.with_name(key_path.name + ".pub")
 
 
 def _id_made_with(key, key_path) -> str | None:
     """The device id `init` wrote beside the key (KEY.pub), if that file is this key's."""
-    from edgezo import signing
-
     try:
         public, name = signing.parse_public(_pub(key_path).read_text(encoding="utf-8").strip())
     except (OSError, signing.SigningError):

@@ -26,14 +26,17 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from edgezo.backends.choice import build_executor
 from edgezo.config import JobConfig, job_work, probe_config
 from edgezo.costmodel import Work
 from edgezo.engine import DeviceTurn, device_round
 from edgezo.errors import EdgezoError
 from edgezo.estimators import LocalRound
+from edgezo.jobdata import make_batcher
 from edgezo.methods import Method, method_of
 from edgezo.methods.base import Update
 from edgezo.simulation import Results, RoundStart
+from edgezo.tasks import get_task
 
 RAY_EXTRA = "pip install 'edgezo[ray]' (Ray 2.60)"
 
@@ -101,9 +104,6 @@ class DeviceWorker:
     def __init__(self, cfg: JobConfig, method: Method, train: list, devices: Sequence[RemoteDevice], threads: int,
                  history: Sequence[Update] = ()):
         _limit_threads(threads)
-        from edgezo.backends.choice import build_executor
-        from edgezo.jobdata import make_batcher
-        from edgezo.tasks import get_task
 
         task = get_task(cfg.task)
         self.cfg = cfg
