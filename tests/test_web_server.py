@@ -24,7 +24,7 @@ from edgezo.coordinator.web_server import ISOLATION_HEADERS, BrokerWebSocket, We
 from edgezo.coordinator.web_serving import shard_jsonl
 from edgezo.errors import ConfigError, EdgezoError
 from edgezo.jobdata import device_shards, load_job_data
-from edgezo.settings import CoordinateSettings
+from edgezo.app.settings import CoordinateSettings
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
