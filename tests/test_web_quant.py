@@ -14,9 +14,19 @@ import numpy as np
 import pytest
 import torch
 
+from transformers import LlamaForCausalLM
+
 from edgezo.backends.int8.quant import dequantize, quantize
+from edgezo.backends.torch.factory import build_torch_executor
+from edgezo.backends.torch.onnx_check import onnx_outputs, onnx_session, trainable_values
+from edgezo.backends.torch.onnx_export import cached_export
 from edgezo.backends.torch.onnx_quant import dequantize_nbits, nbits_weight, store_gguf_blocks
+from edgezo.config import JobConfig
+from edgezo.coordinator.web_serving import BlockSource, check_batches, served_export
 from edgezo.errors import EdgezoError
+from edgezo.jobdata import load_job_data
+from edgezo.keys import Direction
+from tiny import save_tiny
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -126,3 +136,68 @@ def test_a_graph_of_another_model_is_refused():
     other = {"model.embed_tokens.weight": blocks("q8_0", 40, 64, seed=3)}
     with pytest.raises(EdgezoError, match="not the same model"):
         store_gguf_blocks(model, other)
+
+
+@pytest.fixture(scope="module")
+def gguf_tiny(tmp_path_factory, sst2_dir):
+    """A 2-layer tiny LLaMA whose matrices are GGUF blocks (Q4_1 layers, Q8_0 tied embedding), and those blocks."""
+    folder = save_tiny(tmp_path_factory.mktemp("models") / "tiny-gguf", "llama", layers=2)
+    model = LlamaForCausalLM.from_pretrained(folder)
+    tensors = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                tensors[name] = quantize(p.detach(), "q8_0" if "embed" in name else "q4_1")
+                p.copy_(dequantize(tensors[name]))
+    model.save_pretrained(folder)
+    return folder, tensors
+
+
+@pytest.fixture(scope="module")
+def gguf_job(gguf_tiny, tmp_path_factory):
+    torch.set_num_threads(1)
+    folder, tensors = gguf_tiny
+    cfg = JobConfig(model=str(folder), task="sst2", batch_size=8, eval_samples=64, seed=5).validate()
+    data = load_job_data(cfg, need_train=False)
+    ex, info = build_torch_executor(cfg, data.task)
+    batches = check_batches(ex, data, cfg, 2)
+    cache = tmp_path_factory.mktemp("onnx-cache")
+    return cfg, ex, batches, cached_export(ex, batches[0], info.digest, cfg.trainable, cache), cache, tensors
+
+
+def test_a_gguf_model_is_served_its_own_blocks_and_they_pass_the_pre_serve_check(gguf_job):
+    cfg, ex, batches, fp32, cache, tensors = gguf_job
+    said = []
+    served, agreement = served_export(ex, batches, fp32, BlockSource("tiny", lambda: tensors), Direction(cfg.seed, 1, 0, 0, 0, 0), 1e-2,
+                                      cache, said.append)
+    assert served.path != fp32.path and served.bytes < fp32.bytes
+    assert any("stored 15 matrices as the GGUF's blocks" in line for line in said)  # 7 per layer, and the tied embedding/head
+    model = onnx.load(str(served.path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulNBits") == 15 and "Gemm" not in ops
+    assert not [i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 2]
+    weights = sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
+    assert weights < sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(fp32.path)).graph.initializer) / 3
+    assert agreement.batches == 2 and agreement.max_logit_diff < 1e-4
+    assert np.allclose(agreement.scalars_onnx, agreement.scalars_torch, rtol=1e-3, atol=1e-5)
+    assert any(abs(s) > 1e-4 for s in agreement.scalars_torch)
+    small, full = onnx_session(served.path), onnx_session(fp32.path)
+    for batch in batches:
+        got, ref = onnx_outputs(small, batch, trainable_values(ex))[0], onnx_outputs(full, batch, trainable_values(ex))[0]
+        assert np.abs(got - ref).max() < 1e-5
+    again = served_export(ex, batches, fp32, BlockSource("tiny", lambda: pytest.fail("blocks read again")), Direction(cfg.seed, 1, 0, 0, 0, 0),
+                          1e-2, cache, said.append)[0]
+    assert again == served  # cached: the blocks are not read again
+
+
+def test_blocks_of_another_model_fall_back_to_fp32_with_the_reason(gguf_job):
+    cfg, ex, batches, fp32, cache, tensors = gguf_job
+    other = {name: quantize(torch.randn(qt.shape), qt.qtype) for name, qt in tensors.items()}
+    said = []
+    served, agreement = served_export(ex, batches, fp32, BlockSource("other", lambda: other), Direction(cfg.seed, 1, 0, 0, 0, 0), 1e-2,
+                                      cache, said.append)
+    assert served == fp32 and agreement.max_logit_diff < 1e-4
+    assert any("serving the float32 ONNX export" in line and "not the same model" in line for line in said)
+    said.clear()
+    assert served_export(ex, batches, fp32, None, Direction(cfg.seed, 1, 0, 0, 0, 0), 1e-2, cache, said.append)[0] == fp32
+    assert any("has no GGUF blocks" in line for line in said)

@@ -140,8 +140,8 @@ def cached_export(ex, sample, model_digest: str, trainable_spec: str, cache_dir:
     ``~/.cache/edgezo/onnx``); see :func:`cached_file`."""
     key = export_key(ex, model_digest, trainable_spec)
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "onnx"
-    return cached_file(key, folder, lambda path: export_onnx(ex, sample, path), say,
-                       "exporting the model to ONNX for browser devices (once per model and trainable set; SmolLM2-135M takes about a minute) ...")
+    making = "exporting the model to ONNX for browser devices (once per model and trainable set; SmolLM2-135M takes about a minute) ..."
+    return cached_file(key, folder, lambda path: export_onnx(ex, sample, path), say, making)
 
 
 def cached_file(key: str, folder: Path, make: Callable[[Path], dict | None], say: Callable[[str], None], making: str) -> OnnxExport:
