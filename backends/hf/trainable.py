@@ -24,7 +24,7 @@ DEFAULT_LORA_RANK = 8
 DEFAULT_LORA_ALPHA = 16.0
 DEFAULT_LORA_TARGETS = ("q_proj", "v_proj", "query", "value")  # LLaMA/OPT and BERT/RoBERTa attention
 SPEC_FORMS = (
-    "full | bitfit | norm | lora | lora:r=8,alpha=16,targets=q_proj+v_proj | names:REGEX[,REGEX...]"
+    "full | bitfit | norm | lora | lora:r=8,alpha=16,targets=q_proj+v_proj,factors=B | names:REGEX[,REGEX...]"
 )
 
 
@@ -35,10 +35,12 @@ class TrainableSpec:
     alpha: float = DEFAULT_LORA_ALPHA
     targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
     patterns: tuple[str, ...] = ()  # for "names"
+    factors: str = "AB"  # lora: "B" trains lora_B only, lora_A frozen at its seeded init (LoRA-FA; issue 27)
 
     def __str__(self) -> str:
         if self.kind == "lora":
-            return f"lora:r={self.rank},alpha={self.alpha:g},targets={'+'.join(self.targets)}"
+            factors = "" if self.factors == "AB" else f",factors={self.factors}"
+            return f"lora:r={self.rank},alpha={self.alpha:g},targets={'+'.join(self.targets)}{factors}"
         if self.kind == "names":
             return "names:" + ",".join(self.patterns)
         return self.kind
@@ -73,12 +75,12 @@ def parse_trainable(spec: str) -> TrainableSpec:
 
 
 def _parse_lora(spec: str, rest: str) -> TrainableSpec:
-    options = {"r": str(DEFAULT_LORA_RANK), "alpha": None, "targets": "+".join(DEFAULT_LORA_TARGETS)}
+    options = {"r": str(DEFAULT_LORA_RANK), "alpha": None, "targets": "+".join(DEFAULT_LORA_TARGETS), "factors": "AB"}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
         key = key.strip().lower()
         if not eq or key not in options or not value.strip():
-            raise _bad(spec, f"lora option {item!r}; options are r=INT, alpha=FLOAT, targets=NAME+NAME")
+            raise _bad(spec, f"lora option {item!r}; options are r=INT, alpha=FLOAT, targets=NAME+NAME, factors=AB|B")
         options[key] = value.strip()
     try:
         rank = int(options["r"])
@@ -86,9 +88,10 @@ def _parse_lora(spec: str, rest: str) -> TrainableSpec:
     except ValueError:
         raise _bad(spec, "r must be an integer and alpha a number") from None
     targets = tuple(t.strip() for t in options["targets"].split("+") if t.strip())
-    if rank < 1 or not math.isfinite(alpha) or not targets:
-        raise _bad(spec, "r must be >= 1, alpha finite, targets non-empty")
-    return TrainableSpec("lora", rank=rank, alpha=alpha, targets=targets)
+    factors = options["factors"].upper()
+    if rank < 1 or not math.isfinite(alpha) or not targets or factors not in ("AB", "B"):
+        raise _bad(spec, "r must be >= 1, alpha finite, targets non-empty, factors AB or B")
+    return TrainableSpec("lora", rank=rank, alpha=alpha, targets=targets, factors=factors)
 
 
 # -- selection -------------------------------------------------------------------------------------
@@ -124,7 +127,7 @@ def select_trainable(model: nn.Module, spec: TrainableSpec, frozen_names: Iterab
         norms = _norm_param_names(model)
         chosen = [n for n in names if n in norms or (spec.kind == "bitfit" and n.endswith(".bias"))]
     elif spec.kind == "lora":
-        chosen = [n for n in names if _is_lora_name(n)]
+        chosen = [n for n in names if n.endswith(".lora_B") or (spec.factors == "AB" and n.endswith(".lora_A"))]
     elif spec.kind == "names":
         regexes = [re.compile(p) for p in spec.patterns]
         chosen = [n for n in names if any(r.search(n) for r in regexes)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from edgezo.errors import EdgezoError
 from edgezo.methods.base import Method
+from edgezo.methods.bforward import BForward
 from edgezo.methods.decomfl import DeComFL
 from edgezo.methods.fedavg import FedAvg
 from edgezo.methods.fedzo import FedZO
@@ -13,7 +14,7 @@ from edgezo.methods.fzoo import FZOO
 from edgezo.methods.mezo import MeZO
 from edgezo.methods.spzo import SPZO
 
-_METHODS: dict[str, Method] = {m.name: m for m in (SPZO(), MeZO(), DeComFL(), FedZO(), FedAvg(), FZOO())}
+_METHODS: dict[str, Method] = {m.name: m for m in (SPZO(), MeZO(), DeComFL(), FedZO(), FedAvg(), FZOO(), BForward())}
 
 METHODS = tuple(_METHODS)
 DEFAULT_METHOD = SPZO.name
