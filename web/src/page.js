@@ -60,28 +60,38 @@ async function loadRecords(config, shard) {
   return { records: parseRecords(text, name), index: null };
 }
 
-/** The model bytes, read with progress, checked against the digest the coordinator published. */
+/** The model bytes, read with progress, checked against the digest the coordinator published.
+ * With a Content-Length (the coordinator always sends one) each chunk is copied into one buffer
+ * as it arrives and dropped, so the download never holds the model twice. */
 async function downloadModel(config) {
   const response = await fetchOk(config.model_url, "the model");
   const total = Number(response.headers.get("Content-Length")) || 0;
   const reader = response.body.getReader();
-  const parts = [];
+  let bytes = new Uint8Array(total);
+  const parts = []; // only without a Content-Length, or if the body runs past it
   let got = 0;
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
-    parts.push(value);
+    if (got + value.length <= bytes.length) bytes.set(value, got);
+    else parts.push(value);
     got += value.length;
     report({ progress: `model ${(got / 2 ** 20).toFixed(0)}${total ? ` of ${(total / 2 ** 20).toFixed(0)}` : ""} MiB` });
   }
-  const bytes = new Uint8Array(got);
-  let at = 0;
-  for (const p of parts.splice(0)) { bytes.set(p, at); at += p.length; }
+  if (parts.length || got !== bytes.length) bytes = joinChunks(bytes.subarray(0, Math.min(got, bytes.length)), parts.splice(0));
   const sha = await sha256Hex(bytes);
   if (config.model_sha256 && sha !== config.model_sha256) {
     throw new Error(`wrong model digest: the downloaded model has SHA-256 ${sha.slice(0, 12)}..., the coordinator published ${config.model_sha256.slice(0, 12)}... (a corrupted or tampered download); reload the page`);
   }
   return { bytes, sha };
+}
+
+function joinChunks(head, chunks) {
+  const out = new Uint8Array(head.length + chunks.reduce((n, c) => n + c.length, 0));
+  out.set(head, 0);
+  let at = head.length;
+  for (const c of chunks) { out.set(c, at); at += c.length; }
+  return out;
 }
 
 /** onnxruntime-web: the WebGPU build where the browser has a real (not software) adapter and this
@@ -110,8 +120,11 @@ async function loadSession(ort, ep, config) {
   let { bytes, sha } = await downloadModel(config);
   report({ phase: "loading the model", progress: null });
   const size = bytes.length;
+  // In a worker (WASM), onnxruntime-web transfers the buffer to it (this thread's copy is then
+  // detached); without one it copies the bytes into its heap. Either way no reference is kept here
+  // once the session exists, so the download can be collected.
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ep === "webgpu" ? ["webgpu", "wasm"] : ["wasm"] });
-  bytes = null; // the session holds its own copy: let the download go (the page otherwise needs twice the model's size)
+  bytes = null;
   return { session, sha, size };
 }
 
