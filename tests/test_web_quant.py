@@ -202,3 +202,56 @@ def test_blocks_of_another_model_fall_back_to_fp32_with_the_reason(gguf_job):
     said.clear()
     assert served_export(ex, batches, fp32, None, Direction(cfg.seed, 1, 0, 0, 0, 0), 1e-2, cache, said.append)[0] == fp32
     assert any("has no GGUF blocks" in line for line in said)
+
+
+WASM_PAGE = """<!doctype html><meta charset="utf-8"><script type="module">
+import * as ort from "/assets/ort.wasm.bundle.min.mjs";
+ort.env.wasm.wasmPaths = "/assets/";
+ort.env.wasm.numThreads = 1;
+window.forward = async (ids, mask, shape, trainables) => {
+  const bytes = new Uint8Array(await (await fetch("/job/model.onnx")).arrayBuffer());
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
+  const feeds = { input_ids: new ort.Tensor("int64", BigInt64Array.from(ids.map(BigInt)), shape),
+                  attention_mask: new ort.Tensor("int64", BigInt64Array.from(mask.map(BigInt)), shape) };
+  for (const [name, values, dims] of trainables) feeds[name] = new ort.Tensor("float32", Float32Array.from(values), dims);
+  const out = await session.run(feeds);
+  return Array.from(out.label_logits.data);
+};
+window.ready = true;
+</script>"""
+
+
+@pytest.mark.browser
+def test_the_block_export_runs_in_chromium_wasm_as_in_python_onnxruntime(gguf_job, tmp_path):
+    """onnxruntime-web's WASM kernels (MatMulNBits with float zero points, 8-bit blocks, the Gather
+    of blocks) in headless Chromium give Python onnxruntime's label logits on the job's batch."""
+    from playwright.sync_api import sync_playwright
+
+    from edgezo.coordinator.web_server import BrokerWebSocket, WebJob, WebServer
+    from edgezo.coordinator.web_serving import assets_folder, base_trainable_file
+
+    cfg, ex, batches, fp32, cache, tensors = gguf_job
+    served, _ = served_export(ex, batches, fp32, BlockSource("tiny", lambda: tensors), Direction(cfg.seed, 1, 0, 0, 0, 0), 1e-2,
+                              cache, lambda line: None)
+    assert served != fp32
+    values = trainable_values(ex, Direction(cfg.seed, 1, 0, 0, 0, 0), 1e-2)
+    expected = onnx_outputs(onnx_session(served.path), batches[0], values)[0]
+    job = WebJob("quant", BrokerWebSocket(url="ws://127.0.0.1:9"), served.path, served.sha256, tmp_path / "none.json",
+                 base_trainable_file(ex, tmp_path), assets_folder())
+    server = WebServer(job, "127.0.0.1", 0).start()
+    headers = {"Content-Type": "text/html", "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
+    args = [batches[0].input_ids.reshape(-1).tolist(), batches[0].attention_mask.reshape(-1).tolist(), list(batches[0].input_ids.shape),
+            [[n, values[n].reshape(-1).tolist(), list(values[n].shape)] for n in ex.names]]
+    try:
+        with sync_playwright() as p:
+            context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path="/usr/bin/chromium", headless=True,
+                                                           args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+            page = context.new_page()
+            page.route(f"{server.url()}/wasm", lambda route: route.fulfill(status=200, headers=headers, body=WASM_PAGE))
+            page.goto(f"{server.url()}/wasm")
+            page.wait_for_function("window.ready === true", timeout=60_000)
+            got = np.array(page.evaluate("([i, m, s, t]) => window.forward(i, m, s, t)", args)).reshape(expected.shape)
+            context.close()
+    finally:
+        server.stop()
+    assert np.abs(got - expected).max() < 1e-4 and np.abs(expected).max() > 0.1

@@ -103,7 +103,8 @@ def label_loss(label_logits: np.ndarray, labels: Sequence[int]) -> float:
     return float(-log_softmax[np.arange(len(z)), np.asarray(labels)].mean())
 
 
-def _torch_logits(ex, batch, perturbation) -> np.ndarray:
+def torch_label_logits(ex, batch, perturbation) -> np.ndarray:
+    """The torch executor's label logits [B, labels] on ``batch`` under ``perturbation`` ([(direction, scale)])."""
     with torch.no_grad():
         return ex._block2_logits(ex._block1(batch, perturbation), perturbation).float().cpu().numpy()
 
@@ -123,7 +124,7 @@ def check_export(path: Path | str, ex, batches: Sequence, direction: Direction, 
         losses = {}
         for sign in (0.0, 1.0, -1.0):
             perturbation = [(direction, sign * eps)] if sign else []
-            ref = _torch_logits(ex, batch, perturbation)
+            ref = torch_label_logits(ex, batch, perturbation)
             got, _ = onnx_outputs(session, batch, trainable_values(ex, direction if sign else None, sign * eps))
             worst = max(worst, float(np.max(np.abs(got - ref))))
             if not _within(got, ref, tolerance.logits_atol, tolerance.logits_rtol):
@@ -141,4 +142,4 @@ def check_export(path: Path | str, ex, batches: Sequence, direction: Direction, 
     return Agreement(len(batches), worst, tuple(scalars_t), tuple(scalars_o))
 
 
-__all__ = ["Agreement", "Tolerance", "check_export", "label_loss", "onnx_outputs", "onnx_session", "trainable_values"]
+__all__ = ["Agreement", "Tolerance", "check_export", "label_loss", "onnx_outputs", "onnx_session", "torch_label_logits", "trainable_values"]
