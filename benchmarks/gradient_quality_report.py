@@ -10,6 +10,17 @@ from pathlib import Path
 HEADING = "## Gradient quality (mechanism bench)"
 BEGIN, END = "<!-- gradient-quality:begin -->", "<!-- gradient-quality:end -->"
 ORDER = ("norm", "lora", "bitfit")
+SCALED_INTRO = (
+    "Whole-model probes z = s ⊙ r with a fixed scale s_t per trainable tensor (formulas: "
+    "`gradient_quality_stats.py`, section 'probes with a per-tensor scale'): `iso` s = 1 (DeComFL); `b-only` s = 0 on "
+    "LoRA's A, 1 on B (`bforward`); `history K` s_t² from the running mean of K isotropic forward-difference steps "
+    "(P = 16) of ĝ, what a device can rebuild from the seed log, in expectation and with G held fixed (both favour it); "
+    "`oracle-rms` s_t ∝ the RMS of G_t and `oracle-best` the descent-maximising per-tensor scale, neither replayable "
+    "(in-sample, or fitted on the odd batches and measured on the even ones). Columns: descent per forward FLOP over "
+    "each reference's on the same batches, ± one jackknife SE (the scale held fixed). A scaled probe is biased "
+    "(E ĝ = s² ⊙ G; last columns: its cosine to G), and its descent ratio E[G·ĝ]²/(E‖ĝ‖²‖G‖²) assumes the curvature "
+    "along its noise is the average one: where the scale concentrates on high-curvature tensors, or at B = 0 where the "
+    "loss is flat in A, the real gain differs; the race decides.")
 
 
 def pm(value: float, se: float, digits: int = 2) -> str:
@@ -86,6 +97,40 @@ def checkpoint_notes(result: dict) -> list[str]:
     return out
 
 
+def scaled_table(result: dict) -> list[str]:
+    """The per-tensor probe scales' rows (``gradient_quality.py scaled``): descent per FLOP over
+    the default's and over DeComFL P = 5's, central and forward, at each checkpoint."""
+    cks = list(result["checkpoints"])
+    refs = (("default", "default"), ("decomfl_p5", "DeComFL P=5"), ("decomfl_fwd_p5", "DeComFL-fwd P=5"))
+    head = "| probes (z = s ⊙ r) | GFLOP/step | " + " | ".join(
+        f"{c}: vs {label}" for c in cks for _, label in refs) + " | " + " | ".join(f"{c}: cos(G, s²⊙G)" for c in cks) + " |"
+    lines = [head, "|" + " --- |" * (2 + 4 * len(cks))]
+    by_label = {c: {s["setting"]: s for s in result["checkpoints"][c]["settings"]} for c in cks}
+    for label, first in by_label[cks[0]].items():
+        cells = [label, f"{first['gflops_per_step']:.0f}"]
+        for c in cks:
+            f = by_label[c][label]
+            cells += [pm(f[f"per_flop_vs_{key}"], f[f"per_flop_vs_{key}_se"]) for key, _ in refs]
+        cells += [f"{by_label[c][label]['bias_cosine']:.3f}" for c in cks]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def scaled_notes(result: dict) -> list[str]:
+    out = []
+    for c, ck in result["checkpoints"].items():
+        top = ", ".join(f"{t['tensor']} {100 * t['share']:.0f}%" for t in ck["top_tensors"][:3])
+        conc = ck["tensors_for_80pct"]
+        a = ck.get("lora_A_share")
+        a_text = (f" LoRA A holds {100 * a['share']:.1f} ± {100 * a['share_se']:.1f}% of ‖G‖² with "
+                  f"{100 * ck['lora_A_elements_share']:.0f}% of the elements; by factor (share of ‖G‖², of the elements): "
+                  + ", ".join(f"{f['factor']} {100 * f['share']:.1f} ± {100 * f['share_se']:.1f}% ({100 * f['elements_share']:.0f}%)"
+                              for f in ck["lora_factor_shares"]) + "." if a else "")
+        out.append(f"- **{c}** ({ck['batches']} batches): {conc['tensors']} of {conc['of']} tensors "
+                   f"({100 * conc['elements_share']:.0f}% of the elements) hold 80% of ‖G‖²; the largest: {top}.{a_text}")
+    return out
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -144,6 +189,11 @@ def section(results: dict[str, dict], folder: Path) -> list[str]:
             continue
         lines += table(result) + [""] + checkpoint_notes(result) + [""]
         lines += [f"![{name}](results/gradient_quality/{name}.png)", "", f"Command: `{result['command']}`", ""]
+        scaled_path = folder / f"scaled_{name}.json"
+        if scaled_path.exists():
+            scaled = json.loads(scaled_path.read_text())
+            lines += [f"#### {name}: where the probes go (per-tensor probe scales, issue 27)", "", SCALED_INTRO, ""]
+            lines += scaled_table(scaled) + [""] + scaled_notes(scaled) + ["", f"Command: `{scaled['command']}`", ""]
     lines += [END, ""]
     return lines
 

@@ -5,7 +5,8 @@ estimators whose probes carry a per-tensor scale, z = s ⊙ r (formulas in
 
 * ``iso``: s = 1 (DeComFL / MeZO; a check: it reproduces the bench's whole-model rows);
 * ``b-only`` (LoRA): s = 0 on every ``lora_A``, 1 on every ``lora_B`` (at the base model the
-  gradient with respect to A is exactly 0 while B = 0);
+  gradient with respect to A is exactly 0 while B = 0); ``b-only v_proj``: on one projection's B
+  only (a trainable set too: ``lora:targets=v_proj,factors=B``);
 * ``history K``: s_t² ∝ the mean square of the running mean of K isotropic forward-difference
   steps' ĝ over tensor t (what every device can rebuild from the seed log);
 * ``oracle-rms``: s_t ∝ the RMS of G over t (not replayable: how much is on the table), and
@@ -44,6 +45,8 @@ def candidate_probes(tck: st.TensorCheckpoint, names: list[str]) -> list[st.Scal
     scales = {"iso": iso}
     if any(n.endswith(".lora_A") for n in names):
         scales["b-only"] = np.array([0.0 if n.endswith(".lora_A") else 1.0 for n in names])
+        for target in sorted({n.split(".")[-2] for n in names if n.endswith(".lora_B")}):  # one adapted projection's B
+            scales[f"b-only {target}"] = np.array([float(n.endswith(f".{target}.lora_B")) for n in names])
     out = [st.ScaledProbe(f"{k} forward P={p}", "forward", p, w) for k, w in scales.items() for p in PROBES]
     out += [st.ScaledProbe(f"{k} central P=5", "central", 5, w) for k, w in scales.items()]
     out += [st.ScaledProbe(f"history K={k} forward P={BEST_P}", "forward", BEST_P, st.history_weights(tck, k, HISTORY_PROBES))
@@ -76,6 +79,7 @@ def checkpoint_screen(tck: st.TensorCheckpoint, ck: st.Checkpoint, names: list[s
     if lora_a.any():
         out["lora_A_share"] = dict(zip(("share", "share_se"), st.group_share(tck, lora_a)))
         out["lora_A_elements_share"] = float(tck.numel[lora_a].sum() / tck.numel.sum())
+        out["lora_factor_shares"] = factor_shares(tck, names)
     order = np.argsort(-energy)
     out["top_tensors"] = [{"tensor": names[t], "elements": int(tck.numel[t]), "share": float(energy[t] / energy.sum())}
                           for t in order[:5]]
@@ -83,6 +87,17 @@ def checkpoint_screen(tck: st.TensorCheckpoint, ck: st.Checkpoint, names: list[s
     cum = np.cumsum(energy[order]) / energy.sum()
     k = int(np.searchsorted(cum, 0.8) + 1)
     out["tensors_for_80pct"] = {"tensors": k, "of": len(names), "elements_share": float(tck.numel[order[:k]].sum() / tck.numel.sum())}
+    return out
+
+
+def factor_shares(tck: st.TensorCheckpoint, names: list[str]) -> list[dict]:
+    """Each (projection, factor)'s share of ‖G‖² and of the elements: q_proj's B, v_proj's A, ..."""
+    groups = sorted({".".join(n.split(".")[-2:]) for n in names})
+    out = []
+    for g in groups:
+        mask = np.array([n.endswith("." + g) for n in names])
+        share, se = st.group_share(tck, mask)
+        out.append({"factor": g, "share": share, "share_se": se, "elements_share": float(tck.numel[mask].sum() / tck.numel.sum())})
     return out
 
 
