@@ -23,8 +23,11 @@ export function connectLink(mqtt, { url, clientId, username, password, will, onE
     client,
     connections: 0,
     get connected() { return client.connected; },
-    subscribe: (topic) => client.subscribeAsync(topic, { qos: 1 }),
-    publish: (topic, payload, { retain = false } = {}) => client.publishAsync(topic, toWire(payload), { qos: 1, retain }),
+    /** Set when the broker refused this device's login (CONNACK 4 or 5): an Error that says so. */
+    refused: null,
+    subscribe: (topic) => client.subscribeAsync(topic, { qos: 1 }).catch((e) => { throw link.refused ?? e; }),
+    publish: (topic, payload, { retain = false } = {}) =>
+      client.publishAsync(topic, toWire(payload), { qos: 1, retain }).catch((e) => { throw link.refused ?? e; }),
     /** The next received message, or null after `ms` milliseconds. */
     next(ms) {
       if (queue.length) return Promise.resolve(queue.shift());
@@ -46,8 +49,21 @@ export function connectLink(mqtt, { url, clientId, username, password, will, onE
   });
   client.on("offline", () => onEvent({ connected: false }));
   client.on("close", () => onEvent({ connected: false }));
-  client.on("error", (e) => onEvent({ error: e.message }));
+  client.on("error", (e) => {
+    if (REFUSED_LOGIN.has(e.code) && !link.refused) link.refused = refusedLogin(url, username, e);
+    onEvent({ error: (link.refused ?? e).message });
+  });
   return link;
+}
+
+const REFUSED_LOGIN = new Set([4, 5, 134, 135]); // CONNACK: bad username or password, not authorized (3.1.1 and 5)
+
+/** What a person should read when the broker turns this device's login down (mqtt.js says only
+ * "Connection refused: Not authorized", and later "Connection closed" on every call). */
+function refusedLogin(url, username, e) {
+  const who = username ? `device ${username}'s credentials` : "this page: it has no token";
+  return new Error(`the broker at ${url} refused ${who} (${e.message}); open the join link the coordinator printed `
+    + "(it carries this device's token), or ask its operator for one");
 }
 
 /** mqtt.js wants a Buffer where there is one (Node), and takes a Uint8Array in a browser. */

@@ -1,6 +1,6 @@
 /** A private mosquitto for the Node tests: one TCP and one WebSocket listener on 127.0.0.1. */
-import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { chmodSync, existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { createServer, connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -28,15 +28,29 @@ export function mosquittoPath() {
   throw new Error("mosquitto not found; install it: apt-get install -y mosquitto");
 }
 
-/** Start mosquitto (on the given ports, else free ones); returns {tcp, ws, stop()}. */
-export async function startMosquitto({ tcp, ws } = {}) {
+/** Start mosquitto (on the given ports, else free ones); returns {tcp, ws, stop()}. With `passwords`
+ * ({user: password}) it admits only those accounts (a password file made with mosquitto_passwd). */
+export async function startMosquitto({ tcp, ws, passwords } = {}) {
   tcp ??= await freePort();
   ws ??= await freePort();
   const dir = mkdtempSync(join(tmpdir(), "edgezo-web-mosquitto-"));
   const conf = join(dir, "mosquitto.conf");
-  writeFileSync(conf, [`listener ${tcp} 127.0.0.1`, `listener ${ws} 127.0.0.1`, "protocol websockets", "allow_anonymous true",
+  const access = passwords ? ["allow_anonymous false", `password_file ${passwordFile(dir, passwords)}`] : ["allow_anonymous true"];
+  writeFileSync(conf, [`listener ${tcp} 127.0.0.1`, `listener ${ws} 127.0.0.1`, "protocol websockets", ...access,
     "max_queued_messages 100000", "persistence false", ""].join("\n"));
   const proc = spawn(mosquittoPath(), ["-c", conf], { stdio: "ignore" });
   for (let k = 0; k < 100 && !(await accepts(tcp) && await accepts(ws)); k++) await new Promise((r) => setTimeout(r, 50));
   return { tcp, ws, stop: () => new Promise((resolve) => { proc.once("exit", resolve); proc.kill("SIGTERM"); }) };
+}
+
+function passwordFile(dir, passwords) {
+  const file = join(dir, "passwords");
+  writeFileSync(file, "");
+  for (const [user, password] of Object.entries(passwords)) {
+    const made = spawnSync("mosquitto_passwd", ["-b", file, user, password]);
+    if (made.status !== 0) throw new Error(`mosquitto_passwd failed: ${made.stderr}`);
+  }
+  chmodSync(dir, 0o755); // mosquitto started as root reads it as the user "mosquitto"
+  chmodSync(file, 0o644);
+  return file;
 }
