@@ -24,7 +24,7 @@ import pytest
 
 from edgezo.config import JobConfig, config_keys, probe_config
 from edgezo.coordinator import messages as m
-from edgezo.coordinator.broker import free_port
+from support.ports import free_port
 from edgezo.engine import DeviceTurn, device_round
 from edgezo.jobdata import device_shards, load_job_data, make_batcher
 from edgezo.methods import method_of
