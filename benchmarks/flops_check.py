@@ -30,6 +30,7 @@ from edgezo.backends.choice import build_executor
 from edgezo.config import JobConfig, probe_config
 from edgezo.jobdata import load_job_data, make_batcher
 from edgezo.methods import method_of
+from edgezo.methods.bforward import b_only
 
 # (label, --method, overrides of the job): every estimator the comparison runs, once each
 STEPS = (
@@ -41,6 +42,8 @@ STEPS = (
     ("fedzo", "fedzo", {"p1": 5}),
     ("fzoo", "fzoo", {"p1": 4}),  # N + 1 forwards, batched into one forward of (N + 1)·B rows where it can
 )
+# run on the job's trainable set with LoRA's A factors frozen (b_only), the only LoRA set bforward probes
+B_ONLY_STEPS = (("bforward", "bforward", {"p1": 16}),)
 
 
 @dataclass
@@ -120,8 +123,10 @@ def run_checks(cfg: JobConfig, batch_size: int) -> tuple[list[StepCheck], Backwa
     data = load_job_data(cfg, need_train=False)
     ex, _ = build_executor("torch", cfg, data.task)
     batch = one_batch(ex, data.task, data.dev, batch_size)
+    b_cfg = JobConfig(**{**cfg.to_dict(), "trainable": b_only(cfg.trainable)}).validate()
+    b_ex = ex if b_cfg.trainable == cfg.trainable else build_executor("torch", b_cfg, data.task)[0]
     with torch.no_grad():
-        steps = check_steps(cfg, ex, batch)
+        steps = check_steps(cfg, ex, batch) + check_steps(b_cfg, b_ex, batch, B_ONLY_STEPS)
     return steps, check_backward(ex, batch)
 
 

@@ -10,7 +10,10 @@ respect to every A is exactly 0: 60% of LoRA's elements (r = 8 on q and v, SmolL
 gradient-quality bench measured, at P = 16 against DeComFL forward P = 5 (descent per forward
 FLOP, jackknife SE under 1%): 2.83x at the base model and 2.71x after 16 SGD steps, where A holds
 2.3 ± 0.5% of ‖G‖²; against DeComFL central P = 5, 4.7x and 4.5x; against the default SPZO step,
-6.9x and 6.7x (docs/algorithm.md, "bforward").
+6.9x and 6.7x. The value projections' B alone holds 91% / 87% of ‖G‖² with 10% of the elements:
+``--trainable lora:targets=v_proj,factors=B`` measured 10.1x / 9.3x DeComFL forward P = 5
+(docs/algorithm.md, "bforward", with the caveats: descent per FLOP at fixed checkpoints, not yet
+FLOPs to a target).
 
 How it is built. The executor protocol perturbs and updates whole blocks of trainable tensors by
 direction (``Direction.covers``), so a per-tensor probe scale is not expressible without a protocol
