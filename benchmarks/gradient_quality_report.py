@@ -18,7 +18,8 @@ SCALED_INTRO = (
     "`oracle-rms` s_t ∝ the RMS of G_t and `oracle-best` the descent-maximising per-tensor scale, neither replayable "
     "(in-sample, or fitted on the odd batches and measured on the even ones). Columns: descent per forward FLOP over "
     "each reference's on the same batches, ± one jackknife SE (the scale held fixed). A scaled probe is biased "
-    "(E ĝ = s² ⊙ G; last columns: its cosine to G), and its descent ratio E[G·ĝ]²/(E‖ĝ‖²‖G‖²) assumes the curvature "
+    "(E ĝ = s² ⊙ G; last columns: its cosine to G, and its best step size E[G·ĝ]/E‖ĝ‖² over the default's, for "
+    "the lr grid), and its descent ratio E[G·ĝ]²/(E‖ĝ‖²‖G‖²) assumes the curvature "
     "along its noise is the average one: where the scale concentrates on high-curvature tensors, or at B = 0 where the "
     "loss is flat in A, the real gain differs; the race decides.")
 
@@ -103,15 +104,17 @@ def scaled_table(result: dict) -> list[str]:
     cks = list(result["checkpoints"])
     refs = (("default", "default"), ("decomfl_p5", "DeComFL P=5"), ("decomfl_fwd_p5", "DeComFL-fwd P=5"))
     head = "| probes (z = s ⊙ r) | GFLOP/step | " + " | ".join(
-        f"{c}: vs {label}" for c in cks for _, label in refs) + " | " + " | ".join(f"{c}: cos(G, s²⊙G)" for c in cks) + " |"
-    lines = [head, "|" + " --- |" * (2 + 4 * len(cks))]
+        f"{c}: vs {label}" for c in cks for _, label in refs) + " | " + " | ".join(
+        f"{c}: cos(G, s²⊙G) | {c}: best step vs default" for c in cks) + " |"
+    lines = [head, "|" + " --- |" * (2 + 5 * len(cks))]
     by_label = {c: {s["setting"]: s for s in result["checkpoints"][c]["settings"]} for c in cks}
     for label, first in by_label[cks[0]].items():
         cells = [label, f"{first['gflops_per_step']:.0f}"]
         for c in cks:
             f = by_label[c][label]
             cells += [pm(f[f"per_flop_vs_{key}"], f[f"per_flop_vs_{key}_se"]) for key, _ in refs]
-        cells += [f"{by_label[c][label]['bias_cosine']:.3f}" for c in cks]
+        cells += [cell for c in cks for cell in (f"{by_label[c][label]['bias_cosine']:.3f}",
+                                                 pm(by_label[c][label]["step_size_vs_default"], by_label[c][label]["step_size_vs_default_se"], 1))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -374,13 +374,15 @@ def scaled_figures(tck: TensorCheckpoint, probe: ScaledProbe, references: dict[s
     def stat(g, mm, y, c, *ref):
         r = mm**2 / (y * g)
         vs = [r / c / (g / ry / rc) for ry, rc in zip(ref[0::2], ref[1::2])]
-        return np.array([r, np.sqrt(max(r, 0.0)), r / (c / 1e9), *vs])
+        steps = [(mm / y) / (g / ry) for ry in ref[0::2]]  # best step size E[G·ĝ]/E‖ĝ‖² over the reference's
+        return np.array([r, np.sqrt(max(r, 0.0)), r / (c / 1e9), *vs, *steps])
 
     ref_full = [v for ref in refs for v in (ref.y.mean(), ref.cost.mean())]
     full = stat(g2, m, t.y.mean(), t.cost.mean(), *ref_full)
     ref_loo = [v for ref in refs for v in (loo_means(ref.y), loo_means(ref.cost))]
     loo = np.stack([stat(*row) for row in zip(g2_loo, m_loo, loo_means(t.y), loo_means(t.cost), *ref_loo)])
-    names = ["descent_ratio", "cosine", "descent_per_gflop"] + [f"per_flop_vs_{k}" for k in references]
+    names = (["descent_ratio", "cosine", "descent_per_gflop"] + [f"per_flop_vs_{k}" for k in references]
+             + [f"step_size_vs_{k}" for k in references])
     out = {"setting": probe.label, "difference": probe.difference, "p": probe.p, "forwards": probe.forwards(),
            "gflops_per_step": float(t.cost.mean() / 1e9), "bias_cosine": bias_cosine(tck, probe.weights)}
     for k, name in enumerate(names):
