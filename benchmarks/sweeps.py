@@ -70,6 +70,7 @@ class Method:
     tuned_as: str | None = None  # take the lr/eps of this label's grid winner (DeComFL P=10 uses P=5's)
     zero_order: bool = True
     probe_difference: str | None = None  # --difference; None: the method's own (decomfl-fwd: forward, as its paper runs)
+    trainable: str | None = None  # --trainable; None: the sweep's (an estimator that probes a subset, e.g. LoRA's B factors)
 
     @property
     def tuning_label(self) -> str:
@@ -309,7 +310,7 @@ def simulate_args(s: Settings, task: TaskSettings, m: Method, seed: int, lr: flo
     default never silently changes a cached run's meaning."""
     args = ["--task", task.name, "--method", m.method, "--clients", str(m.clients or s.clients),
             "--rounds", str(rounds), "--local-steps", str(s.local_steps), "--batch-size", str(s.batch_size),
-            "--max-length", str(task.max_length), "--trainable", s.trainable, "--lr", f"{lr:g}",
+            "--max-length", str(task.max_length), "--trainable", m.trainable or s.trainable, "--lr", f"{lr:g}",
             "--lr-schedule", s.lr_schedule, "--seed", str(seed), "--eval-every", str(eval_every),
             "--eval-samples", str(task.eval_samples)]
     if m.zero_order:
