@@ -87,9 +87,10 @@ def test_its_estimate_has_the_benchs_closed_form_moments():
     assert abs(norm - expected) < 4 * norm_se and norm_se < 0.06 * expected
 
 
-def test_a_federated_bforward_job_is_rebuilt_bit_for_bit_from_its_seed_log(tiny_llama, sst2_dir, tmp_path):
+@pytest.mark.parametrize("trainable", ["lora:r=2,factors=B", "lora:r=2,targets=v_proj,factors=B"])
+def test_a_federated_bforward_job_is_rebuilt_bit_for_bit_from_its_seed_log(tiny_llama, sst2_dir, tmp_path, trainable):
     result = edgezo.simulate(model=str(tiny_llama), data=str(sst2_dir), method="bforward", p1=4, clients=2, rounds=2,
-                             local_steps=2, batch_size=4, max_length=32, trainable="lora:r=2,factors=B", lr=1e-2,
+                             local_steps=2, batch_size=4, max_length=32, trainable=trainable, lr=1e-2,
                              eval_samples=16, train_samples=60, out=str(tmp_path / "run"))
     rows = [json.loads(line) for line in result.metrics_path.read_text().splitlines()]
     assert [r["forwards_block1"] for r in rows] == [0, 2 * 2 * 5, 2 * 2 * 2 * 5]  # devices x steps x (P + 1), cumulative
@@ -105,6 +106,7 @@ def test_a_federated_bforward_job_is_rebuilt_bit_for_bit_from_its_seed_log(tiny_
         if entry is entries[0]:
             checkpoint = replica.trainable_arrays()
     assert replica.fingerprint() == summary["fingerprint"] != rows[0]["fingerprint"]
+    assert replica.names and all(n.endswith(".lora_B") for n in replica.names)
     assert all(not np.array_equal(replica.trainable_arrays()[n], start[n]) for n in replica.names)  # every B moved
     loaded, _ = build_torch_executor(settings, get_task("sst2"))  # a device that loads round 1's checkpoint
     loaded.load_trainable(checkpoint)

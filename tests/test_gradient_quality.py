@@ -9,6 +9,7 @@ U-statistic, jackknife and figures against synthetic batch gradients with a know
 
 from __future__ import annotations
 
+import json
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -321,3 +322,32 @@ def test_the_best_scale_is_at_least_the_oracle_and_halves_split_the_batches():
     even, odd = st.half(tck, 0), st.half(tck, 1)
     assert even.gram.shape[1] + odd.gram.shape[1] == ck.batches
     assert even.gram[0, 1, 1] == tck.gram[0, 2, 2] and odd.gram[0, 0, 0] == tck.gram[0, 1, 1]
+
+
+def test_the_scaled_screen_lands_in_the_report_section_beside_its_trainable_set(tmp_path):
+    """``scaled`` rows on the synthetic checkpoint (as ``gradient_quality_scaled`` computes them)
+    appear under their trainable set's table, with every reference column."""
+    import gradient_quality as gq
+    import gradient_quality_report as rep
+    import gradient_quality_scaled as sc
+
+    ck, _, _ = synthetic_checkpoint()
+    tck = st.TensorCheckpoint(ck.gram, ck.dims, ck.flops[:, 1, 1] + ck.flops[:, 1, 2], 0.0)
+    default = st.Setting("spzo-joint", 1, 4, 2)
+    names = [f"model.layers.{u}.self_attn.{p}.lora_{f}" for u, (p, f) in enumerate(
+        [("q_proj", "A"), ("q_proj", "B"), ("v_proj", "A"), ("v_proj", "B"), ("v_proj", "B"), ("q_proj", "B")])]
+    screen = sc.checkpoint_screen(tck, ck, names, default)
+    labels = [s["setting"] for s in screen["settings"]]
+    assert "b-only v_proj forward P=16" in labels and "oracle-rms (cross-fitted) forward P=16" in labels
+    assert {f["factor"] for f in screen["lora_factor_shares"]} == {"q_proj.lora_A", "q_proj.lora_B", "v_proj.lora_A", "v_proj.lora_B"}
+    (tmp_path / "scaled_lora.json").write_text(json.dumps({"command": "python benchmarks/gradient_quality.py scaled",
+                                                          "checkpoints": {"base": screen}}))
+    figures = gq.checkpoint_figures(ck, st.settings_grid((2,), (1, 4), default), default, [2], 16)
+    checkpoint = {"checkpoint": {"checkpoint": "base", "steps": 0}, "mean_batch_loss": 0.5, "curvature_q2": 0.0,
+                  "curvature_q2_se": 0.0, "linearisation": [], **figures}
+    result = {"trainable": "lora", "elements": 130, "tensors": 6, "model": "synthetic", "tensor_names_digest": "x", "task": "sst2",
+              "batch": 16, "max_length": 128, "eps": 1e-3, "distribution": "rademacher", "default": default.label,
+              "command": "python benchmarks/gradient_quality.py run", "checkpoints": {"base": checkpoint}}
+    text = "\n".join(rep.section({"lora": result}, tmp_path))
+    assert "#### lora: where the probes go" in text and "| b-only v_proj forward P=16 |" in text
+    assert "base: vs DeComFL-fwd P=5" in text and "v_proj.lora_B" in text
