@@ -5,8 +5,9 @@ no ``--broker`` is given, so a first run needs nothing installed. amqtt 0.12 spe
 only (a bare v5 CONNECT gets "unacceptable protocol version"; one with a will or a login makes it
 wait for bytes that never come); :class:`~.transport.MqttLink`'s ``protocol="auto"`` probes and
 falls back to 3.1.1 on its own, or pass ``protocol=EmbeddedBroker.protocol`` to skip the probe.
-It has no authentication: bind it to 127.0.0.1 (the default) unless every host that can reach it
-is trusted.
+Its TCP listener has no authentication: bind it to 127.0.0.1 (the default) unless every host that
+can reach it is trusted. Its WebSocket listener for browser devices admits only the accounts given
+with it (``WebSocketListener.accounts``: the per-device tokens ``coordinate --web-port`` issues).
 
 Real deployments run a real broker (mosquitto, see ``mosquitto.conf.example``; or a cluster, see
 ``docs/deployment-cluster.md``). The private mosquitto and RabbitMQ brokers the tests and
@@ -27,12 +28,6 @@ from edgezo.errors import EdgezoError
 from .transport import BrokerSettings, format_address
 
 log = logging.getLogger("edgezo.mqtt")
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (another process may still grab it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.2) -> bool:
@@ -136,6 +131,7 @@ class WebSocketListener:
     port: int = 0
     certfile: str | None = None
     keyfile: str | None = None
+    accounts: object | None = None  # with ``admits(username, password, client_id) -> bool``: who may connect here (None: anyone)
 
 
 def _keepalive_broker_class():
@@ -158,6 +154,14 @@ def _keepalive_broker_class():
                 session.keep_alive = math.ceil(session.keep_alive * 1.5)  # amqtt's read timeout
                 handler.handle_read_timeout = lambda: _drop_silent_client(handler, session)
             return handler, session
+
+        async def _authenticate(self, session, listener) -> bool:
+            """WebSocket clients (browser devices) need an account when the listener has them."""
+            accounts = getattr(self, "edgezo_ws_accounts", None)
+            if accounts is not None and getattr(listener.type, "value", listener.type) == "ws":
+                password = session.password.decode() if isinstance(session.password, bytes) else session.password
+                return bool(accounts.admits(session.username, password, session.client_id))
+            return await super()._authenticate(session, listener)
 
     return KeepaliveBroker
 
@@ -231,6 +235,7 @@ class EmbeddedBroker(BrokerBase):
 
     async def _start(self) -> None:
         self._broker = _keepalive_broker_class()(_amqtt_config(self.host, self.port, self.websocket))
+        self._broker.edgezo_ws_accounts = self.websocket.accounts if self.websocket is not None else None
         await self._broker.start()
         if self.port == 0:  # amqtt binds port 0 as given; ask the listening socket which port it got
             self.port = self._bound_port("default")

@@ -5,7 +5,9 @@ built from ``web/``) that downloads the job's ONNX export and tokenizer from her
 the MQTT protocol over WebSockets like any device. Routes (``web/CONTRACT.md``):
 
 * ``/join`` -> the page (without ``device-id``: a redirect to a fresh random one, so every phone
-  that scans the same QR code gets its own id);
+  that scans the same QR code gets its own id); with per-device tokens (:class:`DeviceTokens`, the
+  embedded broker), ``/join?key=K`` (the printed link) redirects to the page with the device's own
+  id and token, and a link with neither key nor a valid token is refused with a page saying why;
 * ``/assets/<file>`` -> a file of the built page;
 * ``/job/config.json`` -> where the broker's WebSocket listener is and what to download;
 * ``/job/model.onnx``, ``/job/tokenizer.json`` -> the export and the model's tokenizer;
@@ -21,8 +23,11 @@ when given a certificate (a browser allows WASM threads only in a secure context
 
 from __future__ import annotations
 
+import hmac
+import html
 import json
 import logging
+import re
 import secrets
 import shutil
 import ssl
@@ -68,6 +73,41 @@ class BrokerWebSocket:
         return f"{self.scheme}://{format_address(page_host, self.port)}"
 
 
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a device id a page may ask for (no MQTT wildcards or slashes)
+
+
+class DeviceTokens:
+    """Per-device broker credentials for browser devices. The join link the coordinator prints
+    carries the job's ``join_key``; a page opening it is issued its own device id and token (a
+    redirect puts them in its URL, so a reload keeps them), and the broker's WebSocket listener
+    admits a client only as a device with its token and that device's client id. A token is issued
+    once per device id: a second phone cannot take over an id in use. Thread-safe (the web server
+    issues, the broker's loop checks)."""
+
+    def __init__(self, join_key: str | None = None):
+        self.join_key = join_key or secrets.token_urlsafe(12)
+        self._tokens: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def issue(self, device_id: str) -> str | None:
+        """A new token for ``device_id``, or None when that id already has one."""
+        with self._lock:
+            if device_id in self._tokens:
+                return None
+            self._tokens[device_id] = secrets.token_urlsafe(16)
+            return self._tokens[device_id]
+
+    def valid(self, device_id: str | None, token: str | None) -> bool:
+        with self._lock:
+            known = self._tokens.get(device_id or "")
+        return known is not None and token is not None and hmac.compare_digest(known.encode(), token.encode())
+
+    def admits(self, username: str | None, password: str | None, client_id: str | None) -> bool:
+        """The broker's check: a device with its token, connecting as one of that device's clients
+        (the page's ``edgezo-<id>-<instance>`` and its discovery ``edgezo-<id>-probe``)."""
+        return self.valid(username, password) and (client_id or "").startswith(f"edgezo-{username}-")
+
+
 @dataclass(frozen=True)
 class WebJob:
     """What the pages of one job are served: the run (topic prefix ``edgezo/<run>/``), the broker,
@@ -83,6 +123,11 @@ class WebJob:
     assets: Path
     shard: Callable[[int, int], bytes] | None = None
     pad_token_id: int | None = None  # the Python tokenizer's pad id (tokenizer.json may not say which it is)
+    tokens: DeviceTokens | None = None  # per-device broker credentials (None: the broker does not ask pages for any)
+
+    def join_path(self) -> str:
+        """The link to print (and put in the QR code): ``/join``, with the join key when pages need tokens."""
+        return "/join" if self.tokens is None else f"/join?{urlencode({'key': self.tokens.join_key})}"
 
     def config(self, page_host: str) -> dict:
         """``/job/config.json``."""
@@ -152,11 +197,34 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the browser went away mid-download
 
     def _join(self, query: dict) -> None:
-        if not query.get("device-id"):
-            params = {k: v[0] for k, v in query.items()}
+        params = {k: v[0] for k, v in query.items()}
+        tokens = self.job.tokens
+        if tokens is not None and "key" in params:
+            self._issue_token(tokens, params)
+        elif tokens is not None and not tokens.valid(params.get("device-id"), params.get("token")):
+            what = "has no device token" if "token" not in params else f"carries no valid token for device {params.get('device-id')!r}"
+            self._refuse(403, f"This join link {what}: open the link the coordinator printed (or scan its QR code again), "
+                              "which gives this page its own device id and token.")
+        elif not params.get("device-id"):
             self._redirect("/join?" + urlencode({"device-id": f"web-{secrets.token_hex(4)}", **params}))
+        else:
+            self._file(self.job.assets / PAGE, no_store=True)
+
+    def _issue_token(self, tokens: DeviceTokens, params: dict) -> None:
+        """``/join?key=K[&device-id=NAME]...`` -> the page's URL with its own device id and token."""
+        if not hmac.compare_digest(params.pop("key").encode(), tokens.join_key.encode()):
+            self._refuse(403, "This join link's key is not this job's: open the link the coordinator printed, or scan its QR code again.")
             return
-        self._file(self.job.assets / PAGE, no_store=True)
+        device = params.pop("device-id", None) or f"web-{secrets.token_hex(4)}"
+        if not DEVICE_ID.fullmatch(device):
+            self._refuse(400, f"Device id {device!r} is not allowed: use letters, digits, '.', '_' or '-' (at most 64).")
+            return
+        token = tokens.issue(device)
+        if token is None:
+            self._refuse(409, f"Device id {device!r} is already taken in this job: open the join link without device-id to get a new one.")
+            return
+        params.pop("token", None)
+        self._redirect("/join?" + urlencode({"device-id": device, "token": token, **params}))
 
     def _config(self, query: dict) -> None:
         host = page_host(self.headers.get("Host") or self.server.server_address[0])
@@ -223,6 +291,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def _refuse(self, status: int, message: str) -> None:
+        """A page (not JSON: a person reads it on a phone) saying why it cannot join."""
+        body = (f'<!doctype html><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
+                f"<title>edgezo: cannot join</title><h1>Cannot join this job</h1><p>{html.escape(message)}</p>")
+        self._bytes(body.encode(), "text/html; charset=utf-8", status, no_store=True)
+
     def _error(self, status: int, message: str) -> None:
         self._bytes(json.dumps({"error": message}).encode(), "application/json", status, no_store=True)
 
@@ -239,6 +313,7 @@ class WebServer:
         if not (job.assets / PAGE).is_file():
             raise EdgezoError(f"the browser device's page is missing ({job.assets / PAGE}): build it with `npm ci && npm run build` "
                               "in web/, or reinstall edgezo")
+        self.job = job
         handler = type("WebHandler", (_Handler,), {"job": job})
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
@@ -279,4 +354,4 @@ def _tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
     return context
 
 
-__all__ = ["BrokerWebSocket", "ISOLATION_HEADERS", "WebJob", "WebServer", "check_free", "page_host", "parse_shard_query"]
+__all__ = ["BrokerWebSocket", "DeviceTokens", "ISOLATION_HEADERS", "WebJob", "WebServer", "check_free", "page_host", "parse_shard_query"]

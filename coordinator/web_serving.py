@@ -28,7 +28,7 @@ from edgezo.config import JobConfig
 from edgezo.errors import EdgezoError
 from edgezo.keys import Direction
 
-from .web_server import PAGE, BrokerWebSocket, WebJob, WebServer, check_free
+from .web_server import PAGE, BrokerWebSocket, DeviceTokens, WebJob, WebServer, check_free
 
 CHECK_BATCHES = 2  # batches of the job the export is checked on before it is served
 
@@ -146,10 +146,10 @@ def served_export(ex, batches: list, fp32, blocks: BlockSource | None, direction
 
 
 def serve_browser_devices(ex, info, cfg: JobConfig, data, run: str, options: WebOptions, broker: BrokerWebSocket,
-                          say: Callable[[str], None]) -> tuple[WebServer, str]:
+                          say: Callable[[str], None], tokens: DeviceTokens | None = None) -> tuple[WebServer, str]:
     """Export (cached), check, and serve; returns the running server and the export's SHA-256.
     ``ex`` must be the base model (before any seed-log entry is applied): its trainables are served
-    as round 0."""
+    as round 0. ``tokens``: the broker's per-device accounts, issued to pages through the join link."""
     from edgezo.backends.torch.onnx_export import cached_export
 
     assets = assets_folder()
@@ -166,19 +166,20 @@ def serve_browser_devices(ex, info, cfg: JobConfig, data, run: str, options: Web
     shard = functools.lru_cache(maxsize=16)(functools.partial(shard_jsonl, cfg, options.data)) if options.data else None
     files = Path(tempfile.mkdtemp(prefix="edgezo-web-"))  # this job's round-0 trainables (LoRA's depend on the run seed)
     job = WebJob(run, broker, export.path, export.sha256, tokenizer_file(ex, info.path, files / "tokenizer.json"),
-                 base_trainable_file(ex, files), assets, shard, getattr(ex.tokenizer, "pad_token_id", None))
+                 base_trainable_file(ex, files), assets, shard, getattr(ex.tokenizer, "pad_token_id", None), tokens)
     weakref.finalize(job, shutil.rmtree, files, True)
     server = WebServer(job, options.host, options.port, options.certfile, options.keyfile).start()
     return server, export.sha256
 
 
 def websocket_listener(settings):
-    """The embedded broker's WebSocket listener for ``CoordinateSettings`` with --web-port (None without)."""
+    """The embedded broker's WebSocket listener for ``CoordinateSettings`` with --web-port (None
+    without): it admits only browser devices with the tokens the web server issues them."""
     from .broker import WebSocketListener
 
     if settings.web_port is None:
         return None
-    return WebSocketListener(settings.web_host, 0, settings.certfile, settings.keyfile)
+    return WebSocketListener(settings.web_host, 0, settings.certfile, settings.keyfile, accounts=DeviceTokens())
 
 
 def start_for_job(settings, ex, info, cfg: JobConfig, data, embedded, say: Callable[[str], None]) -> tuple[WebServer, str] | None:
@@ -187,14 +188,18 @@ def start_for_job(settings, ex, info, cfg: JobConfig, data, embedded, say: Calla
     (the server, the export's SHA-256 for the announcement), or None without --web-port."""
     if settings.web_port is None:
         return None
+    tokens = None
     if settings.web_broker is not None:
         broker = BrokerWebSocket(url=settings.web_broker)
     else:
         broker = BrokerWebSocket(scheme="wss" if settings.certfile else "ws", port=embedded.ws_port)
+        tokens = embedded.websocket.accounts  # the embedded broker checks the tokens the web server issues
     options = WebOptions(settings.web_port, settings.web_host, settings.web_data, settings.web_broker, settings.certfile, settings.keyfile)
-    server, sha256 = serve_browser_devices(ex, info, cfg, data, settings.run, options, broker, say)
+    server, sha256 = serve_browser_devices(ex, info, cfg, data, settings.run, options, broker, say, tokens)
     host = settings.advertise_host or (settings.web_host if settings.web_host not in ("0.0.0.0", "::") else _lan_address())
-    say(join_banner(f"{server.url(host)}/join"))
+    say(join_banner(f"{server.url(host)}{server.job.join_path()}"))
+    if tokens is not None:
+        say("each page that opens this link gets its own device id and broker token; the embedded broker admits no page without one")
     if settings.enrolled is not None:
         say("this job is signed (--enrolled): a page signs with its own key (WebCrypto Ed25519) and shows its public line; "
             "add that line to the enrolment file for it to join")

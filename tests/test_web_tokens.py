@@ -1,0 +1,97 @@
+"""Per-device broker tokens for browser devices (coordinator/web_server.py DeviceTokens, the
+embedded broker's WebSocket accounts in coordinator/broker.py): the printed join link gives each
+page its own device id and token, links without them are refused with a page saying why, and the
+real embedded amqtt broker admits a WebSocket client only as a device with its token, while its TCP
+listener (the coordinator and Python devices on this machine) stays as it was."""
+
+from __future__ import annotations
+
+import threading
+from urllib.parse import parse_qs, urlsplit
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edgezo.coordinator.broker import EmbeddedBroker, WebSocketListener
+from edgezo.coordinator.web_server import BrokerWebSocket, DeviceTokens, WebJob, WebServer
+from test_web_server import get, web_files  # noqa: F401 - the fixture
+
+
+@pytest.fixture
+def served(web_files):  # noqa: F811
+    tokens = DeviceTokens()
+    job = WebJob("demo", BrokerWebSocket(scheme="ws", port=9001), web_files / "model.onnx", "ab" * 32, web_files / "tokenizer.json",
+                 web_files / "trainable.safetensors", web_files / "assets", tokens=tokens)
+    server = WebServer(job, "127.0.0.1", 0).start()
+    yield server, tokens
+    server.stop()
+
+
+def issued(location: str) -> dict:
+    assert location.startswith("/join?")
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def test_the_join_link_issues_each_page_its_own_id_and_token(served):
+    server, tokens = served
+    assert server.job.join_path() == f"/join?key={tokens.join_key}"
+    first, second = (get(f"{server.url()}{server.job.join_path()}&shard=1/2") for _ in range(2))
+    assert first[0] == second[0] == 302
+    a, b = issued(first[1]["Location"]), issued(second[1]["Location"])
+    assert a["device-id"].startswith("web-") and a["device-id"] != b["device-id"] and a["token"] != b["token"]
+    assert a["shard"] == "1/2" and "key" not in a  # the job's key does not stay in the page's URL
+    status, headers, body = get(f"{server.url()}{first[1]['Location']}")
+    assert status == 200 and body == b"<html>edgezo page</html>"  # a reload of the issued URL keeps working
+    assert tokens.admits(a["device-id"], a["token"], f"edgezo-{a['device-id']}-3f2a")
+    assert not tokens.admits(a["device-id"], b["token"], f"edgezo-{a['device-id']}-3f2a")  # another device's token
+    assert not tokens.admits(a["device-id"], a["token"], f"edgezo-{b['device-id']}-3f2a")  # as another device's client
+
+
+def test_a_chosen_id_is_issued_once(served):
+    server, tokens = served
+    status, headers, _ = get(f"{server.url()}{server.job.join_path()}&device-id=kitchen-phone")
+    assert status == 302 and issued(headers["Location"])["device-id"] == "kitchen-phone"
+    status, _, body = get(f"{server.url()}{server.job.join_path()}&device-id=kitchen-phone")
+    assert status == 409 and b"already taken" in body
+    status, _, body = get(f"{server.url()}{server.job.join_path()}&device-id=a/%23")
+    assert status == 400 and b"is not allowed" in body
+
+
+@pytest.mark.parametrize("query, says", [
+    ("?device-id=web0", b"has no device token"),
+    ("?device-id=web0&token=guess", b"carries no valid token for device &#x27;web0&#x27;"),
+    ("?key=wrong", b"key is not this job"),
+])
+def test_links_without_a_valid_token_are_refused_with_a_page_saying_why(served, query, says):
+    server, _ = served
+    status, headers, body = get(f"{server.url()}/join{query}")
+    assert status in (403,) and headers["Content-Type"].startswith("text/html") and says in body
+    assert b"open the link the coordinator printed" in body
+
+
+def connect(port: int, client_id: str, login: tuple[str, str] | None, transport: str = "websockets"):
+    """The CONNACK reason of one MQTT 3.1.1 connection attempt (a real paho client)."""
+    done, outcome = threading.Event(), []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, transport=transport, protocol=mqtt.MQTTv311)
+    if login is not None:
+        client.username_pw_set(*login)
+    client.on_connect = lambda c, u, f, rc, p=None: (outcome.append(rc), done.set())
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        assert done.wait(10), "no CONNACK"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return outcome[0]
+
+
+def test_the_embedded_broker_admits_a_websocket_client_only_as_a_device_with_its_token():
+    tokens = DeviceTokens()
+    token = tokens.issue("web7")
+    with EmbeddedBroker(port=0, websocket=WebSocketListener("127.0.0.1", 0, accounts=tokens)) as broker:
+        assert not connect(broker.ws_port, "edgezo-web7-probe", ("web7", token)).is_failure
+        for client_id, login in (("edgezo-web7-a1", ("web7", "wrong")), ("edgezo-web7-a1", None), ("edgezo-web8-a1", ("web7", token))):
+            rc = connect(broker.ws_port, client_id, login)
+            assert rc.is_failure and "authorized" in str(rc).lower(), (client_id, login, rc)
+        assert not connect(broker.port, "tcp-coordinator", None, transport="tcp").is_failure  # TCP: as before
