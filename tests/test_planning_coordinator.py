@@ -156,11 +156,11 @@ def test_without_planning_everyone_gets_the_jobs_fixed_work(tmp_path):
 
 
 def test_join_resolves_its_profile_before_connecting(tmp_path, monkeypatch):
-    from edgezo import profiles
     from edgezo.app.commands import join
+    from edgezo.app.jobs import join as join_job
 
     monkeypatch.setenv("EDGEZO_PROFILES", str(tmp_path / "profiles"))
-    monkeypatch.setattr(profiles, "host_profile_name", lambda: "this-host")
+    monkeypatch.setattr(join_job, "host_profile_name", lambda: "this-host")  # where device_profile looks it up
     quiet = lambda msg: None  # noqa: E731
     assert join.device_profile(None, None, quiet) == ({}, 0.0)  # no profile of this host: none
     assert join.device_profile(None, 3.0, quiet) == ({}, 3.0)
