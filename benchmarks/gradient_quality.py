@@ -3,6 +3,7 @@ per forward FLOP, measured against backpropagation's gradient, without training 
 
     python benchmarks/gradient_quality.py run [--trainable norm lora bitfit] [--batches 48] [--mid-batches N] [--quick]
     python benchmarks/gradient_quality.py scaled [--trainable norm lora] [--batches 48] [--mid-batches N]
+    python benchmarks/gradient_quality.py curvature [--probes 32]
     python benchmarks/gradient_quality.py report
 
 ``run``: at two checkpoints of the default job's model (the base model and one mid-training
@@ -143,6 +144,8 @@ def main(argv=None) -> None:
     sc.add_argument("--trainable", nargs="+", default=["norm", "lora"], choices=TRAINABLES)
     sc.add_argument("--batches", type=int, required=True, help="cached batches to read at the base checkpoint")
     sc.add_argument("--mid-batches", type=int, default=0, help="at the mid checkpoint (default: --batches)")
+    cv = sub.add_parser("curvature", help="curvature per probed element of each LoRA probe support, real forwards (issue 27)")
+    cv.add_argument("--probes", type=int, default=32, help="Rademacher directions per support and checkpoint (default 32)")
     sub.add_parser("report", help="print the tables, write the RESULTS section and the plots")
     args = ap.parse_args(argv)
     if args.command == "run":
@@ -151,6 +154,12 @@ def main(argv=None) -> None:
         run(args)
     elif args.command == "scaled":
         scaled(args)
+    elif args.command == "curvature":
+        import gradient_quality_curvature as cv
+
+        path = RESULTS / "curvature_lora.json"
+        path.write_text(json.dumps(cv.curvature_result(grads.load_bench("lora"), args.probes) | {"command": " ".join(["python benchmarks/gradient_quality.py", *sys.argv[1:]])}, indent=1))
+        print(f"wrote {path}")
     else:
         import gradient_quality_report
 

@@ -10,6 +10,13 @@ from pathlib import Path
 HEADING = "## Gradient quality (mechanism bench)"
 BEGIN, END = "<!-- gradient-quality:begin -->", "<!-- gradient-quality:end -->"
 ORDER = ("norm", "lora", "bitfit")
+FISHER_INTRO = (
+    "The same rows with the step's noise charged at each tensor's own curvature instead of the average "
+    "(E[ĝᵀHĝ] ≈ (1/P)‖s⊙h‖² tr(DHD), the Hessian taken as the gradient covariance, i.e. the empirical Fisher / "
+    "Gauss-Newton part, per tensor from the same batches: `gradient_quality_stats.fisher_curvature`). MeZO's analysis "
+    "puts the slowdown on the Hessian's effective rank, not on d: where the gradient's energy sits where the curvature "
+    "is, concentrating the probes there buys nothing. The oracle-best rows exploit tensors whose estimated curvature "
+    "is near 0, the proxy's weakest point.")
 SCALED_INTRO = (
     "Whole-model probes z = s ⊙ r with a fixed scale s_t per trainable tensor (formulas: "
     "`gradient_quality_stats.py`, section 'probes with a per-tensor scale'): `iso` s = 1 (DeComFL); `b-only` s = 0 on "
@@ -98,16 +105,19 @@ def checkpoint_notes(result: dict) -> list[str]:
     return out
 
 
-def scaled_table(result: dict) -> list[str]:
+def scaled_table(result: dict, key: str = "settings") -> list[str]:
     """The per-tensor probe scales' rows (``gradient_quality.py scaled``): descent per FLOP over
-    the default's and over DeComFL P = 5's, central and forward, at each checkpoint."""
-    cks = list(result["checkpoints"])
+    the default's and over DeComFL P = 5's, central and forward, at each checkpoint (``key``:
+    the isotropic-curvature figures, or ``settings_fisher_curvature``)."""
+    cks = [c for c in result["checkpoints"] if key in result["checkpoints"][c]]
+    if not cks:
+        return []
     refs = (("default", "default"), ("decomfl_p5", "DeComFL P=5"), ("decomfl_fwd_p5", "DeComFL-fwd P=5"))
     head = "| probes (z = s ⊙ r) | GFLOP/step | " + " | ".join(
         f"{c}: vs {label}" for c in cks for _, label in refs) + " | " + " | ".join(
         f"{c}: cos(G, s²⊙G) | {c}: best step vs default" for c in cks) + " |"
     lines = [head, "|" + " --- |" * (2 + 5 * len(cks))]
-    by_label = {c: {s["setting"]: s for s in result["checkpoints"][c]["settings"]} for c in cks}
+    by_label = {c: {s["setting"]: s for s in result["checkpoints"][c][key]} for c in cks}
     for label, first in by_label[cks[0]].items():
         cells = [label, f"{first['gflops_per_step']:.0f}"]
         for c in cks:
@@ -132,6 +142,18 @@ def scaled_notes(result: dict) -> list[str]:
         out.append(f"- **{c}** ({ck['batches']} batches): {conc['tensors']} of {conc['of']} tensors "
                    f"({100 * conc['elements_share']:.0f}% of the elements) hold 80% of ‖G‖²; the largest: {top}.{a_text}")
     return out
+
+
+def curvature_lines(path: Path) -> list[str]:
+    """The real-forward check of the curvature per probed element (``gradient_quality.py curvature``)."""
+    if not path.exists():
+        return []
+    result = json.loads(path.read_text())
+    rows = [f"{c}: {name} {sci(r['kappa'], r['kappa_se'])} ({pm(r['kappa_vs_b_only'], r['kappa_vs_b_only_se'])}× B-only's)"
+            for c, ck in result["checkpoints"].items() for name, r in ck.items()]
+    return [f"Curvature per probed element κ_S = tr(H_SS)/|S| from real second differences ({result['probes']} Rademacher "
+            f"directions per support, eps {result['eps']:g}, {result['batch']}; mean ± SE): " + "; ".join(rows) + ". "
+            f"Command: `{result['command']}`.", ""]
 
 
 def plot(result: dict, path: Path) -> None:
@@ -196,7 +218,11 @@ def section(results: dict[str, dict], folder: Path) -> list[str]:
         if scaled_path.exists():
             scaled = json.loads(scaled_path.read_text())
             lines += [f"#### {name}: where the probes go (per-tensor probe scales, issue 27)", "", SCALED_INTRO, ""]
-            lines += scaled_table(scaled) + [""] + scaled_notes(scaled) + ["", f"Command: `{scaled['command']}`", ""]
+            lines += scaled_table(scaled) + [""] + scaled_notes(scaled) + [""]
+            fisher = scaled_table(scaled, "settings_fisher_curvature")
+            if fisher:
+                lines += [FISHER_INTRO, ""] + fisher + [""]
+            lines += curvature_lines(folder / f"curvature_{name}.json") + [f"Command: `{scaled['command']}`", ""]
     lines += [END, ""]
     return lines
 

@@ -19,6 +19,7 @@ and over DeComFL P = 5's, central and forward, with jackknife SEs, at each check
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +102,19 @@ def factor_shares(tck: st.TensorCheckpoint, names: list[str]) -> list[dict]:
     return out
 
 
-def load_checkpoint(bench: grads.Bench, checkpoint: str, base: dict, count: int, q2_of) -> tuple[st.TensorCheckpoint, st.Checkpoint]:
-    """The per-tensor and per-unit views of one checkpoint's cached batch gradients."""
+def with_fisher_curvature(tck: st.TensorCheckpoint, ck: st.Checkpoint, owner: np.ndarray) -> tuple[st.TensorCheckpoint, st.Checkpoint]:
+    """The same batches under the curvature-weighted model (``st.fisher_curvature``): each tensor's
+    elements count for their relative curvature, in the scaled probes' moments and in the
+    references' (a unit's size becomes Σ_t n_t c_t, what an isotropic probe's zᵀHz/κ̄ is)."""
+    c = st.fisher_curvature(tck)
+    tck_f = dataclasses.replace(tck, curvature=c)
+    dims = np.array([float((tck.numel * c)[owner == u].sum()) for u in range(len(ck.units))])
+    return tck_f, dataclasses.replace(ck, dims=dims)
+
+
+def load_checkpoint(bench: grads.Bench, checkpoint: str, base: dict, count: int, q2_of) -> tuple[st.TensorCheckpoint, st.Checkpoint, np.ndarray]:
+    """The per-tensor and per-unit views of one checkpoint's cached batch gradients, and each
+    tensor's unit index."""
     info = grads.prepare_checkpoint(bench, checkpoint, base, count)
     data = grads.load_gradients(Path(info["folder"]), count)
     names, numel, index = grads.tensor_layout(bench.ex)
@@ -114,7 +126,8 @@ def load_checkpoint(bench: grads.Bench, checkpoint: str, base: dict, count: int,
     q2, _ = q2_of(info["validation"])
     split = bench.ex.split
     full = data["flops"][:, split - 1, 1] + data["flops"][:, split - 1, 2]
-    return st.TensorCheckpoint(tgram, numel, full, q2), st.Checkpoint(ugram, dims, units, data["flops"], q2)
+    tck, ck = st.TensorCheckpoint(tgram, numel, full, q2), st.Checkpoint(ugram, dims, units, data["flops"], q2)
+    return tck, ck, owner
 
 
 def scaled_result(bench: grads.Bench, batches: dict[str, int], q2_of) -> dict:
@@ -125,7 +138,12 @@ def scaled_result(bench: grads.Bench, batches: dict[str, int], q2_of) -> dict:
     out = {"trainable": job.trainable, "model": bench.model_name, "task": job.task, "default": default.label,
            "history_probes": HISTORY_PROBES, "checkpoints": {}}
     for checkpoint, count in batches.items():
-        tck, ck = load_checkpoint(bench, checkpoint, base, count, q2_of)
-        out["checkpoints"][checkpoint] = checkpoint_screen(tck, ck, list(bench.ex.names), default)
+        tck, ck, owner = load_checkpoint(bench, checkpoint, base, count, q2_of)
+        names = list(bench.ex.names)
+        screen = checkpoint_screen(tck, ck, names, default)
+        tck_f, ck_f = with_fisher_curvature(tck, ck, owner)
+        screen["fisher_curvature"] = {n: float(c) for n, c in zip(names, tck_f.curvature)}
+        screen["settings_fisher_curvature"] = checkpoint_screen(tck_f, ck_f, names, default)["settings"]
+        out["checkpoints"][checkpoint] = screen
     bench.ex.load_trainable(base)
     return out

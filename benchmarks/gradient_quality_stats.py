@@ -344,6 +344,10 @@ class TensorCheckpoint:
     numel: np.ndarray  # [T]
     full_flops: np.ndarray  # [N]
     q2: float = 0.0
+    curvature: np.ndarray | None = None  # [T] curvature per element over the average (None: 1, the isotropic model)
+
+    def relative_curvature(self) -> np.ndarray:
+        return np.ones(len(self.numel)) if self.curvature is None else np.asarray(self.curvature, float)
 
     def diag(self) -> np.ndarray:
         return np.einsum("tnn->tn", self.gram)  # [T, N] per-batch ‖h_t‖²
@@ -353,10 +357,11 @@ def scaled_terms(tck: TensorCheckpoint, probe: ScaledProbe) -> SettingTerms:
     """Per batch E‖ĝ‖² (formula above) and the step's FLOPs."""
     w = np.asarray(probe.weights, float)
     diag = tck.diag()
-    norm_s2 = float(w @ tck.numel)
-    y = (norm_s2 * (w @ diag) + (probe.p - 1) * ((w**2) @ diag)) / probe.p
+    c = tck.relative_curvature()
+    norm_s2 = float(w @ (tck.numel * c))  # ‖s‖², or zᵀHz/κ̄ in the curvature-weighted model
+    y = (norm_s2 * (w @ diag) + (probe.p - 1) * ((w**2 * c) @ diag)) / probe.p
     if probe.difference == "forward":
-        y = y + norm_s2 * tck.q2 * (norm_s2 / tck.numel.sum()) ** 2 / probe.p
+        y = y + norm_s2 * tck.q2 * (float(w @ tck.numel) / tck.numel.sum()) ** 2 / probe.p
     return SettingTerms(y, probe.forwards() * tck.full_flops)
 
 
@@ -454,7 +459,22 @@ def half(tck: TensorCheckpoint, parity: int) -> TensorCheckpoint:
     """The checkpoint restricted to the batches of one parity: fit a scale on one half, measure
     it on the other, so an oracle's own noise does not flatter it (cross-fitting)."""
     keep = np.arange(parity, tck.gram.shape[1], 2)
-    return TensorCheckpoint(tck.gram[:, keep][:, :, keep], tck.numel, tck.full_flops[keep], tck.q2)
+    return TensorCheckpoint(tck.gram[:, keep][:, :, keep], tck.numel, tck.full_flops[keep], tck.q2, tck.curvature)
+
+
+def fisher_curvature(tck: TensorCheckpoint) -> np.ndarray:
+    """Each tensor's curvature per element over the average, with the Hessian taken as the
+    gradient covariance (empirical Fisher, the Gauss-Newton part for a cross-entropy loss): the
+    batch gradients' noise per element, E‖h_t‖² − ‖G_t‖² over n_t, from the same Gram matrices.
+
+    Why it matters: the one-step descent at the best step is E[G·ĝ]²/(2 E[ĝᵀHĝ]) and, for P ≪ d,
+    E[ĝᵀHĝ] ≈ (1/P) ‖s ⊙ h‖² tr(DHD): the isotropic figures take tr(DHD) = ‖s‖² tr(H)/d, which
+    flatters a scale that concentrates on high-curvature tensors (MeZO's analysis: the slowdown
+    follows the Hessian's effective rank, not d). With this curvature, scaled_terms replaces ‖s‖²
+    by Σ_t w_t n_t c_t."""
+    noise = np.array([np.trace(g) / g.shape[0] - pair_mean(g) for g in tck.gram])
+    per = per_element(np.maximum(noise, 0.0), tck.numel)
+    return per / (per @ tck.numel / tck.numel.sum())
 
 
 def group_share(tck: TensorCheckpoint, mask: np.ndarray) -> tuple[float, float]:

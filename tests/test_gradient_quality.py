@@ -351,3 +351,22 @@ def test_the_scaled_screen_lands_in_the_report_section_beside_its_trainable_set(
     text = "\n".join(rep.section({"lora": result}, tmp_path))
     assert "#### lora: where the probes go" in text and "| b-only v_proj forward P=16 |" in text
     assert "base: vs DeComFL-fwd P=5" in text and "v_proj.lora_B" in text
+
+
+def test_fisher_curvature_is_the_batch_noise_per_element_and_leaves_isotropic_probes_alone():
+    """Batch gradients G + N(0, σ_t²) with σ 0.2 on two layers and 0.8 on the others: the
+    curvature proxy is σ_t² over the element-weighted mean, and a single isotropic probe's moment
+    (Σ_t n_t c_t = d) does not change with it (with P > 1 the signal's own term does)."""
+    rng = np.random.default_rng(3)
+    dims = np.array([40, 40, 40, 40])
+    sigma = np.repeat([0.2, 0.2, 0.8, 0.8], dims)
+    grads = 0.1 + sigma * rng.normal(size=(400, dims.sum()))
+    gram = st.gram_by_unit(grads, np.repeat(np.arange(4), dims), 4)
+    tck = st.TensorCheckpoint(gram, dims, np.ones(400), 0.0)
+    c = st.fisher_curvature(tck)
+    np.testing.assert_allclose(c, np.array([0.04, 0.04, 0.64, 0.64]) / 0.34, rtol=0.05)
+    iso = st.ScaledProbe("iso", "central", 1, np.ones(4))
+    curved = st.TensorCheckpoint(gram, dims, np.ones(400), 0.0, c)
+    np.testing.assert_allclose(st.scaled_terms(curved, iso).y, st.scaled_terms(tck, iso).y, rtol=1e-9)
+    low = st.ScaledProbe("low-noise layers", "central", 1, np.array([1.0, 1.0, 0.0, 0.0]))
+    assert st.scaled_terms(curved, low).y.mean() < st.scaled_terms(tck, low).y.mean() / 5  # their curvature is 0.12x the mean
