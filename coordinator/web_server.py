@@ -35,7 +35,7 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from edgezo.errors import EdgezoError
@@ -84,18 +84,41 @@ class DeviceTokens:
     once per device id: a second phone cannot take over an id in use. Thread-safe (the web server
     issues, the broker's loop checks)."""
 
-    def __init__(self, join_key: str | None = None):
+    def __init__(self, join_key: str | None = None, pool: Mapping[str, str] | None = None):
         self.join_key = join_key or secrets.token_urlsafe(12)
         self._tokens: dict[str, str] = {}
+        self._pool = dict(pool or {})  # made in advance (a broker that cannot learn new accounts): handed out in order
+        self._pool_mode = pool is not None
         self._lock = threading.Lock()
 
-    def issue(self, device_id: str) -> str | None:
-        """A new token for ``device_id``, or None when that id already has one."""
+    @classmethod
+    def preissued(cls, count: int) -> "DeviceTokens":
+        """``count`` device ids and tokens made now, for a broker given its accounts up front (mosquitto's
+        password file, :func:`edgezo.coordinator.web_serving.write_device_accounts`); pages then get them in turn."""
+        return cls(pool={f"web-{secrets.token_hex(4)}": secrets.token_urlsafe(16) for _ in range(count)})
+
+    @property
+    def accounts(self) -> dict[str, str]:
+        """Every device id and token made so far (issued or still in the pool)."""
+        with self._lock:
+            return {**self._pool, **self._tokens}
+
+    def issue(self, device_id: str | None) -> tuple[str, str] | None:
+        """(device id, token) for a page: a new pair (``device_id``, or a fresh id when None), or with a
+        pool the next pair of it (a requested id only if it is in the pool); None when the id already
+        has a token or the pool is used up."""
         with self._lock:
             if device_id in self._tokens:
                 return None
-            self._tokens[device_id] = secrets.token_urlsafe(16)
-            return self._tokens[device_id]
+            if self._pool_mode:
+                device_id = device_id if device_id in self._pool else (None if device_id else next(iter(self._pool), None))
+                if device_id is None:
+                    return None
+                self._tokens[device_id] = self._pool.pop(device_id)
+            else:
+                device_id = device_id or f"web-{secrets.token_hex(4)}"
+                self._tokens[device_id] = secrets.token_urlsafe(16)
+            return device_id, self._tokens[device_id]
 
     def valid(self, device_id: str | None, token: str | None) -> bool:
         with self._lock:
@@ -215,16 +238,17 @@ class _Handler(BaseHTTPRequestHandler):
         if not hmac.compare_digest(params.pop("key").encode(), tokens.join_key.encode()):
             self._refuse(403, "This join link's key is not this job's: open the link the coordinator printed, or scan its QR code again.")
             return
-        device = params.pop("device-id", None) or f"web-{secrets.token_hex(4)}"
-        if not DEVICE_ID.fullmatch(device):
-            self._refuse(400, f"Device id {device!r} is not allowed: use letters, digits, '.', '_' or '-' (at most 64).")
+        asked = params.pop("device-id", None)
+        if asked is not None and not DEVICE_ID.fullmatch(asked):
+            self._refuse(400, f"Device id {asked!r} is not allowed: use letters, digits, '.', '_' or '-' (at most 64).")
             return
-        token = tokens.issue(device)
-        if token is None:
-            self._refuse(409, f"Device id {device!r} is already taken in this job: open the join link without device-id to get a new one.")
+        pair = tokens.issue(asked)
+        if pair is None:
+            self._refuse(409, f"Device id {asked!r} is already taken in this job (or is not one of its accounts): open the join link without device-id to get one."
+                         if asked else "Every device account of this job is in use: ask its operator for more.")
             return
         params.pop("token", None)
-        self._redirect("/join?" + urlencode({"device-id": device, "token": token, **params}))
+        self._redirect("/join?" + urlencode({"device-id": pair[0], "token": pair[1], **params}))
 
     def _config(self, query: dict) -> None:
         host = page_host(self.headers.get("Host") or self.server.server_address[0])

@@ -13,8 +13,12 @@ otherwise the fp32 export is served and the coordinator says why (:func:`served_
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import json
+import os
+import secrets
 import shutil
 import tempfile
 import weakref
@@ -172,6 +176,31 @@ def serve_browser_devices(ex, info, cfg: JobConfig, data, run: str, options: Web
     return server, export.sha256
 
 
+def mosquitto_password_line(user: str, password: str, salt: bytes | None = None, iterations: int = 101) -> str:
+    """One line of a mosquitto 2 password file, as ``mosquitto_passwd`` writes it:
+    ``user:$7$<iterations>$<base64 salt>$<base64 PBKDF2-HMAC-SHA512>`` (so the coordinator can give
+    a broker its pages' accounts without the tool)."""
+    if ":" in user or "\n" in user + password:
+        raise EdgezoError(f"account {user!r} cannot go in a mosquitto password file (no ':' in a user, no line breaks)")
+    salt = salt if salt is not None else secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"{user}:$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def write_device_accounts(path: Path, accounts: dict[str, str]) -> None:
+    """Add (or replace) ``accounts`` (device id -> token) in the mosquitto password file ``path``,
+    keeping its other lines (the coordinator's and Python devices' accounts); written atomically,
+    readable by the broker's user. mosquitto reads it at start and on SIGHUP."""
+    path = Path(path)
+    kept = [line for line in (path.read_text().splitlines() if path.exists() else [])
+            if line.strip() and line.split(":", 1)[0] not in accounts]
+    lines = kept + [mosquitto_password_line(user, token) for user, token in accounts.items()]
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 def websocket_listener(settings):
     """The embedded broker's WebSocket listener for ``CoordinateSettings`` with --web-port (None
     without): it admits only browser devices with the tokens the web server issues them."""
@@ -231,5 +260,5 @@ def join_banner(url: str) -> str:
     return f"browser devices join at {url}  (or scan:)\n{out.getvalue()}"
 
 
-__all__ = ["BlockSource", "WebOptions", "assets_folder", "check_batches", "gguf_block_source", "join_banner", "serve_browser_devices",
-           "served_export", "shard_jsonl", "start_for_job", "websocket_listener"]
+__all__ = ["BlockSource", "WebOptions", "assets_folder", "check_batches", "gguf_block_source", "join_banner", "mosquitto_password_line",
+           "serve_browser_devices", "served_export", "shard_jsonl", "start_for_job", "websocket_listener", "write_device_accounts"]

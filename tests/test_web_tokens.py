@@ -6,7 +6,12 @@ listener (the coordinator and Python devices on this machine) stays as it was.""
 
 from __future__ import annotations
 
+import base64
+import os
+import signal
+import subprocess
 import threading
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -14,6 +19,9 @@ import pytest
 
 from edgezo.coordinator.broker import EmbeddedBroker, WebSocketListener
 from edgezo.coordinator.web_server import BrokerWebSocket, DeviceTokens, WebJob, WebServer
+from edgezo.coordinator.web_serving import mosquitto_password_line, write_device_accounts
+from edgezo.errors import EdgezoError
+from support.mosquitto import find_mosquitto
 from test_web_server import get, web_files  # noqa: F401 - the fixture
 
 
@@ -88,10 +96,53 @@ def connect(port: int, client_id: str, login: tuple[str, str] | None, transport:
 
 def test_the_embedded_broker_admits_a_websocket_client_only_as_a_device_with_its_token():
     tokens = DeviceTokens()
-    token = tokens.issue("web7")
+    _, token = tokens.issue("web7")
     with EmbeddedBroker(port=0, websocket=WebSocketListener("127.0.0.1", 0, accounts=tokens)) as broker:
         assert not connect(broker.ws_port, "edgezo-web7-probe", ("web7", token)).is_failure
         for client_id, login in (("edgezo-web7-a1", ("web7", "wrong")), ("edgezo-web7-a1", None), ("edgezo-web8-a1", ("web7", token))):
             rc = connect(broker.ws_port, client_id, login)
             assert rc.is_failure and "authorized" in str(rc).lower(), (client_id, login, rc)
         assert not connect(broker.port, "tcp-coordinator", None, transport="tcp").is_failure  # TCP: as before
+
+
+def test_the_password_line_is_what_mosquitto_passwd_writes(tmp_path):
+    path = tmp_path / "passwd"
+    path.write_text("")
+    subprocess.run([find_mosquitto("mosquitto_passwd"), "-b", str(path), "web3", "tok-a1"], check=True)
+    line = path.read_text().strip()
+    salt = base64.b64decode(line.split("$")[3])
+    assert mosquitto_password_line("web3", "tok-a1", salt) == line
+    with pytest.raises(EdgezoError, match="cannot go in a mosquitto password file"):
+        mosquitto_password_line("a:b", "x")
+
+
+def test_preissued_accounts_are_handed_out_in_turn_then_refused(web_files):  # noqa: F811
+    tokens = DeviceTokens.preissued(2)
+    pool = tokens.accounts
+    job = WebJob("demo", BrokerWebSocket(url="ws://127.0.0.1:9"), web_files / "model.onnx", "ab" * 32, web_files / "tokenizer.json",
+                 web_files / "trainable.safetensors", web_files / "assets", tokens=tokens)
+    server = WebServer(job, "127.0.0.1", 0).start()
+    try:
+        got = [get(f"{server.url()}{job.join_path()}") for _ in range(3)]
+    finally:
+        server.stop()
+    assert [g[0] for g in got] == [302, 302, 409] and b"in use" in got[2][2]
+    handed = [issued(g[1]["Location"]) for g in got[:2]]
+    assert {h["device-id"]: h["token"] for h in handed} == pool
+
+
+def test_mosquitto_admits_the_accounts_the_coordinator_writes_after_a_reload(mosquitto_factory):
+    """write_device_accounts adds the pages' accounts to the broker's password file (keeping the
+    coordinator's); mosquitto reads it again on SIGHUP and admits them, and nothing else."""
+    broker = mosquitto_factory(password_file={"coordinator": "c-secret"}, websocket=True)
+    tokens = DeviceTokens.preissued(2)
+    (device, token), = list(tokens.accounts.items())[:1]
+    write_device_accounts(broker.dir / "passwd", tokens.accounts)
+    assert "coordinator:$7$" in (broker.dir / "passwd").read_text()
+    os.kill(broker.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while connect(broker.ws_port, f"edgezo-{device}-p", (device, token)).is_failure and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not connect(broker.ws_port, f"edgezo-{device}-p", (device, token)).is_failure
+    assert connect(broker.ws_port, f"edgezo-{device}-p", (device, "wrong")).is_failure
+    assert not connect(broker.port, "coordinator", ("coordinator", "c-secret"), transport="tcp").is_failure
