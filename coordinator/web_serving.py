@@ -211,15 +211,30 @@ def websocket_listener(settings):
     return WebSocketListener(settings.web_host, 0, settings.certfile, settings.keyfile, accounts=DeviceTokens())
 
 
-def start_for_job(settings, ex, info, cfg: JobConfig, data, embedded, say: Callable[[str], None]) -> tuple[WebServer, str] | None:
+def mosquitto_device_tokens(password_file: Path, count: int, say: Callable[[str], None]) -> DeviceTokens:
+    """``count`` browser-device accounts made now and written into mosquitto's ``password_file``
+    (mosquitto learns accounts only from that file, at start or on SIGHUP)."""
+    tokens = DeviceTokens.preissued(count)
+    write_device_accounts(Path(password_file), tokens.accounts)
+    say(f"wrote {count} browser-device accounts into {password_file}: make mosquitto read it again (kill -HUP <its pid>) "
+        "before pages join; each page that opens the join link gets the next one")
+    return tokens
+
+
+def start_for_job(settings, ex, info, cfg: JobConfig, data, embedded, say: Callable[[str], None],
+                  broker_accounts: tuple[Path, int] | None = None) -> tuple[WebServer, str] | None:
     """What ``CoordinateJob`` runs after loading the model: with --web-port, serve browser devices
     (the embedded broker's WebSocket listener, or --web-broker) and print how they join; returns
-    (the server, the export's SHA-256 for the announcement), or None without --web-port."""
+    (the server, the export's SHA-256 for the announcement), or None without --web-port.
+    ``broker_accounts`` (mosquitto's password file, how many pages): with --web-broker, the pages'
+    tokens are made up front and written there (:func:`mosquitto_device_tokens`)."""
     if settings.web_port is None:
         return None
     tokens = None
     if settings.web_broker is not None:
         broker = BrokerWebSocket(url=settings.web_broker)
+        if broker_accounts is not None:
+            tokens = mosquitto_device_tokens(*broker_accounts, say)
     else:
         broker = BrokerWebSocket(scheme="wss" if settings.certfile else "ws", port=embedded.ws_port)
         tokens = embedded.websocket.accounts  # the embedded broker checks the tokens the web server issues
@@ -228,7 +243,7 @@ def start_for_job(settings, ex, info, cfg: JobConfig, data, embedded, say: Calla
     host = settings.advertise_host or (settings.web_host if settings.web_host not in ("0.0.0.0", "::") else _lan_address())
     say(join_banner(f"{server.url(host)}{server.job.join_path()}"))
     if tokens is not None:
-        say("each page that opens this link gets its own device id and broker token; the embedded broker admits no page without one")
+        say("each page that opens this link gets its own device id and broker token; the broker admits no page without one")
     if settings.enrolled is not None:
         say("this job is signed (--enrolled): a page signs with its own key (WebCrypto Ed25519) and shows its public line; "
             "add that line to the enrolment file for it to join")
@@ -260,5 +275,5 @@ def join_banner(url: str) -> str:
     return f"browser devices join at {url}  (or scan:)\n{out.getvalue()}"
 
 
-__all__ = ["BlockSource", "WebOptions", "assets_folder", "check_batches", "gguf_block_source", "join_banner", "mosquitto_password_line",
+__all__ = ["BlockSource", "WebOptions", "assets_folder", "check_batches", "gguf_block_source", "join_banner", "mosquitto_device_tokens", "mosquitto_password_line",
            "serve_browser_devices", "served_export", "shard_jsonl", "start_for_job", "websocket_listener", "write_device_accounts"]

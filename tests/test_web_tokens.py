@@ -19,7 +19,7 @@ import pytest
 
 from edgezo.coordinator.broker import EmbeddedBroker, WebSocketListener
 from edgezo.coordinator.web_server import BrokerWebSocket, DeviceTokens, WebJob, WebServer
-from edgezo.coordinator.web_serving import mosquitto_password_line, write_device_accounts
+from edgezo.coordinator.web_serving import mosquitto_device_tokens, mosquitto_password_line, write_device_accounts
 from edgezo.errors import EdgezoError
 from support.mosquitto import find_mosquitto
 from test_web_server import get, web_files  # noqa: F401 - the fixture
@@ -146,3 +146,11 @@ def test_mosquitto_admits_the_accounts_the_coordinator_writes_after_a_reload(mos
     assert not connect(broker.ws_port, f"edgezo-{device}-p", (device, token)).is_failure
     assert connect(broker.ws_port, f"edgezo-{device}-p", (device, "wrong")).is_failure
     assert not connect(broker.port, "coordinator", ("coordinator", "c-secret"), transport="tcp").is_failure
+
+
+def test_mosquitto_device_tokens_writes_the_pool_it_hands_out(tmp_path):
+    said = []
+    tokens = mosquitto_device_tokens(tmp_path / "passwd", 3, said.append)
+    lines = (tmp_path / "passwd").read_text().splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == sorted(tokens.accounts) and len(lines) == 3
+    assert "kill -HUP" in said[0]
