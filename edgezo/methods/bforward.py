@@ -2,18 +2,18 @@
 where the gradient is. On LoRA that means the ``lora_B`` factors alone (``--trainable
 lora:factors=B``: ``lora_A`` stays at its seeded init, as in LoRA-FA).
 
-Why. For P much smaller than the number of probed weights d, every isotropic estimator buys about
-the same descent per forward FLOP; what moves it is d itself. A probe z = s ⊙ r has
-E‖ĝ‖² ≈ ‖s‖² ‖s ⊙ h‖² / P (``benchmarks/gradient_quality_stats.py``), so the elements whose
-gradient is zero cost noise and buy nothing. At the base model LoRA's B is 0, so the gradient with
-respect to every A is exactly 0: 60% of LoRA's elements (r = 8 on q and v, SmolLM2-135M). The
-gradient-quality bench measured, at P = 16 against DeComFL forward P = 5 (descent per forward
-FLOP, jackknife SE under 1%): 2.83x at the base model and 2.71x after 16 SGD steps, where A holds
-2.3 ± 0.5% of ‖G‖²; against DeComFL central P = 5, 4.7x and 4.5x; against the default SPZO step,
-6.9x and 6.7x. The value projections' B alone holds 91% / 87% of ‖G‖² with 10% of the elements:
-``--trainable lora:targets=v_proj,factors=B`` measured 10.1x / 9.3x DeComFL forward P = 5
-(docs/algorithm.md, "bforward", with the caveats: descent per FLOP at fixed checkpoints, not yet
-FLOPs to a target).
+Why (a candidate, not a measured win). For P much smaller than the number of probed weights d,
+every isotropic estimator buys about the same descent per forward FLOP; what can move it is where
+the probes go. A probe z = s ⊙ r has E‖ĝ‖² ≈ ‖s‖² ‖s ⊙ h‖² / P
+(``benchmarks/gradient_quality_stats.py``), so elements without gradient cost noise: at the base
+model LoRA's B is 0 and the gradient with respect to every A is exactly 0 (60% of LoRA's elements,
+r = 8 on q and v, SmolLM2-135M). Charging the noise at the average curvature, the gradient-quality
+bench puts B-only forward P = 16 at 2.8x DeComFL forward P = 5's descent per FLOP (base and after
+16 SGD steps), and B of v_proj alone (91% / 87% of ‖G‖² with 10% of the elements,
+``--trainable lora:targets=v_proj,factors=B``) at 10x / 9x. Charging it at each tensor's own
+curvature (the Hessian as the gradient covariance), both fall to 1.0-1.1x, the same as DeComFL
+forward P = 16: the gradient sits where the curvature is, and while B = 0 the loss is flat in A.
+Which model holds is for the regime sweep (docs/algorithm.md, "bforward").
 
 How it is built. The executor protocol perturbs and updates whole blocks of trainable tensors by
 direction (``Direction.covers``), so a per-tensor probe scale is not expressible without a protocol
