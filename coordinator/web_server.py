@@ -215,7 +215,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif url.path == "/":
                 self._redirect("/join")
             else:
-                self._error(404, f"no such page: {url.path} (browser devices join at /join?device-id=NAME)")
+                self._error(404, f"no such page: {url.path} (browser devices join through the link the coordinator printed, /join...)")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the browser went away mid-download
 
