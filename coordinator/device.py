@@ -34,7 +34,6 @@ from edgezo.engine import DeviceTurn, device_round
 from edgezo.errors import EdgezoError
 from edgezo.jobdata import device_shards, load_job_data, make_batcher
 from edgezo.keys import fnv1a64
-from edgezo.methods import method_of
 
 from edgezo.coordinator import messages as m
 from edgezo.coordinator.checkpoint import checkpoint_worth_it, download_checkpoint
@@ -143,7 +142,7 @@ class Device:
         job = {k: v for k, v in ann.job.items() if k in known}
         cfg = JobConfig(**{**job, "model": self.s.model, "data": self.s.data}).validate()
         self.cfg = cfg
-        self.method = method_of(cfg.method)
+        self.method = cfg.resolved_method  # the announcement names the method: resolved here, once
         self.topics = Topics(ann.run)
         data = load_job_data(cfg, self.s.train_samples, need_dev=False)
         if self.s.shard:

@@ -114,7 +114,7 @@ class RoundService:
                               timeout_s=self.policy.timeout_s, tasks=tasks)
             payload = m.encode(assign)
             collector = RoundCollector(self.logs.run, self.cfg.seed, rnd, attempt, tasks, probe, self.policy,
-                                       time.monotonic(), fingerprint=self.logs.fingerprint)
+                                       time.monotonic(), self.cfg.resolved_method, fingerprint=self.logs.fingerprint)
             self.logs.link.publish(self.logs.topics.round, payload, retain=True)
             self.collector, self.assign_payload = collector, payload
             try:

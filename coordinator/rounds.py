@@ -23,7 +23,7 @@ from edgezo.aggregate import Aggregation
 from edgezo.engine import RoundReview, review_round
 from edgezo.estimators import ProbeConfig
 from edgezo.keys import Direction
-from edgezo.methods import method_of
+from edgezo.methods import Method
 
 from edgezo.coordinator.messages import DeviceTask, Result, unpack_scalars, BadMessage
 
@@ -66,13 +66,13 @@ class RoundCollector:
     probe: ProbeConfig  # method, eps, variant, difference; P1/P2 come from each task
     policy: RoundPolicy
     opened_at: float
+    method: Method  # the job's (resolved from its name where the job was read)
     fingerprint: str = ""  # the global model the round starts from; results must be computed on it
     answers: dict[str, Answer] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
     faults: dict[str, str] = field(default_factory=dict)  # assigned devices whose result was refused for its scalars
 
     def __post_init__(self):
-        self.method = method_of(self.probe.method)
         self._by_device = {t.device: t for t in self.tasks}
         self._expected: dict[str, list[Direction]] = {}
         shared: dict[tuple, list[Direction]] = {}  # shared seeds: devices with the same task owe the same list

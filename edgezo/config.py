@@ -13,7 +13,7 @@ from pathlib import Path
 from edgezo.costmodel import Work
 from edgezo.errors import ConfigError, EdgezoError
 from edgezo.estimators import VARIANTS, ProbeConfig
-from edgezo.methods import DEFAULT_METHOD, method_of
+from edgezo.methods import DEFAULT_METHOD, Method, method_of
 from edgezo.perturb import DISTRIBUTIONS
 from edgezo.schema import build, checked
 
@@ -71,7 +71,7 @@ class JobConfig:
     def validate(self) -> "JobConfig":
         for key, value in checked(JobConfig, asdict(self), "job configuration").items():
             setattr(self, key, value)  # JobConfig(clients=4.5) is refused as a TOML file's value is
-        method = method_of(self.method)
+        method = self.resolved_method
         for name in ("clients", "rounds", "local_steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
@@ -101,6 +101,14 @@ class JobConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def resolved_method(self) -> Method:
+        """The job's method as an object. The job names it (``method``: what options, TOML files
+        and announcements carry); this is where that name is resolved, so the code below the
+        configuration (the simulation, the planner, the coordinator's rounds) is handed the
+        ``Method`` and never looks a name up."""
+        return method_of(self.method)
+
     def round_lr(self, rnd: int) -> float:
         """The learning rate of round ``rnd`` (1-based) under the job's schedule."""
         return lr_at(self.lr, self.lr_schedule, rnd, self.rounds, decay_rounds=self.lr_decay_rounds)
@@ -109,13 +117,13 @@ class JobConfig:
 def probe_config(cfg: JobConfig, p1: int | None = None, p2: int | None = None) -> ProbeConfig | None:
     """How a device probes the loss with the job's P1 and P2, or its own (None for a method that
     backpropagates)."""
-    return method_of(cfg.method).probe(cfg.p1 if p1 is None else p1, cfg.p2 if p2 is None else p2, cfg.eps, cfg.variant, cfg.difference)
+    return cfg.resolved_method.probe(cfg.p1 if p1 is None else p1, cfg.p2 if p2 is None else p2, cfg.eps, cfg.variant, cfg.difference)
 
 
 def job_work(cfg: JobConfig) -> Work:
     """What the job asks of each device in a round (the planner's starting point and caps)."""
-    p2 = method_of(cfg.method).effective_p2(cfg.p2)
-    return Work(cfg.local_steps, cfg.p1, p2, cfg.batch_size, cfg.method, cfg.variant, cfg.difference)
+    method = cfg.resolved_method
+    return Work(cfg.local_steps, cfg.p1, method.effective_p2(cfg.p2), cfg.batch_size, method, cfg.variant, cfg.difference)
 
 
 def config_keys() -> list[str]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-from edgezo.methods import DEFAULT_METHOD, method_of
+from edgezo.methods import DEFAULT_METHOD, Method, method_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgezo.profiles import BackendProfile
@@ -93,14 +93,14 @@ class Work:
     p1: int = 1
     p2: int = 4
     batch: int = 16
-    method: str = DEFAULT_METHOD
+    method: Method = method_of(DEFAULT_METHOD)  # the object: the job's name is resolved where the job is read
     variant: str = "joint"
     difference: str = "central"
 
     @property
     def estimates(self) -> int:
         """Full-model directional estimates the round produces (SPZO: each (i, j) is one)."""
-        return method_of(self.method).estimates(self.k, self.p1, self.p2)
+        return self.method.estimates(self.k, self.p1, self.p2)
 
 
 class StepCosts(NamedTuple):
@@ -178,11 +178,11 @@ class Predictor:
                          self.update_s(1), self.update_s(2))
 
     def step_s(self, w: Work) -> float:
-        return method_of(w.method).step_seconds(self.step_costs(w.batch), w)
+        return w.method.step_seconds(self.step_costs(w.batch), w)
 
     def round_s(self, w: Work) -> float:
         """K local steps, then the round's global update (about this device's own directions)."""
-        method, costs = method_of(w.method), self.step_costs(w.batch)
+        method, costs = w.method, self.step_costs(w.batch)
         return w.k * method.step_seconds(costs, w) + method.update_seconds(costs, w)
 
     # -- memory -----------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 
 from edgezo.costmodel import ModelShape, Predictor, Work, suggest_split
 from edgezo.errors import EdgezoError
-from edgezo.methods import method_of
 from edgezo.profiles import Profile
 
 
@@ -105,7 +104,7 @@ def _batches(limit: int) -> list[int]:
 
 
 def _best_work(pred: Predictor, batch: int, limits: Limits, seconds: float) -> tuple[Work, float] | None:
-    p2_max = method_of(limits.job.method).effective_p2(limits.p2)
+    p2_max = limits.job.method.effective_p2(limits.p2)
     best: tuple[tuple, Work, float] | None = None
     for k in range(limits.k, 0, -1):
         for p1 in range(1, limits.p1 + 1):

@@ -25,7 +25,7 @@ from edgezo.config import JobConfig, job_work, probe_config
 from edgezo.costmodel import Work
 from edgezo.errors import EdgezoError
 from edgezo.estimators import LocalRound
-from edgezo.methods import Method, method_of
+from edgezo.methods import Method
 from edgezo.methods.base import Update
 from edgezo.seedlog import LogEntry, replay
 from edgezo.engine import (DeviceTurn, RoundRecord, Totals, apply_reviewed, device_round, evaluation_due, log_review,
@@ -153,7 +153,7 @@ def run_simulation(
     device's scalars are clipped here, on receipt, as the coordinator clips them. ``method``:
     the job's method (None: ``cfg.method``'s).
     """
-    method = method or method_of(cfg.method)
+    method = method or cfg.resolved_method
     replicas = _replicas(primary, devices)
     _check_runnable(cfg, method, len(devices), len(replicas), clock)
     round_fn = round_fn or local_rounds(cfg, devices, method)

@@ -11,6 +11,7 @@ import pytest
 from edgezo.config import JobConfig
 from edgezo.costmodel import ModelShape, Predictor, Work, linear_fit, suggest_split
 from edgezo.errors import EdgezoError
+from edgezo.methods import method_of
 from edgezo.planner import Budget, Limits, NothingFits, fixed_plan, plan_device
 from edgezo.profiles import BackendProfile, ForwardTiming, ModelMeasurement, Profile
 from edgezo.simulation import SimulatedClock, SimulatedDevice, run_simulation
@@ -79,8 +80,8 @@ def test_step_time_counts_the_forwards_of_each_method():
     pred = Predictor(backend(perturb_melems_s=1e9, update_melems_s=1e9, call_us=0.0), SHAPE, 64)
     t1, t2 = pred.forward_s(1, 8), pred.forward_s(2, 8)
     assert pred.step_s(Work(1, 2, 5, 8)) == pytest.approx(2 * (2 * t1 + 10 * t2), rel=1e-6)
-    assert pred.step_s(Work(1, 3, 1, 8, method="mezo")) == pytest.approx(6 * (t1 + t2), rel=1e-6)
-    assert pred.step_s(Work(1, 3, 1, 8, method="fedzo", difference="forward")) == pytest.approx(4 * (t1 + t2), rel=1e-6)
+    assert pred.step_s(Work(1, 3, 1, 8, method=method_of("mezo"))) == pytest.approx(6 * (t1 + t2), rel=1e-6)
+    assert pred.step_s(Work(1, 3, 1, 8, method=method_of("fedzo"), difference="forward")) == pytest.approx(4 * (t1 + t2), rel=1e-6)
     clean = pred.step_s(Work(1, 1, 4, 8, variant="clean"))
     assert clean == pytest.approx(t1 + 2 * (t1 + t2) + 8 * t2, rel=1e-6)
     assert pred.round_s(Work(3, 1, 4, 8)) >= 3 * pred.step_s(Work(3, 1, 4, 8))

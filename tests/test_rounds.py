@@ -27,7 +27,8 @@ def result(device="a", round=RND, attempt=0, values=None, examples=8, **kw) -> m
 
 def collector(devices=("a", "b"), policy=None, probe=PROBE) -> RoundCollector:
     tasks = [m.DeviceTask(d, 2, 1, 4, 4) for d in devices]
-    return RoundCollector(RUN, SEED, RND, 0, tasks, probe, policy or RoundPolicy(timeout_s=10), opened_at=100.0)
+    return RoundCollector(RUN, SEED, RND, 0, tasks, probe, policy or RoundPolicy(timeout_s=10), opened_at=100.0,
+                          method=method_of(probe.method))
 
 
 @pytest.mark.parametrize("method,variant", [("spzo", "joint"), ("spzo", "clean"), ("mezo", "joint"), ("fedzo", "joint")])

@@ -14,7 +14,6 @@ from edgezo.backends.choice import parse_device
 from edgezo.config import JobConfig
 from edgezo.coordinator.transport import broker_settings_for
 from edgezo.errors import ConfigError
-from edgezo.methods import method_of
 from edgezo.planner import Limits
 
 COORDINATE_OUT = "runs/coordinate"  # coordinate's --out default (simulate's is JobConfig.out)
@@ -49,7 +48,7 @@ class AggregationSettings:
         """The aggregation of a job, checked against its method."""
         given = {"rule": self.aggregation, "trim": self.trim, "clip": self.clip}
         rule = Aggregation(**{k: v for k, v in given.items() if v is not None})
-        method_of(cfg.method).check_aggregation(rule)
+        cfg.resolved_method.check_aggregation(rule)
         return rule
 
 

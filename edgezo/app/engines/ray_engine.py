@@ -33,7 +33,7 @@ from edgezo.engine import DeviceTurn, device_round
 from edgezo.errors import EdgezoError
 from edgezo.estimators import LocalRound
 from edgezo.jobdata import make_batcher
-from edgezo.methods import Method, method_of
+from edgezo.methods import Method
 from edgezo.methods.base import Update
 from edgezo.simulation import Results, RoundStart
 from edgezo.tasks import get_task
@@ -194,7 +194,7 @@ class RayEngine:
         driver's model (``driver_replicas``: backend -> the driver's executor of that backend).
         ``history``: the updates of rounds already done (a resumed job), replayed on every worker."""
         ray = require_ray()
-        method = method_of(cfg.method)
+        method = cfg.resolved_method
         if method.backprop or method.moves_model:
             raise EdgezoError(f"--engine ray runs the methods whose rounds move scalars only; {cfg.method} moves full "
                               "model deltas: run it without --engine ray")

@@ -1,5 +1,6 @@
 """What every job shares: splitting option values between the job and the command's settings,
-the result of a run, and per-round callbacks."""
+the result of a run, per-round callbacks, and the shell of a training job's rounds (``JobShell``:
+what simulate and coordinate do with each round's record and at the end)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from edgezo.app.outputs import RunOutputs, round_line
 from edgezo.config import JobConfig, load_toml
 from edgezo.engine import RoundRecord
 from edgezo.errors import ConfigError
@@ -116,5 +118,56 @@ def file_and_options(config_file: str | Path | None, options: dict, *classes) ->
     return [{**f, **g} for f, g in zip(from_file, given)]
 
 
+def save_model(cfg: JobConfig, task, ex, folder: Path, info) -> None:
+    """The trained model written to ``folder`` (safetensors that ``from_pretrained`` loads);
+    torch is imported only here, when a job ends."""
+    from edgezo.backends.torch.factory import save_trained_model
+
+    save_trained_model(cfg, task, ex, folder, info)
+
+
 def job_config(values: dict) -> JobConfig:
     return JobConfig(**values).validate()
+
+
+class JobShell:
+    """The per-round shell simulate and coordinate share, so both write the same rows and report
+    the same way: a round's record goes to metrics.jsonl (with the evaluation's other metrics,
+    ``eval_loss``, and its per-example scores when the round was evaluated), then, once the job
+    has made it durable its own way (simulate's seed log, the coordinator's state), to the
+    progress line and the callbacks; ``finish`` writes the model, plot and summary and tells the
+    callbacks. ``evaluator`` is the job's (its last call measured the round being written)."""
+
+    def __init__(self, outputs: RunOutputs, evaluator, rounds: int, callbacks: list[Callback],
+                 say: Callable[[str], None], progress: bool):
+        self.outputs, self.evaluator, self.rounds = outputs, evaluator, rounds
+        self.callbacks, self.say, self.progress = callbacks, say, progress
+
+    def write(self, record: RoundRecord) -> None:
+        """The round's metrics row (and per-example scores) appended to the output folder."""
+        evaluated = record.eval_accuracy is not None  # the evaluator's last call measured this round
+        self.outputs.add(record, self.evaluator.metrics() if evaluated else None,
+                         self.evaluator.examples() if evaluated else None)
+
+    def report(self, record: RoundRecord, line_extra: str = "") -> None:
+        """The round's progress line (with ``progress``), then the callbacks (which may raise
+        JobStopped: the round is written and durable by then, so the job stays resumable)."""
+        if self.progress:
+            self.say(round_line(record, self.rounds, line_extra))
+        for callback in self.callbacks:
+            callback.on_round(record)
+
+    def records(self) -> list[RoundRecord]:
+        return [record_of(r) for r in self.outputs.records]
+
+    def stopped(self) -> JobResult:
+        """The result of a job a callback stopped (no summary: it is resumable)."""
+        return JobResult(self.outputs.out, self.records(), None, stopped=True)
+
+    def finish(self, cfg: JobConfig, ex, info, started: float, save: Callable[[Path], None], extra: dict) -> JobResult:
+        """The model (``save(folder)``), plot and summary written; the callbacks told."""
+        summary = self.outputs.finish(cfg, ex, info, started, save, extra)
+        result = JobResult(self.outputs.out, self.records(), summary)
+        for callback in self.callbacks:
+            callback.on_job_end(result)
+        return result

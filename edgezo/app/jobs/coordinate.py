@@ -16,8 +16,8 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from edgezo import signing
-from edgezo.app.jobs.common import Callback, JobResult, callbacks_of, file_and_options, job_config, record_of
-from edgezo.app.outputs import RunOutputs, round_line
+from edgezo.app.jobs.common import Callback, JobResult, JobShell, callbacks_of, file_and_options, job_config, save_model
+from edgezo.app.outputs import RunOutputs
 from edgezo.app.runfolder import prepare_out, writable_folder
 from edgezo.app.settings import COORDINATE_OUT, CoordinateSettings
 from edgezo.config import JobConfig, job_work
@@ -32,7 +32,6 @@ from edgezo.coordinator.web_serving import start_for_job, websocket_listener
 from edgezo.errors import ConfigError
 from edgezo.evaluate import make_evaluator
 from edgezo.jobdata import load_job_data
-from edgezo.methods import method_of
 from edgezo.planner import Limits
 from edgezo.profiles import resolve_profile
 from edgezo.taskfile import TaskOptions, with_task_options
@@ -71,7 +70,7 @@ class CoordinateJob:
         limits and fallback profile, the folders."""
         cfg, s = self.config, self.settings
         check_name("run", s.run)
-        if method_of(cfg.method).backprop:
+        if cfg.resolved_method.backprop:
             raise ConfigError(f"{cfg.method} moves full weights every round; over MQTT only seeds and scalars travel. Use it with `edgezo simulate`")
         aggregation = s.aggregation_rule(cfg)
         limits = fallback = None
@@ -89,7 +88,7 @@ class CoordinateJob:
 
     def run(self) -> JobResult:
         """Coordinate the job until its last round; returns the records and output paths."""
-        cfg, s, say = self.config, self.settings, self.say
+        cfg, s = self.config, self.settings
         aggregation, limits, fallback, out, state = self._checked()
         enrolment, key = self._signing(state)
         data = load_job_data(cfg, need_train=False)
@@ -112,7 +111,7 @@ class CoordinateJob:
             )
             if settings.advertise_host is None and link.settings.host not in ("127.0.0.1", "localhost", "::1"):
                 settings.advertise_host = link.settings.host
-            return self._coordinate(settings, link, ex, info, data, aggregation, out, tqdm)
+            return self._coordinate(settings, link, ex, info, data, aggregation, out)
         finally:
             if web is not None:
                 web[0].stop()
@@ -181,28 +180,24 @@ class CoordinateJob:
                  + (f"the {fallback.kind} profile {fallback.name!r}" if fallback else "the job's fixed work"))
         return Planning(model_shape(ex, info.name, info.digest), tokens, limits, s.round_timeout, fallback)
 
-    def _coordinate(self, settings, link, ex, info, data, aggregation, out: Path, tqdm) -> JobResult:
-        from edgezo.backends.torch.factory import save_trained_model
-
+    def _coordinate(self, settings, link, ex, info, data, aggregation, out: Path) -> JobResult:
         cfg, say = self.config, self.say
         started = time.perf_counter()
         model = ModelRef(info.name, info.revision or "", info.digest)
-        outputs: RunOutputs | None = None  # opened once the coordinator has replayed its state
+        evaluator = make_evaluator(ex, data.task, data.dev, not self.progress)
+        shell: JobShell | None = None  # its outputs open once the coordinator has replayed its state
         bar = None
 
         def on_record(record):
-            outputs.add(record)
+            shell.write(record)
             if record.round and bar is not None:
                 bar.update(1)
-            if self.progress:
-                say(round_line(record, cfg.rounds, f"  devices {record.devices}/{record.assigned}"))
-            for callback in self.callbacks:
-                callback.on_round(record)
+            shell.report(record, f"  devices {record.devices}/{record.assigned}")
 
-        coordinator = Coordinator(cfg, settings, link, ex, model, make_evaluator(ex, data.task, data.dev, not self.progress),
-                                  on_record, say=say)
+        coordinator = Coordinator(cfg, settings, link, ex, model, evaluator, on_record, say=say)
         coordinator.logs.onnx_sha256 = self.onnx_sha256  # announced: browser devices check their download
         outputs = RunOutputs(out, resume_round=coordinator.round or None)
+        shell = JobShell(outputs, evaluator, cfg.rounds, self.callbacks, say, self.progress)
         if outputs.records:
             coordinator.continue_totals(outputs.records[-1])
         bar = tqdm(total=cfg.rounds, initial=coordinator.round, desc="rounds", unit="round", disable=not self.progress, dynamic_ncols=True)
@@ -211,12 +206,8 @@ class CoordinateJob:
         finally:
             bar.close()
         self.rejected = coordinator.rejected
-        summary = outputs.finish(cfg, ex, info, started, lambda folder: save_trained_model(cfg, data.task, ex, folder, info),
-                                 {"run": settings.run, "aggregation": asdict(aggregation), "rejected_messages": coordinator.rejected})
-        result = JobResult(out, [record_of(r) for r in outputs.records], summary)
-        for callback in self.callbacks:
-            callback.on_job_end(result)
-        return result
+        return shell.finish(cfg, ex, info, started, lambda folder: save_model(cfg, data.task, ex, folder, info),
+                            {"run": settings.run, "aggregation": asdict(aggregation), "rejected_messages": coordinator.rejected})
 
 
 def configure_logging() -> None:

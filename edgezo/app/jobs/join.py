@@ -51,36 +51,20 @@ class JoinJob:
         return cls(JoinSettings(**settings), say=say)
 
     def run(self) -> int:
-        """Answer the job's rounds until it ends; the exit status (0: the job finished)."""
+        """Answer the job's rounds until it ends; the exit status (0: the job finished). What can
+        fail here (names, backend, device, profile, key files) fails before connecting; the
+        broker and its credentials before the model loads."""
         s = self.settings
         say = _without_round_lines(self.say) if s.quiet else self.say
-        if s.device_id is None:
-            device_id = check_name("device", default_device_id())
-        else:
-            device_id = check_name("device", s.device_id)
-        run_name = check_name("run", s.run) if s.run else None
-        if s.backend != "auto":
-            require(s.backend)  # before connecting: a missing extra fails here, in one line
-            check_device(s.backend, s.device)
-        if s.device != "auto":
-            from edgezo.backends.torch.device import resolve_device
-
-            resolve_device(s.device)  # --device cuda without a GPU: one line, before connecting
-        profile, memory_budget = device_profile(s.profile, s.memory_gb, say)  # before connecting: a bad one fails here
+        device_id, run_name, profile, memory_budget = self._checked_locally(say)
         settings = DeviceSettings(device_id=device_id, run=run_name, model=s.model, data=s.data,
                                   shard=parse_shard(s.shard) if s.shard else None, train_samples=s.train_samples, stay=s.stay,
                                   catch_up=s.catch_up, announce_timeout=s.announce_timeout, profile=profile, memory_gb=memory_budget)
         key = signing.device_key(s.key)  # before connecting: a missing or foreign key file fails here
         coordinator = signing.read_public(s.coordinator_key) if s.coordinator_key else None
-        bs = s.broker_settings()
         signed = False
         if run_name is None or key is not None:  # the last will names the run, and is signed in a signed job: find it first
-            with MqttLink(bs, client_id=f"edgezo-{device_id}-probe") as probe:
-                connect_patiently(probe, s.announce_timeout, say)
-                signers: dict = {}
-                run_name = find_job(SignedLink(probe, trust=device_trust(coordinator, None)), run_name, s.announce_timeout,
-                                    s.stay, signers).run
-                signed = signers.get(run_name) is not None
+            run_name, signed = self._find_run(device_id, run_name, coordinator, say)
             if signed and key is None:
                 raise signing_mismatch(run_name, device_id, True)
             settings.run = run_name
@@ -88,16 +72,62 @@ class JoinJob:
             if s.key is not None:
                 say(f"job {run_name!r} does not use signed messages: this device does not sign (--key unused)")
             key = None  # sign only for a signed job: unsigned jobs keep their bytes
-        # The last will: the coordinator hears at once that this device is gone (the will names this
-        # process's instance, so a replayed will of an earlier process is not taken for this one's).
+        link = self._link(settings, key, coordinator, say)
+        connect_patiently(link, s.announce_timeout, say)  # broker and credentials before the model loads
+        self.device = Device(settings, link, self._builder(memory_budget, say), say)
+        try:
+            return self.device.run()
+        except (KeyboardInterrupt, SystemExit):
+            self.device.leave()  # a clean disconnect sends no last will: say we are gone ourselves
+            raise
+        finally:
+            link.close()
+
+    def _checked_locally(self, say):
+        """(device id, run name or None, profile, memory budget): what this device can check
+        without the broker (a missing backend extra, --device cuda without a GPU, a bad profile)."""
+        s = self.settings
+        device_id = check_name("device", default_device_id() if s.device_id is None else s.device_id)
+        run_name = check_name("run", s.run) if s.run else None
+        if s.backend != "auto":
+            require(s.backend)
+            check_device(s.backend, s.device)
+        if s.device != "auto":
+            from edgezo.backends.torch.device import resolve_device
+
+            resolve_device(s.device)
+        profile, memory_budget = device_profile(s.profile, s.memory_gb, say)
+        return device_id, run_name, profile, memory_budget
+
+    def _find_run(self, device_id: str, run_name: str | None, coordinator, say) -> tuple[str, bool]:
+        """(the job's run name, whether its announcement is signed), read from the broker over a
+        short-lived probe connection."""
+        s = self.settings
+        with MqttLink(s.broker_settings(), client_id=f"edgezo-{device_id}-probe") as probe:
+            connect_patiently(probe, s.announce_timeout, say)
+            signers: dict = {}
+            run_name = find_job(SignedLink(probe, trust=device_trust(coordinator, None)), run_name, s.announce_timeout,
+                                s.stay, signers).run
+        return run_name, signers.get(run_name) is not None
+
+    def _link(self, settings: DeviceSettings, key, coordinator, say) -> SignedLink:
+        """The device's link, with its last will: the coordinator hears at once that this device
+        is gone (the will names this process's instance, so a replayed will of an earlier process
+        is not taken for this one's); signed, and signing, in a signed job."""
         settings.instance = secrets.token_hex(6)
-        offline = Status(v=PROTOCOL_VERSION, run=run_name, device=device_id, state="offline", instance=settings.instance)
-        topic, will = Topics(run_name).status(device_id), encode(offline)
+        offline = Status(v=PROTOCOL_VERSION, run=settings.run, device=settings.device_id, state="offline",
+                         instance=settings.instance)
+        topic, will = Topics(settings.run).status(settings.device_id), encode(offline)
         if key is not None:
             will = signing.seal(key, topic, will)
             say(f"signing this device's messages with {key.text}")
-        mqtt = MqttLink(bs, client_id=f"edgezo-{device_id}-{os.getpid()}", will=(topic, will, True))
-        link = SignedLink(mqtt, key, trust=device_trust(coordinator, key.public if key is not None else None))
+        mqtt = MqttLink(self.settings.broker_settings(), client_id=f"edgezo-{settings.device_id}-{os.getpid()}",
+                        will=(topic, will, True))
+        return SignedLink(mqtt, key, trust=device_trust(coordinator, key.public if key is not None else None))
+
+    def _builder(self, memory_budget: float, say):
+        """How the device builds its executor once the job's announcement names the model."""
+        s = self.settings
 
         def build(cfg, task):
             import transformers
@@ -107,15 +137,7 @@ class JoinJob:
             say(f"backend {choice.backend} ({choice.reason})")
             return build_executor(choice.backend, cfg, task, s.device)
 
-        connect_patiently(link, s.announce_timeout, say)  # broker and credentials before the model loads
-        self.device = Device(settings, link, build, say)
-        try:
-            return self.device.run()
-        except (KeyboardInterrupt, SystemExit):
-            self.device.leave()  # a clean disconnect sends no last will: say we are gone ourselves
-            raise
-        finally:
-            link.close()
+        return build
 
 
 def default_device_id() -> str:

@@ -11,7 +11,7 @@ without the model (settings, backends, the output folder) is checked before the 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from edgezo.app.engines.ray_engine import require_ray, start_engine
 from edgezo.app.fleet import parse_fleet, plan_fleet
-from edgezo.app.jobs.common import Callback, JobResult, callbacks_of, file_and_options, job_config, record_of
-from edgezo.app.outputs import RunOutputs, round_line
+from edgezo.app.jobs.common import Callback, JobResult, JobShell, callbacks_of, file_and_options, job_config, save_model
+from edgezo.app.outputs import RunOutputs
 from edgezo.app.runfolder import JOB_FILE, prepare_out, read_job, write_job
 from edgezo.app.settings import SimulateSettings
 from edgezo.backends.choice import BACKENDS, build_executor, check_device, is_installed, parse_backends, require, resolve_backend
@@ -38,6 +38,26 @@ RUN_FLAGS = ("quiet", "overwrite", "resume", "device")  # how to run, not what: 
 
 def _settings_record(settings: SimulateSettings) -> dict:
     return {k: v for k, v in asdict(settings).items() if k not in RUN_FLAGS}
+
+
+@dataclass
+class Placement:
+    """Where the devices run: each device's executor and work (None: the job's), the simulated
+    clock (with --devices), whether the devices use several replicas, and the summary's lines
+    about them."""
+
+    executors: list
+    works: list
+    clock: SimulatedClock | None
+    mixed: bool
+    extra: dict
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
 
 class SimulateJob:
@@ -73,35 +93,62 @@ class SimulateJob:
     # -- running ----------------------------------------------------------------------------
     def run(self) -> JobResult:
         """Run the job to its last round (or until a callback raises JobStopped); returns the
-        records and the paths of what it wrote to ``config.out``."""
-        import transformers
-
-        from edgezo.backends.torch.device import describe, peak_memory_mib, resolve_device
-
+        records and the paths of what it wrote to ``config.out``. What needs neither data nor
+        model is checked first, then the data, and only then the model loads."""
         cfg, s, say = self.config, self.settings, self.say
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
+        _quiet_transformers()
         fleet = self._fleet()
-        requested = parse_backends(s.backend)
-        for backend in set(requested) - {"auto"}:
-            require(backend)  # a missing extra fails before any data or model is read
-            check_device(backend, s.device)
-        torch_device = resolve_device(s.device)  # --device cuda without a GPU: one line, before any data is read
-        if self.engine is not None:
-            require_ray()
+        requested, torch_device = self._checked_backends()
         aggregation = s.aggregation_rule(cfg)
         if s.train_samples is not None and s.train_samples < cfg.clients:
             raise ConfigError(f"--train-samples {s.train_samples} is fewer than --clients {cfg.clients}")
         out = prepare_out(cfg.out, s.overwrite, s.resume)  # before the model loads
         data = load_job_data(cfg, s.train_samples, eval_seed=s.eval_seed)
-        shards = device_shards(cfg, data.train)
+        shards = device_shards(cfg, data.train)  # too few examples for the devices: before the model loads
         executors = BackendPool(cfg, data.task, say, device=s.device)
         ex, info = executors.get(_first_backend(requested, fleet is not None))
         say(f"{info.name}: {ex.num_layers} layers, split at {ex.split}; trainable {cfg.trainable}: "
             f"{ex.trainable_numel(1):,} + {ex.trainable_numel(2):,} parameters (block 1 + block 2); "
             f"{len(data.train):,} train examples over {cfg.clients} devices, {len(data.dev)} validation")
+        placed = self._placed(ex, info, data, fleet, requested, executors, torch_device, {"aggregation": asdict(aggregation)})
+        seedlog = SeedLog(out / "seedlog.jsonl")
+        resume, outputs = self._outputs(out, seedlog)
+        done = 0 if resume is None else resume.last["round"]
+        bar = tqdm(total=cfg.rounds * cfg.clients, initial=done * cfg.clients, desc="devices x rounds", unit="dev",
+                   disable=not self.progress, dynamic_ncols=True)
+        shell = JobShell(outputs, make_evaluator(ex, data.task, data.dev, not self.progress), cfg.rounds, self.callbacks,
+                         say, self.progress)
+        started = time.perf_counter()
+        try:
+            self._simulate(shell, seedlog, data, shards, ex, executors, placed, aggregation, resume, lambda: bar.update(1))
+        except JobStopped as e:
+            say(f"stopped after round {outputs.records[-1]['round']}: {e}; continue with --resume")
+            return shell.stopped()
+        finally:
+            bar.close()
+        extra = self._finished_extra(placed, executors, torch_device)
+        return shell.finish(cfg, ex, info, started, lambda folder: save_model(cfg, data.task, ex, folder, info), extra)
+
+    def _checked_backends(self):
+        """The --backend list and the torch device, checked before any data or model is read: a
+        missing extra, an unusable --device (cuda without a GPU) or a missing Ray fail in one line."""
+        from edgezo.backends.torch.device import resolve_device
+
+        s = self.settings
+        requested = parse_backends(s.backend)
+        for backend in set(requested) - {"auto"}:
+            require(backend)
+            check_device(backend, s.device)
+        torch_device = resolve_device(s.device)
+        if self.engine is not None:
+            require_ray()
+        return requested, torch_device
+
+    def _placed(self, ex, info, data, fleet, requested, executors: "BackendPool", torch_device, extra: dict) -> "Placement":
+        """Each device's executor and work (planned with --devices, else the job's) and what the
+        summary says about them, added to ``extra``."""
+        cfg, s, say = self.config, self.settings, self.say
         works, clock = [None] * cfg.clients, None
-        extra = {"aggregation": asdict(aggregation)}
         if fleet is not None:
             plans, clock = _plan_fleet(cfg, ex, info, data, fleet, s, say)
             works = [p.work for p in plans]
@@ -114,64 +161,65 @@ class SimulateJob:
         device_executors = [executors.get(b)[0] for b in device_backends]
         mixed = len({id(e) for e in device_executors} | {id(ex)}) > 1
         if any(e.backend == "torch" for e in executors.all()):
+            from edgezo.backends.torch.device import describe
+
             extra["device"] = describe(torch_device)  # where the torch replica ran (its rounding depends on it)
         if mixed:
             extra["device_backends"] = [e.backend for e in device_executors]
             say("devices' backends: " + ", ".join(f"{d}:{e.backend}" for d, e in enumerate(device_executors)))
-        seedlog = SeedLog(out / "seedlog.jsonl")
+        return Placement(device_executors, works, clock, mixed, extra)
+
+    def _outputs(self, out: Path, seedlog: SeedLog):
+        """(where a resumed run continues, or None; the output folder's metrics, opened): a new
+        run starts its seed log afresh and records its settings in job.json."""
+        cfg, s = self.config, self.settings
         resume = self._resume_point(out, seedlog) if s.resume else None
         outputs = RunOutputs(out, resume_round=None if resume is None else resume.last["round"])
         if resume is None:
             seedlog.path.unlink(missing_ok=True)
             write_job(out, {"job": cfg.to_dict(), "simulate": _settings_record(s)})
         else:
-            say(f"resuming after round {resume.last['round']} of {cfg.rounds}")
+            self.say(f"resuming after round {resume.last['round']} of {cfg.rounds}")
+        return resume, outputs
 
-        done = 0 if resume is None else resume.last["round"]
-        bar = tqdm(total=cfg.rounds * cfg.clients, initial=done * cfg.clients, desc="devices x rounds", unit="dev",
-                   disable=not self.progress, dynamic_ncols=True)
-
-        evaluator = make_evaluator(ex, data.task, data.dev, not self.progress)
+    def _simulate(self, shell: JobShell, seedlog: SeedLog, data, shards, ex, executors: "BackendPool", placed: "Placement",
+                  aggregation, resume, on_device: Callable[[], None]) -> None:
+        """The rounds: every device in this process, or (with an engine) their rounds computed
+        elsewhere; each round written, then logged (metrics first: a crash between the two
+        leaves a row the resumed run redoes), then reported."""
+        cfg = self.config
 
         def on_round(record: RoundRecord, entry) -> None:
-            evaluated = record.eval_accuracy is not None  # the evaluator's last call measured this round
-            outputs.add(record, evaluator.metrics() if evaluated else None, evaluator.examples() if evaluated else None)
+            shell.write(record)
             if entry is not None:
                 seedlog.append(entry)
-            if self.progress:
-                say(round_line(record, cfg.rounds))
-            for callback in self.callbacks:
-                callback.on_round(record)
+            shell.report(record)
 
-        started = time.perf_counter()
         devices = [SimulatedDevice(shard, e, executors.batcher(e, data.train), work)
-                   for shard, e, work in zip(shards, device_executors, works)]
-        remote = None if self.engine is None else start_engine(self.engine, cfg, data.train, shards, device_executors, works,
-                                                               executors.all(), resume)
+                   for shard, e, work in zip(shards, placed.executors, placed.works)]
+        remote = None if self.engine is None else start_engine(self.engine, cfg, data.train, shards, placed.executors,
+                                                               placed.works, executors.all(), resume)
         elsewhere = {} if remote is None else {"round_fn": remote.round, "follow": remote.follow}  # its devices' rounds
         try:
-            run_simulation(cfg, devices, ex, evaluator, aggregation, clock,
-                           on_round=on_round, on_device=lambda: bar.update(1), resume=resume, **elsewhere)
-        except JobStopped as e:
-            say(f"stopped after round {outputs.records[-1]['round']}: {e}; continue with --resume")
-            return JobResult(out, [record_of(r) for r in outputs.records], None, stopped=True)
+            run_simulation(cfg, devices, ex, shell.evaluator, aggregation, placed.clock,
+                           on_round=on_round, on_device=on_device, resume=resume, **elsewhere)
         finally:
-            bar.close()
             if remote is not None:
                 remote.close()
-        if clock is not None:
-            extra["sim_time_s"] = round(clock.now, 3)
+
+    def _finished_extra(self, placed: "Placement", executors: "BackendPool", torch_device) -> dict:
+        """The summary's job-specific part: the simulated time, the GPU's peak memory, and each
+        replica's fingerprint when the devices ran on several backends."""
+        from edgezo.backends.torch.device import peak_memory_mib
+
+        extra = placed.extra
+        if placed.clock is not None:
+            extra["sim_time_s"] = round(placed.clock.now, 3)
         if "device" in extra and (peak := peak_memory_mib(torch_device)) is not None:
             extra["peak_gpu_mib"] = peak  # the GPU's own peak: the process's RSS does not see it
-        if mixed:
+        if placed.mixed:
             extra["replica_fingerprints"] = {e.backend: e.fingerprint() for e in executors.all()}
-        from edgezo.backends.torch.factory import save_trained_model
-
-        summary = outputs.finish(cfg, ex, info, started, lambda folder: save_trained_model(cfg, data.task, ex, folder, info), extra)
-        result = JobResult(out, [record_of(r) for r in outputs.records], summary)
-        for callback in self.callbacks:
-            callback.on_job_end(result)
-        return result
+        return extra
 
     def _fleet(self):
         """The --devices fleet (which sets the number of clients), or None."""
