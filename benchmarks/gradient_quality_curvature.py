@@ -72,11 +72,18 @@ def support_curvature(ex, batch, probes: int, eps: float) -> dict:
         q = second_differences(ex, batch, keep, probes, eps)
         mean, se = st.mean_and_se(q)
         rows[name] = {"elements": size, "q": q.tolist(), "kappa": 2 * mean / (eps * size), "kappa_se": 2 * se / (eps * size)}
+    return with_ratios(rows)
+
+
+def with_ratios(rows: dict) -> dict:
+    """Each support's κ over the reference's, its SE by the delta method (independent probes;
+    the reference's own ratio is 1 exactly)."""
     ref = rows[REFERENCE]
-    for row in rows.values():
+    for name, row in rows.items():
         ratio = row["kappa"] / ref["kappa"]
         row["kappa_vs_b_only"] = ratio
-        row["kappa_vs_b_only_se"] = abs(ratio) * float(np.hypot(row["kappa_se"] / row["kappa"], ref["kappa_se"] / ref["kappa"]))
+        row["kappa_vs_b_only_se"] = 0.0 if name == REFERENCE else abs(ratio) * float(
+            np.hypot(row["kappa_se"] / row["kappa"], ref["kappa_se"] / ref["kappa"]))
     return rows
 
 

@@ -144,16 +144,19 @@ def scaled_notes(result: dict) -> list[str]:
     return out
 
 
-def curvature_lines(path: Path) -> list[str]:
-    """The real-forward check of the curvature per probed element (``gradient_quality.py curvature``)."""
+def curvature_lines(path: Path, scaled: dict) -> list[str]:
+    """The real-forward check of the curvature per probed element (``gradient_quality.py curvature``)
+    beside the Fisher proxy's figure for the same ratio (v_proj's B over all B)."""
     if not path.exists():
         return []
     result = json.loads(path.read_text())
     rows = [f"{c}: {name} {sci(r['kappa'], r['kappa_se'])} ({pm(r['kappa_vs_b_only'], r['kappa_vs_b_only_se'])}× B-only's)"
             for c, ck in result["checkpoints"].items() for name, r in ck.items()]
+    proxy = "; ".join(f"{c} {f['v_proj.lora_B'] / f['lora_B']:.2f}×" for c, ck in scaled["checkpoints"].items()
+                      if "v_proj.lora_B" in (f := ck.get("fisher_curvature_by_factor", {})))
     return [f"Curvature per probed element κ_S = tr(H_SS)/|S| from real second differences ({result['probes']} Rademacher "
             f"directions per support, eps {result['eps']:g}, {result['batch']}; mean ± SE): " + "; ".join(rows) + ". "
-            f"Command: `{result['command']}`.", ""]
+            f"The Fisher proxy's v_proj-B-over-B ratio: {proxy or 'n/a'}. Command: `{result['command']}`.", ""]
 
 
 def plot(result: dict, path: Path) -> None:
@@ -222,7 +225,7 @@ def section(results: dict[str, dict], folder: Path) -> list[str]:
             fisher = scaled_table(scaled, "settings_fisher_curvature")
             if fisher:
                 lines += [FISHER_INTRO, ""] + fisher + [""]
-            lines += curvature_lines(folder / f"curvature_{name}.json") + [f"Command: `{scaled['command']}`", ""]
+            lines += curvature_lines(folder / f"curvature_{name}.json", scaled) + [f"Command: `{scaled['command']}`", ""]
     lines += [END, ""]
     return lines
 

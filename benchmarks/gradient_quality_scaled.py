@@ -112,6 +112,20 @@ def with_fisher_curvature(tck: st.TensorCheckpoint, ck: st.Checkpoint, owner: np
     return tck_f, dataclasses.replace(ck, dims=dims)
 
 
+def curvature_by_factor(tck: st.TensorCheckpoint, names: list[str]) -> dict[str, float]:
+    """The curvature proxy per element, element-weighted over each (projection, factor) and over
+    all B factors (relative to the whole set's average; empty for a set without LoRA)."""
+    c = tck.relative_curvature()
+    groups = {g: (lambda n, g=g: n.endswith("." + g)) for g in sorted({".".join(n.split(".")[-2:]) for n in names if ".lora_" in n})}
+    if groups:
+        groups["lora_B"] = lambda n: n.endswith(".lora_B")
+    out = {}
+    for g, keep in groups.items():
+        mask = np.array([keep(n) for n in names])
+        out[g] = float((c * tck.numel)[mask].sum() / tck.numel[mask].sum())
+    return out
+
+
 def load_checkpoint(bench: grads.Bench, checkpoint: str, base: dict, count: int, q2_of) -> tuple[st.TensorCheckpoint, st.Checkpoint, np.ndarray]:
     """The per-tensor and per-unit views of one checkpoint's cached batch gradients, and each
     tensor's unit index."""
@@ -143,6 +157,7 @@ def scaled_result(bench: grads.Bench, batches: dict[str, int], q2_of) -> dict:
         screen = checkpoint_screen(tck, ck, names, default)
         tck_f, ck_f = with_fisher_curvature(tck, ck, owner)
         screen["fisher_curvature"] = {n: float(c) for n, c in zip(names, tck_f.curvature)}
+        screen["fisher_curvature_by_factor"] = curvature_by_factor(tck_f, names)
         screen["settings_fisher_curvature"] = checkpoint_screen(tck_f, ck_f, names, default)["settings"]
         out["checkpoints"][checkpoint] = screen
     bench.ex.load_trainable(base)

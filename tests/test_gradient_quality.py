@@ -370,3 +370,21 @@ def test_fisher_curvature_is_the_batch_noise_per_element_and_leaves_isotropic_pr
     np.testing.assert_allclose(st.scaled_terms(curved, iso).y, st.scaled_terms(tck, iso).y, rtol=1e-9)
     low = st.ScaledProbe("low-noise layers", "central", 1, np.array([1.0, 1.0, 0.0, 0.0]))
     assert st.scaled_terms(curved, low).y.mean() < st.scaled_terms(tck, low).y.mean() / 5  # their curvature is 0.12x the mean
+
+
+def test_curvature_ratios_and_the_probe_view_that_measures_them(tiny_llama, sst2_dir):
+    """κ ratios by the delta method (the reference's own ratio exactly 1), and the bench's probe
+    view: perturbing no tensor leaves the loss alone, perturbing all is the executor's own probe."""
+    import gradient_quality_curvature as cv
+    import gradient_quality_grads as grads
+    from edgezo.keys import Direction
+
+    rows = cv.with_ratios({"B only": {"kappa": 2.0, "kappa_se": 0.2}, "B of v_proj only": {"kappa": 6.0, "kappa_se": 1.2}})
+    assert rows["B only"]["kappa_vs_b_only"] == 1.0 and rows["B only"]["kappa_vs_b_only_se"] == 0.0
+    assert rows["B of v_proj only"]["kappa_vs_b_only"] == pytest.approx(3.0)
+    assert rows["B of v_proj only"]["kappa_vs_b_only_se"] == pytest.approx(3.0 * np.hypot(0.2, 0.1))
+    bench = grads.load_bench("norm", model=str(tiny_llama), data=str(sst2_dir))
+    batch, d = bench.batch(0), [(Direction(1, 0, 0, 0, 0), 0.05)]
+    base = cv.loss(bench.ex, batch)
+    assert cv.loss(cv.probe_view(bench.ex, lambda n: False), batch, d) == base
+    assert cv.loss(cv.probe_view(bench.ex, lambda n: True), batch, d) == cv.loss(bench.ex, batch, d) != base
