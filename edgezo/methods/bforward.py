@@ -13,7 +13,9 @@ bench puts B-only forward P = 16 at 2.8x DeComFL forward P = 5's descent per FLO
 ``--trainable lora:targets=v_proj,factors=B``) at 10x / 9x. Charging it at each tensor's own
 curvature (the Hessian as the gradient covariance), both fall to 1.0-1.1x, the same as DeComFL
 forward P = 16: the gradient sits where the curvature is, and while B = 0 the loss is flat in A.
-Which model holds is for the regime sweep (docs/algorithm.md, "bforward").
+Real second differences side with the second model (curvature per element on v_proj's B 3.3x
+all B's, the proxy said 3.7x: about 1.2 ± 0.3x DeComFL forward P = 5 in one step). The regime
+sweep tests that prediction (docs/algorithm.md, "bforward").
 
 How it is built. The executor protocol perturbs and updates whole blocks of trainable tensors by
 direction (``Direction.covers``), so a per-tensor probe scale is not expressible without a protocol
