@@ -12,6 +12,9 @@ as much as one at the top of a file: a rule a reader cannot see is not a rule.
   application layer and the entry points does;
 - a method's round (``method.local_round(``) is started from one place outside ``edgezo/methods``:
   ``edgezo.engine.device_round``, which the simulation, the Ray actors and a real device call;
+- a method's name is resolved to its object (``method_of``) at the edge only (``NAME_TO_METHOD``);
+- ``edgezo/`` imports its own modules at the top of a file, except the heavy ones
+  (``LAZY_TARGETS``: they load torch or mlx) and the pairs in ``LAZY_PAIRS``;
 - no function in the package is longer than ``MAX_LINES`` (its docstring not counted: a
   docstring says why, and is not what makes a function hard to follow).
 """
