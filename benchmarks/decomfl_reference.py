@@ -39,7 +39,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -428,13 +428,15 @@ def run_edgezo(s: Settings, seed: int, matched: bool, out: Path) -> dict:
 def run_one(s: Settings, impl: str, mode: str, seed: int) -> Path:
     """One run, skipped when its result.json exists (the resumable unit)."""
     out = RUNS / f"{mode}-{impl}-seed{seed}"
+    if mode == "matched-k2":  # K = 2: their client's own update between local steps, against edgezo's
+        s = replace(s, local_steps=2, matched_rounds=3)
     result = out / "result.json"
     if result.exists():
         return result
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.process_time()
     run = run_reference if impl == "reference" else run_edgezo
-    data = run(s, seed, mode == "matched", out)
+    data = run(s, seed, mode.startswith("matched"), out)
     data |= {"mode": mode, "seed": seed, "settings": asdict(s), "cpu_s_in_process": round(time.process_time() - t0, 1)}
     result.write_text(json.dumps(data))
     return result
@@ -443,8 +445,9 @@ def run_one(s: Settings, impl: str, mode: str, seed: int) -> Path:
 def run_all(s: Settings, seeds: list[int], matched_seed: int) -> None:
     load_reference()  # fail early, before any run, if their code is absent
     write_stripped_data()
-    for impl in ("reference", "edgezo"):
-        print(run_one(s, impl, "matched", matched_seed), flush=True)
+    for mode in ("matched", "matched-k2"):
+        for impl in ("reference", "edgezo"):
+            print(run_one(s, impl, mode, matched_seed), flush=True)
     for seed in seeds:
         for impl in ("reference", "edgezo"):
             print(run_one(s, impl, "native", seed), flush=True)
@@ -510,6 +513,7 @@ def load_runs() -> dict:
 
 def forwards_summary(runs: dict) -> dict:
     """Forwards per client per round, observed in every round of every run, against the formulas."""
+    runs = {key: r for key, r in runs.items() if r["settings"]["local_steps"] == 1}
     s = Settings(**next(iter(runs.values()))["settings"])
     seen = {impl: sorted({f for (_, i, _), r in runs.items() if i == impl for row in r["rounds"]
                           for f in np.atleast_1d(row["forwards_per_client"]).tolist()}) for impl in ("reference", "edgezo")}
@@ -520,16 +524,18 @@ def forwards_summary(runs: dict) -> dict:
             "estimator_forwards_both": s.local_steps * (s.p + 1)}
 
 
-def matched_summary(runs: dict) -> dict | None:
+def matched_summary(runs: dict, mode: str = "matched") -> dict | None:
     """Matched directions: the largest scalar and loss gaps over the rounds."""
-    pair = [r for (m, _, _), r in sorted(runs.items()) if m == "matched"]
+    pair = [r for (m, _, _), r in sorted(runs.items()) if m == mode]
     if len(pair) != 2:
         return None
     ref, edge = (next(r for r in pair if r["impl"] == impl) for impl in ("reference", "edgezo"))
     scal_ref = np.array([g for row in ref["rounds"] for step in row["scalars"] for g in step])
     scal_edge = np.array([g for row in edge["rounds"] for step in row["scalars"] for g in step])
     loss_gap = [abs(a["loss"] - b["loss"]) for a, b in zip(ref["rounds"], edge["rounds"])]
-    return {"seed": ref["seed"], "rounds": len(ref["rounds"]), "scalars": len(scal_ref),
+    forwards = {impl: sorted({float(f) for row in r["rounds"] for f in np.atleast_1d(row["forwards_per_client"])}) for impl, r in (("reference", ref), ("edgezo", edge))}
+    return {"seed": ref["seed"], "rounds": len(ref["rounds"]), "local_steps": ref["settings"]["local_steps"], "scalars": len(scal_ref),
+            "forwards_reference": forwards["reference"], "forwards_edgezo": forwards["edgezo"],
             "max_abs_scalar": float(np.abs(scal_ref).max()),
             "max_scalar_gap": float(np.abs(scal_ref - scal_edge).max()),
             "max_loss_gap": float(max(loss_gap)),
@@ -595,6 +601,12 @@ def render_markdown(report: dict) -> str:
                   f"the per-round losses to {m['max_loss_gap']:.2g}, and the final models' per-example evaluation losses to "
                   f"{m['eval_loss_gap']:.2g}: the same update rule (forward difference, 1/P and the mean over clients, "
                   "SGD step), up to float rounding and their weight decay.", ""]
+    k2 = report.get("matched_k2")
+    if k2:
+        lines += [f"With K = {k2['local_steps']} local steps ({k2['rounds']} rounds; each client applies its own update between "
+                  f"its steps, in both): forwards per client-round {k2['forwards_edgezo']} (edgezo) and {k2['forwards_reference']} "
+                  f"(theirs), the {k2['scalars']} scalars agree to {k2['max_scalar_gap']:.2g} (largest |scalar| "
+                  f"{k2['max_abs_scalar']:.3g}), the losses to {k2['max_loss_gap']:.2g}.", ""]
     if n:
         lines += native_markdown(n)
     lines += ["**What differs, and why**:", ""]
@@ -634,7 +646,7 @@ def write_report() -> None:
     runs = load_runs()
     settings = next(iter(runs.values()))["settings"]
     report = {"issue": 24, "revision": REVISION, "settings": settings, "forwards": forwards_summary(runs),
-              "matched": matched_summary(runs), "native": native_summary(runs),
+              "matched": matched_summary(runs), "matched_k2": matched_summary(runs, "matched-k2"), "native": native_summary(runs),
               "differences": [list(d) for d in DIFFERENCES],
               "edgezo_command": next((r["command"] for (m, i, _), r in runs.items() if i == "edgezo" and m == "native"), None),
               "cpu_s_in_process": round(sum(r["cpu_s_in_process"] for r in runs.values()), 1)}

@@ -90,3 +90,20 @@ def test_no_runs_and_no_authors_code_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("DECOMFL_REPO", str(tmp_path / "absent"))
     with pytest.raises(SystemExit, match="git clone https://github.com/ZidongLiu/DeComFL"):
         dr.load_reference()
+
+
+def test_matched_summary_reports_the_largest_gaps_and_each_side_s_forwards(tmp_path, monkeypatch):
+    settings = dr.asdict(dr.Settings(local_steps=2))
+    for impl, shift, forwards in (("reference", 0.0, [14, 14]), ("edgezo", 1e-3, 12.0)):
+        rows = [{"round": r, "loss": 0.5 + r * shift, "forwards_per_client": forwards,
+                 "scalars": [[1.0 + shift, -4.0], [2.0, 0.5 - shift]]} for r in (1, 2, 3)]
+        data = {"impl": impl, "mode": "matched-k2", "seed": 0, "settings": settings, "rounds": rows, "cpu_s_in_process": 1.0,
+                "eval_after": {"loss": [0.7 + shift, 0.6], "hit": [1, 0]}}
+        (tmp_path / f"matched-k2-{impl}-seed0").mkdir()
+        (tmp_path / f"matched-k2-{impl}-seed0" / "result.json").write_text(json.dumps(data))
+    monkeypatch.setattr(dr, "RUNS", tmp_path)
+    m = dr.matched_summary(dr.load_runs(), "matched-k2")
+    assert m["scalars"] == 12 and m["max_abs_scalar"] == 4.0 and m["local_steps"] == 2
+    assert m["max_scalar_gap"] == pytest.approx(1e-3) and m["max_loss_gap"] == pytest.approx(3e-3)
+    assert m["forwards_reference"] == [14.0] and m["forwards_edgezo"] == [12.0]
+    assert dr.matched_summary(dr.load_runs()) is None  # no K = 1 matched pair here
