@@ -221,6 +221,18 @@ def mosquitto_device_tokens(password_file: Path, count: int, say: Callable[[str]
     return tokens
 
 
+def browser_broker(settings, embedded, say: Callable[[str], None],
+                   broker_accounts: tuple[Path, int] | None = None) -> tuple[BrokerWebSocket, DeviceTokens | None]:
+    """Where pages reach the broker and the tokens the join link hands them: --web-broker's
+    listener (with ``broker_accounts``, that many accounts written into mosquitto's password file
+    first; without, no tokens: pages carry the one their URL gives), or the embedded broker's own
+    listener, which checks the tokens the web server issues."""
+    if settings.web_broker is not None:
+        tokens = mosquitto_device_tokens(*broker_accounts, say) if broker_accounts is not None else None
+        return BrokerWebSocket(url=settings.web_broker), tokens
+    return BrokerWebSocket(scheme="wss" if settings.certfile else "ws", port=embedded.ws_port), embedded.websocket.accounts
+
+
 def start_for_job(settings, ex, info, cfg: JobConfig, data, embedded, say: Callable[[str], None],
                   broker_accounts: tuple[Path, int] | None = None) -> tuple[WebServer, str] | None:
     """What ``CoordinateJob`` runs after loading the model: with --web-port, serve browser devices
@@ -230,14 +242,7 @@ def start_for_job(settings, ex, info, cfg: JobConfig, data, embedded, say: Calla
     tokens are made up front and written there (:func:`mosquitto_device_tokens`)."""
     if settings.web_port is None:
         return None
-    tokens = None
-    if settings.web_broker is not None:
-        broker = BrokerWebSocket(url=settings.web_broker)
-        if broker_accounts is not None:
-            tokens = mosquitto_device_tokens(*broker_accounts, say)
-    else:
-        broker = BrokerWebSocket(scheme="wss" if settings.certfile else "ws", port=embedded.ws_port)
-        tokens = embedded.websocket.accounts  # the embedded broker checks the tokens the web server issues
+    broker, tokens = browser_broker(settings, embedded, say, broker_accounts)
     options = WebOptions(settings.web_port, settings.web_host, settings.web_data, settings.web_broker, settings.certfile, settings.keyfile)
     server, sha256 = serve_browser_devices(ex, info, cfg, data, settings.run, options, broker, say, tokens)
     host = settings.advertise_host or (settings.web_host if settings.web_host not in ("0.0.0.0", "::") else _lan_address())
@@ -275,5 +280,5 @@ def join_banner(url: str) -> str:
     return f"browser devices join at {url}  (or scan:)\n{out.getvalue()}"
 
 
-__all__ = ["BlockSource", "WebOptions", "assets_folder", "check_batches", "gguf_block_source", "join_banner", "mosquitto_device_tokens", "mosquitto_password_line",
+__all__ = ["BlockSource", "WebOptions", "assets_folder", "browser_broker", "check_batches", "gguf_block_source", "join_banner", "mosquitto_device_tokens", "mosquitto_password_line",
            "serve_browser_devices", "served_export", "shard_jsonl", "start_for_job", "websocket_listener", "write_device_accounts"]

@@ -17,10 +17,12 @@ from urllib.parse import parse_qs, urlsplit
 import paho.mqtt.client as mqtt
 import pytest
 
+from edgezo.app.jobs.coordinate import CoordinateJob, web_broker_accounts
+from edgezo.app.settings import CoordinateSettings
 from edgezo.coordinator.broker import EmbeddedBroker, WebSocketListener
 from edgezo.coordinator.web_server import BrokerWebSocket, DeviceTokens, WebJob, WebServer
-from edgezo.coordinator.web_serving import mosquitto_device_tokens, mosquitto_password_line, write_device_accounts
-from edgezo.errors import EdgezoError
+from edgezo.coordinator.web_serving import browser_broker, mosquitto_device_tokens, mosquitto_password_line, write_device_accounts
+from edgezo.errors import ConfigError, EdgezoError
 from support.mosquitto import find_mosquitto
 from test_web_server import get, web_files  # noqa: F401 - the fixture
 
@@ -154,3 +156,43 @@ def test_mosquitto_device_tokens_writes_the_pool_it_hands_out(tmp_path):
     lines = (tmp_path / "passwd").read_text().splitlines()
     assert sorted(line.split(":")[0] for line in lines) == sorted(tokens.accounts) and len(lines) == 3
     assert "kill -HUP" in said[0]
+
+
+def test_web_passwords_writes_accounts_a_preissued_join_link_hands_out(mosquitto_factory, web_files):  # noqa: F811
+    """``coordinate --web-passwords FILE --web-devices 2`` (the job's options, as the CLI names
+    them): the accounts go into mosquitto's password file beside the coordinator's, the printed
+    message says how to make mosquitto reload it, and after that reload a page that opened the join
+    link logs in over WebSockets with the device id and token the link issued it."""
+    broker = mosquitto_factory(password_file={"coordinator": "c-secret"}, websocket=True)
+    job = CoordinateJob.from_options(broker=broker.address, web_port=0, web_broker=broker.ws_url,
+                                     web_passwords=str(broker.dir / "passwd"), web_devices=2)
+    said = []
+    ws, tokens = browser_broker(job.settings, None, said.append, web_broker_accounts(job.settings))
+    assert ws.url == broker.ws_url and len(tokens.accounts) == 2 and "kill -HUP" in said[0]
+    users = [line.split(":")[0] for line in (broker.dir / "passwd").read_text().splitlines()]
+    assert sorted(users) == sorted(["coordinator", *tokens.accounts])
+    server = WebServer(WebJob("demo", ws, web_files / "model.onnx", "ab" * 32, web_files / "tokenizer.json",
+                              web_files / "trainable.safetensors", web_files / "assets", tokens=tokens), "127.0.0.1", 0).start()
+    try:
+        status, headers, _ = get(f"{server.url()}{server.job.join_path()}")
+    finally:
+        server.stop()
+    assert status == 302
+    page = issued(headers["Location"])
+    os.kill(broker.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while connect(broker.ws_port, f"edgezo-{page['device-id']}-p", (page["device-id"], page["token"])).is_failure:
+        assert time.monotonic() < deadline, "mosquitto did not admit the issued account after SIGHUP"
+        time.sleep(0.2)
+    assert connect(broker.ws_port, f"edgezo-{page['device-id']}-p", (page["device-id"], "wrong")).is_failure
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"web_port": 0, "web_passwords": "passwd"}, "with the embedded broker"),
+    ({"web_passwords": "passwd"}, "--web-passwords only matters when serving browser devices"),
+    ({"web_devices": 3}, "add --web-passwords"),
+    ({"web_port": 0, "broker": "a", "web_broker": "ws://a:9001", "web_passwords": "p", "web_devices": 0}, "--web-devices must be at least 1"),
+])
+def test_web_password_options_are_checked_before_any_work(options, message):
+    with pytest.raises(ConfigError, match=message):
+        CoordinateSettings(**options).validate()

@@ -129,11 +129,14 @@ class CoordinateSettings(AggregationSettings, BrokerConnection):
     web_host: str = "127.0.0.1"  # the only address the web server (and the embedded broker's WebSocket listener) binds
     web_data: str | None = None  # a task data folder whose training shards pages may fetch (/job/data?shard=I/N)
     web_broker: str | None = None  # ws(s)://HOST:PORT pages use to reach --broker's WebSocket listener
+    web_passwords: str | None = None  # mosquitto's password file: browser-device accounts are added to it (--broker only)
+    web_devices: int = 8  # with web_passwords: how many browser-device accounts are made up front
     certfile: str | None = None  # HTTPS (and wss:// on the embedded broker) for the web server
     keyfile: str | None = None
 
     def validate(self) -> "CoordinateSettings":
         self._validate_web()
+        self._validate_web_accounts()
         _at_least("min_devices", self.min_devices, 1)
         _at_least("devices_per_round", self.devices_per_round, 0)
         _positive("round_timeout", self.round_timeout)
@@ -161,7 +164,7 @@ class CoordinateSettings(AggregationSettings, BrokerConnection):
     def _validate_web(self) -> None:
         """The browser-device options: each needs --web-port; --broker needs --web-broker."""
         if self.web_port is None:
-            given = [f"--{n.replace('_', '-')}" for n in ("web_data", "web_broker", "certfile", "keyfile")
+            given = [f"--{n.replace('_', '-')}" for n in ("web_data", "web_broker", "web_passwords", "certfile", "keyfile")
                      if getattr(self, n) is not None] + (["--web-host"] if self.web_host != CoordinateSettings.web_host else [])
             if given:
                 raise ConfigError(f"{', '.join(given)} only {'matters' if len(given) == 1 else 'matter'} when serving browser "
@@ -180,6 +183,19 @@ class CoordinateSettings(AggregationSettings, BrokerConnection):
         if self.web_broker is not None and self.broker is None:
             raise ConfigError("--web-broker names another broker's WebSocket listener: with the embedded broker (no --broker) "
                               "the coordinator opens its own; drop --web-broker or add --broker")
+
+    def _validate_web_accounts(self) -> None:
+        """--web-passwords/--web-devices: accounts for pages on a mosquitto given by --broker (the
+        embedded broker checks the tokens it issues itself, and has no password file)."""
+        if self.web_passwords is None:
+            if self.web_devices != CoordinateSettings.web_devices:
+                raise ConfigError("--web-devices is how many browser-device accounts --web-passwords writes: add --web-passwords "
+                                  "FILE (mosquitto's password file), or drop --web-devices")
+            return
+        if self.broker is None:
+            raise ConfigError("--web-passwords adds browser-device accounts to mosquitto's password file: with the embedded broker "
+                              "(no --broker) the coordinator checks the pages' tokens itself; drop --web-passwords or add --broker")
+        _at_least("web_devices", self.web_devices, 1)
 
 
 @dataclass

@@ -41,6 +41,8 @@ S = CoordinateSettings
 @click.option("--web-host", default=S.web_host, help="With --web-port: the only address the web server (and the embedded broker's WebSocket listener) binds; 0.0.0.0 for phones on the network.")
 @click.option("--web-data", type=click.Path(file_okay=False), help="With --web-port: a task data folder whose training examples pages may fetch by shard, /join?device-id=NAME&shard=I/N (as `join --data FOLDER --shard I/N`), for demos and tests. [default: the page asks for a file]")
 @click.option("--web-broker", help="With --web-port and --broker: the URL pages reach that broker's WebSocket listener at, ws://HOST:PORT or wss://HOST:PORT. [default: with the embedded broker, its own WebSocket listener]")
+@click.option("--web-passwords", type=click.Path(dir_okay=False), help="With --web-port and --broker (mosquitto): mosquitto's password file to add browser-device accounts to (its other accounts are kept); the broker must reload it (SIGHUP), and the command prints how. Each page that opens the join link gets the next account. [default: pages log in with the token of a URL you give them]")
+@click.option("--web-devices", type=int, default=S.web_devices, help="With --web-passwords: how many browser-device accounts to pre-issue (the join link refuses pages after that many).")
 @click.option("--certfile", type=click.Path(dir_okay=False), help="With --web-port: serve HTTPS with this PEM certificate (browsers run WASM threads only in a secure context; the embedded broker then serves wss://).")
 @click.option("--keyfile", type=click.Path(dir_okay=False), help="The private key of --certfile. [default: in --certfile]")
 @click.option("--quiet", is_flag=True, help=QUIET_HELP)

@@ -37,6 +37,12 @@ from edgezo.profiles import resolve_profile
 from edgezo.taskfile import TaskOptions, with_task_options
 
 
+def web_broker_accounts(s: CoordinateSettings) -> tuple[Path, int] | None:
+    """--web-passwords, --web-devices: (mosquitto's password file, how many browser-device accounts
+    to write there up front), or None (the embedded broker, or pages given their tokens by hand)."""
+    return (Path(s.web_passwords), s.web_devices) if s.web_passwords else None
+
+
 class CoordinateJob:
     """A federated job over MQTT: ``JobConfig`` (the job devices get), ``CoordinateSettings``
     (broker, rounds' policy, planning, state), per-round ``callbacks``; ``say`` gets the log's
@@ -100,7 +106,7 @@ class CoordinateJob:
         try:
             ex, info = self._load_model(data)
 
-            web = start_for_job(s, ex, info, cfg, data, embedded, self.say)  # --web-port: browser devices (None without)
+            web = start_for_job(s, ex, info, cfg, data, embedded, self.say, web_broker_accounts(s))  # --web-port: browser devices
             self.onnx_sha256 = web[1] if web else ""
             planning = self._planning(ex, info, data, limits, fallback) if s.plan else None
             extra = {f.name: getattr(s, f.name) for f in fields(CoordinatorSettings) if f.name == "max_missed"}
