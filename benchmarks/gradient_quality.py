@@ -130,6 +130,18 @@ def scaled(args) -> None:
         print(f"wrote {path}")
 
 
+def curvature(args) -> None:
+    import gradient_quality_curvature as cv
+
+    path = RESULTS / "curvature_lora.json"
+    earlier = json.loads(path.read_text()) if args.supports and path.exists() else None
+    supports = tuple(args.supports or cv.SUPPORTS)
+    result = cv.curvature_result(grads.load_bench("lora"), args.probes, supports, earlier)
+    commands = ([earlier["command"]] if earlier else []) + ["python benchmarks/gradient_quality.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])]
+    path.write_text(json.dumps(result | {"command": "; ".join(commands)}, indent=1))
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -146,6 +158,8 @@ def main(argv=None) -> None:
     sc.add_argument("--mid-batches", type=int, default=0, help="at the mid checkpoint (default: --batches)")
     cv = sub.add_parser("curvature", help="curvature per probed element of each LoRA probe support, real forwards (issue 27)")
     cv.add_argument("--probes", type=int, default=32, help="Rademacher directions per support and checkpoint (default 32)")
+    cv.add_argument("--supports", nargs="+", help="measure only these supports, keeping the others' rows of the last run "
+                    "(names as in gradient_quality_curvature.SUPPORTS)")
     sub.add_parser("report", help="print the tables, write the RESULTS section and the plots")
     args = ap.parse_args(argv)
     if args.command == "run":
@@ -157,9 +171,7 @@ def main(argv=None) -> None:
     elif args.command == "curvature":
         import gradient_quality_curvature as cv
 
-        path = RESULTS / "curvature_lora.json"
-        path.write_text(json.dumps(cv.curvature_result(grads.load_bench("lora"), args.probes) | {"command": " ".join(["python benchmarks/gradient_quality.py", *sys.argv[1:]])}, indent=1))
-        print(f"wrote {path}")
+        curvature(args)
     else:
         import gradient_quality_report
 

@@ -34,6 +34,7 @@ from edgezo.keys import WHOLE_MODEL, Direction
 SUPPORTS = {  # name -> which trainable tensors a probe of that support perturbs
     "B only": lambda n: n.endswith(".lora_B"),
     "B of v_proj only": lambda n: n.endswith(".v_proj.lora_B"),
+    "B of q_proj only": lambda n: n.endswith(".q_proj.lora_B"),
 }
 REFERENCE = "B only"  # whole-LoRA probes are left out: their zᵀHz is dominated by the A-B cross term
 # (mean 0, large spread: 3 probes at the base model gave q = -0.034, -0.024, 0.094) and while B = 0,
@@ -64,10 +65,12 @@ def second_differences(ex, batch, keep, probes: int, eps: float) -> np.ndarray:
     return np.array(out)
 
 
-def support_curvature(ex, batch, probes: int, eps: float) -> dict:
-    """κ_S and its SE for every support, and each one's ratio to the B-only support's (delta method)."""
-    rows = {}
-    for name, keep in SUPPORTS.items():
+def support_curvature(ex, batch, probes: int, eps: float, supports=tuple(SUPPORTS), rows: dict | None = None) -> dict:
+    """κ_S and its SE for each of ``supports`` (added to ``rows``, an earlier run's), and each
+    one's ratio to the B-only support's (delta method)."""
+    rows = dict(rows or {})
+    for name in supports:
+        keep = SUPPORTS[name]
         size = sum(ex.tensor_numel[n] for n in ex.names if keep(n))
         q = second_differences(ex, batch, keep, probes, eps)
         mean, se = st.mean_and_se(q)
@@ -87,14 +90,17 @@ def with_ratios(rows: dict) -> dict:
     return rows
 
 
-def curvature_result(bench: grads.Bench, probes: int) -> dict:
+def curvature_result(bench: grads.Bench, probes: int, supports=tuple(SUPPORTS), earlier: dict | None = None) -> dict:
     """κ per support at the base and mid checkpoints, on gradient batch 0 (the linearisation
-    check's batch), at the job's eps."""
+    check's batch), at the job's eps; ``earlier``: a previous result (same probes) to extend."""
+    if earlier and earlier["probes"] != probes:
+        raise ValueError(f"the earlier result used {earlier['probes']} probes per support, not {probes}")
     base = bench.ex.trainable_arrays()
     out = {"trainable": bench.job.trainable, "model": bench.model_name, "eps": bench.job.eps, "probes": probes,
            "batch": "gradient batch 0", "checkpoints": {}}
     for checkpoint in ("base", "mid"):
         grads.set_checkpoint(bench, checkpoint, base)
-        out["checkpoints"][checkpoint] = support_curvature(bench.ex, bench.batch(0), probes, bench.job.eps)
+        rows = (earlier or {}).get("checkpoints", {}).get(checkpoint)
+        out["checkpoints"][checkpoint] = support_curvature(bench.ex, bench.batch(0), probes, bench.job.eps, supports, rows)
     bench.ex.load_trainable(base)
     return out
