@@ -657,17 +657,21 @@ def write_report() -> None:
 
 
 def insert_section(section: str) -> None:
-    """Replace the section between its markers, or put it right before the gradient-quality one."""
+    """Put the section right before the gradient-quality one: before the heading that opens it
+    (``gradient_quality_report.write_section`` rewrites from that heading to its end marker, so a
+    section between the heading and the marker would be lost), replacing any earlier copy."""
     text = RESULTS_MD.read_text()
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    elif ANCHOR in text:
-        head, rest = text.split(ANCHOR, 1)
-        text = head + section + "\n\n" + ANCHOR + rest
-    else:
+        text = head.rstrip("\n") + "\n\n" + rest.split(END, 1)[1].lstrip("\n")
+    if ANCHOR not in text:
         raise SystemExit(f"{RESULTS_MD} has no {ANCHOR} marker to put the section before")
-    RESULTS_MD.write_text(text)
+    at = text.index(ANCHOR)
+    before = text[:at].rstrip("\n")
+    last_line = before.rsplit("\n", 1)[-1]
+    if last_line.startswith("#"):
+        at = len(before) - len(last_line)
+    RESULTS_MD.write_text(text[:at] + section + "\n\n" + text[at:])
 
 
 if __name__ == "__main__":

@@ -81,6 +81,11 @@ def test_the_section_goes_before_the_gradient_quality_one_then_is_replaced_in_pl
     text = results.read_text()
     assert text.count(dr.BEGIN) == 1 and "first" not in text
     assert text.index("second") < text.index(dr.ANCHOR) and text.endswith("bench\n")
+    results.write_text(f"# Results\n\nintro\n\n## Gradient quality\n\n{dr.ANCHOR}\nbench\n")
+    dr.insert_section(f"{dr.BEGIN}\nthird\n{dr.END}")
+    dr.insert_section(f"{dr.BEGIN}\nfourth\n{dr.END}")
+    text = results.read_text()  # before the heading that opens the next section, which its writer rewrites from
+    assert text.count(dr.BEGIN) == 1 and "third" not in text and text.index("fourth") < text.index("## Gradient quality")
 
 
 def test_no_runs_and_no_authors_code_are_clear_errors(tmp_path, monkeypatch):
