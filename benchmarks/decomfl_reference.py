@@ -533,7 +533,7 @@ def matched_summary(runs: dict, mode: str = "matched") -> dict | None:
     scal_ref = np.array([g for row in ref["rounds"] for step in row["scalars"] for g in step])
     scal_edge = np.array([g for row in edge["rounds"] for step in row["scalars"] for g in step])
     loss_gap = [abs(a["loss"] - b["loss"]) for a, b in zip(ref["rounds"], edge["rounds"])]
-    forwards = {impl: sorted({float(f) for row in r["rounds"] for f in np.atleast_1d(row["forwards_per_client"])}) for impl, r in (("reference", ref), ("edgezo", edge))}
+    forwards = {impl: sorted({int(f) if float(f).is_integer() else float(f) for row in r["rounds"] for f in np.atleast_1d(row["forwards_per_client"])}) for impl, r in (("reference", ref), ("edgezo", edge))}
     return {"seed": ref["seed"], "rounds": len(ref["rounds"]), "local_steps": ref["settings"]["local_steps"], "scalars": len(scal_ref),
             "forwards_reference": forwards["reference"], "forwards_edgezo": forwards["edgezo"],
             "max_abs_scalar": float(np.abs(scal_ref).max()),
