@@ -67,6 +67,12 @@ METHODS = (
     Method("fedzo", "fedzo", p=5),
     Method("mezo", "mezo", p=1, clients=1),
     Method("fedavg", "fedavg", zero_order=False),
+    # issue 27's candidates, screened by the bench (docs/algorithm.md, "bforward"): forward differences
+    # with 16 whole-model probes on LoRA's B factors only (A frozen at its seeded init), and the same
+    # 16 forward probes on the whole LoRA set, the control that says what B-only adds. The bench
+    # predicts both near 1.1-1.2x DeComFL-forward P = 5's descent per FLOP once curvature is counted.
+    Method("bforward-p16", "bforward", p=16, trainable="lora:factors=B"),
+    Method("fwd-p16", "decomfl", p=16, probe_difference="forward"),
 )
 
 # LoRA's B starts at zero, so the first steps move B alone; lr around what the norm sweep's
@@ -75,6 +81,9 @@ METHODS = (
 ZO_GRID = GridSpec((1e-4, 3e-4, 1e-3), (1e-3, 1e-2))
 GRID = {m.label: ZO_GRID for m in METHODS if m.zero_order and m.label != "mezo"}
 GRID |= {"mezo": GridSpec((1e-5, 3e-5, 1e-4), (1e-3, 1e-2)), "fedavg": GridSpec((3e-3, 1e-2, 3e-2))}
+# bforward's best step is ~8x DeComFL-forward's in the bench (B only: fewer dimensions share the
+# noise), so its grid starts a decade higher.
+GRID["bforward-p16"] = GridSpec((1e-3, 3e-3, 1e-2), (1e-3, 1e-2))
 FALLBACK = {label: (g.lrs[len(g.lrs) // 2], g.eps[0]) for label, g in GRID.items()}
 
 SST2 = replace(sweeps.TASKS["sst2"], eval_samples=872, budget_flops=8e13, seeds=REPORTED_SEEDS)

@@ -78,7 +78,7 @@ class Method:
 
     @property
     def difference(self) -> str | None:
-        return self.probe_difference or {"fedzo": "forward", "mezo": "central", "decomfl": "central"}.get(self.method)
+        return self.probe_difference or {"fedzo": "forward", "mezo": "central", "decomfl": "central", "bforward": "forward"}.get(self.method)
 
     def step_forwards(self, f1: float, f2: float, backward_forwards: float = 2.0) -> float:
         """Forward cost of one local step in full forwards of one batch (the forward-count model);

@@ -284,7 +284,7 @@ def test_a_gpu_lora_preset_is_the_paired_regime_on_the_papers_model(name):
     assert {r.seed for r in grid} == {s.grid_seed}
     for spec in main:
         args = list(spec.args)
-        assert args[args.index("--model") + 1] == shape.hub_id and args[args.index("--trainable") + 1] == "lora"
+        assert args[args.index("--model") + 1] == shape.hub_id and args[args.index("--trainable") + 1] in ("lora", "lora:factors=B")
         assert args[args.index("--eval-samples") + 1] == str(sweeps_gpu.FULL_VALIDATION[spec.task])
         assert spec.eval_count >= 10
         simulate.make_context("simulate", args)  # every argument is one the real CLI accepts
