@@ -11,7 +11,7 @@ timed on this machine for both downloads a coordinator can serve: ``fp32`` (the 
 * ``torch``: the Python torch device's executor (one thread, full forwards through both blocks);
 * ``onnxruntime <export>``: the export in Python onnxruntime (one thread);
 * ``chromium-wasm-1 <export>``: the export in headless Chromium (Debian's), onnxruntime-web WASM,
-  one thread, loaded from the coordinator's web server (``coordinator/web_server.py``);
+  one thread, loaded from the coordinator's web server (``coordinator/server/web_server.py``);
 * ``chromium-wasm-N <export>``: the same with ``--threads`` WASM threads (the page is cross-origin
   isolated: COOP/COEP headers, and 127.0.0.1 is a secure context).
 
@@ -43,8 +43,8 @@ from edgezo.backends.torch.onnx_check import label_loss, onnx_outputs, onnx_sess
 from edgezo.backends.torch.onnx_export import cached_export
 from edgezo.backends.torch.onnx_quant import cached_gguf_export
 from edgezo.config import JobConfig
-from edgezo.coordinator.web_server import BrokerWebSocket, WebJob, WebServer
-from edgezo.coordinator.web_serving import assets_folder, base_trainable_file, gguf_block_source, tokenizer_file
+from edgezo.coordinator.server.web_server import BrokerWebSocket, WebJob, WebServer
+from edgezo.coordinator.server.web_serving import assets_folder, base_trainable_file, gguf_block_source, tokenizer_file
 from edgezo.jobdata import load_job_data, make_batcher
 from edgezo.keys import Direction
 

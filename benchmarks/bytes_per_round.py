@@ -3,7 +3,7 @@ FedZO moving a full float32 model delta, for SmolLM2-135M's trainable sets.
 
 Why: the claim is that FedSPZO devices exchange "a few hundred bytes a round instead of a model".
 This checks it on the real wire format rather than on a formula. Every FedSPZO figure is the
-length of a message built with ``edgezo.coordinator.messages`` and encoded exactly as the
+length of a message built with ``edgezo.coordinator.wire.messages`` and encoded exactly as the
 coordinator and devices encode it:
 
 * up: the device's ``Result`` (K*P1*P2 float32 scalars in the order of the method's
@@ -38,9 +38,9 @@ import argparse
 import numpy as np
 
 from edgezo.config import JobConfig, probe_config
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.server import shared_job
-from edgezo.coordinator.topics import Topics
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.server.coordinator import shared_job
+from edgezo.coordinator.wire.topics import Topics
 from edgezo.estimators import update_rule
 from edgezo.methods import method_of
 

@@ -10,7 +10,7 @@ What runs:
 
 * the broker: ``tests/support/mosquitto.py``'s ``MosquittoBroker`` (a private mosquitto with raised
   queue and connection limits);
-* the coordinator: the real ``Coordinator`` (``coordinator/server.py``) over a real ``MqttLink``,
+* the coordinator: the real ``Coordinator`` (``coordinator/server/coordinator.py``) over a real ``MqttLink``,
   with a real torch executor on the tiny LLaMA of ``tests/tiny.py`` (trainable ``norm``);
   evaluation returns 0.0 (round 0 evaluates once), checkpoints are off;
 * the devices: protocol-only clients (``benchmarks/fake_devices.py``) in a few worker processes:
@@ -137,8 +137,8 @@ class SweepResult:
 
 def instrumented_classes():
     """TimedLink and TimedCoordinator (imported late: the spawned device workers must not load torch)."""
-    from edgezo.coordinator.server import Coordinator
-    from edgezo.coordinator.transport import Message, MqttLink
+    from edgezo.coordinator.server.coordinator import Coordinator
+    from edgezo.coordinator.wire.transport import Message, MqttLink
 
     @dataclass(frozen=True)
     class TimedMessage(Message):
@@ -270,9 +270,9 @@ def run_one(n: int, args, broker, tiny: Path, work: Path) -> SweepResult:
 
     from edgezo.backends.torch.factory import build_torch_executor
     from edgezo.config import JobConfig
-    from edgezo.coordinator.messages import ModelRef
-    from edgezo.coordinator.rounds import RoundPolicy
-    from edgezo.coordinator.server import CoordinatorSettings
+    from edgezo.coordinator.wire.messages import ModelRef
+    from edgezo.coordinator.server.rounds import RoundPolicy
+    from edgezo.coordinator.server.coordinator import CoordinatorSettings
     from edgezo.errors import EdgezoError
     from edgezo.tasks import get_task
 
@@ -363,7 +363,7 @@ def device_apply_times(results: list[SweepResult], models: list[str], tiny: Path
     from edgezo.backends.torch.executor import COMPILE_THRESHOLD
     from edgezo.backends.torch.factory import build_torch_executor
     from edgezo.config import JobConfig
-    from edgezo.coordinator import messages as m
+    from edgezo.coordinator.wire import messages as m
     from edgezo.tasks import get_task
 
     transformers.utils.logging.set_verbosity_error()
@@ -471,7 +471,7 @@ def report(results: list[SweepResult], args) -> None:
         params = next(r.device_apply[name]["params"] for r in results if name in r.device_apply)
         head += f" {f'{name} ({params:,})':>34}"
     print(head)
-    from edgezo.coordinator.messages import UPDATE_ROW, decode
+    from edgezo.coordinator.wire.messages import UPDATE_ROW, decode
 
     for r in results:
         if not r.timings:

@@ -26,7 +26,7 @@ from support.mosquitto import MosquittoBroker  # noqa: E402
 from support.procs import Procs  # noqa: E402
 from tiny import data_dir, save_tiny  # noqa: E402
 
-from edgezo.coordinator.transport import BrokerSettings  # noqa: E402
+from edgezo.coordinator.wire.transport import BrokerSettings  # noqa: E402
 
 JOB = ["--batch-size", "4", "--max-length", "32", "--eval-samples", "24", "--seed", "3", "--local-steps", "1"]
 

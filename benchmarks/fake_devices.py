@@ -33,8 +33,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.topics import Topics
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.wire.topics import Topics
 from edgezo.estimators import ProbeConfig
 from edgezo.methods import method_of
 

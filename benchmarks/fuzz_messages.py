@@ -43,7 +43,7 @@ from support.procs import Procs  # noqa: E402
 from tiny import data_dir, save_tiny  # noqa: E402
 
 from edgezo import signing  # noqa: E402
-from edgezo.coordinator import messages as m  # noqa: E402
+from edgezo.coordinator.wire import messages as m  # noqa: E402
 
 JOB = ["--batch-size", "4", "--max-length", "32", "--eval-samples", "24", "--seed", "3", "--local-steps", "1"]
 

@@ -2,7 +2,7 @@
 
 Why in the core: ``edgezo.signing`` checks the device ids of an enrolment file with it, and the core
 imports nothing from ``edgezo.coordinator`` (tests/test_architecture.py); the coordinator's topics
-(``coordinator/topics.py``) use the same rule, so a name the enrolment accepts is a valid topic.
+(``coordinator/wire/topics.py``) use the same rule, so a name the enrolment accepts is a valid topic.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ as much as one at the top of a file: a rule a reader cannot see is not a rule.
 - a method's name is resolved to its object (``method_of``) at the edge only (``NAME_TO_METHOD``);
 - ``edgezo/`` imports its own modules at the top of a file, except the heavy ones
   (``LAZY_TARGETS``: they load torch or mlx) and the pairs in ``LAZY_PAIRS``;
+- in the coordinator, the device side (``edgezo.coordinator.device``) imports nothing from the server
+  side (``edgezo.coordinator.server``) and the server side nothing from the device side; the wire
+  (``edgezo.coordinator.wire``) imports neither: what both sides need is the wire's;
 - no function in the package is longer than ``MAX_LINES`` (its docstring not counted: a
   docstring says why, and is not what makes a function hard to follow).
 """
@@ -124,6 +127,37 @@ def test_the_checker_sees_an_import_inside_a_function(tmp_path):
         TREES["edgezo.keys"] = saved
 
 
+WIRE, SERVER, DEVICE = "edgezo.coordinator.wire", "edgezo.coordinator.server", "edgezo.coordinator.device"
+
+
+def test_the_coordinators_sides_are_subpackages():
+    """Every module of coordinator/ but the package itself is on one side (a module left at the top
+    would be on none, and the rules below would not see it)."""
+    loose = [n for n in MODULES if _under(n, ("edgezo.coordinator",)) and n != "edgezo.coordinator"
+             and not _under(n, (WIRE, SERVER, DEVICE))]
+    assert not loose, f"coordinator modules on no side (move them into wire/, server/ or device/): {loose}"
+    for side in (WIRE, SERVER, DEVICE):
+        assert sum(_under(n, (side,)) for n in MODULES) > 1, f"{side} has no modules"
+
+
+def test_the_device_side_and_the_server_side_do_not_import_each_other():
+    """A device runs without the coordinator's code and the coordinator without the device's: what
+    both need (the messages, the topics, the checkpoint's format, the link) is the wire's."""
+    assert _offences((DEVICE,), (SERVER,)) == []
+    assert _offences((SERVER,), (DEVICE,)) == []
+    assert _offences((WIRE,), (SERVER, DEVICE)) == []
+
+
+def test_the_sides_rule_sees_a_cross_import():
+    """The rule's own check: a device module importing a server module is found."""
+    name = "edgezo.coordinator.device.device"
+    TREES[name], saved = ast.parse("from edgezo.coordinator.server.log_service import LogService\n"), TREES[name]
+    try:
+        assert _offences((DEVICE,), (SERVER,)) == [f"{name} line 1 imports edgezo.coordinator.server.log_service"]
+    finally:
+        TREES[name] = saved
+
+
 # What edgezo/ may import inside a function: the backends' framework modules (importing them
 # loads torch or mlx, which `import edgezo` and `edgezo --help` must not), the package's lazy
 # re-export of the API, and the pair of modules that import each other (a task file builds a
@@ -214,7 +248,7 @@ def test_batches_and_streams_are_drawn_in_the_round_engine():
     batches = [f"{n} line {node.lineno}" for n, tree in TREES.items() for node in ast.walk(tree)
                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "device_batch_indices"]
     assert batches and all(c.startswith("edgezo.engine line") for c in batches), batches
-    streams = [c for c in _calls("stream") if not c.startswith(("edgezo.engine line", "edgezo.coordinator.rounds line"))]
+    streams = [c for c in _calls("stream") if not c.startswith(("edgezo.engine line", "edgezo.coordinator.server.rounds line"))]
     assert streams == [c for c in streams if c.startswith("edgezo.backends.mlx")], streams  # mx.stream: MLX's, not a method's
 
 
@@ -222,9 +256,9 @@ def test_the_package_links_are_links():
     """``MqttLink`` and the signing wrapper over it are ``Link``s (the seam the coordinator and the
     device are typed against), and what they hand out is a ``Received``; an object lacking a
     member is not."""
-    from edgezo.coordinator.link import Link, Received
-    from edgezo.coordinator.signed_link import Opened, SignedLink
-    from edgezo.coordinator.transport import BrokerSettings, Message, MqttLink
+    from edgezo.coordinator.wire.link import Link, Received
+    from edgezo.coordinator.wire.signed_link import Opened, SignedLink
+    from edgezo.coordinator.wire.transport import BrokerSettings, Message, MqttLink
 
     mqtt = MqttLink(BrokerSettings(), "architecture-test")  # not connected: nothing is opened
     assert isinstance(mqtt, Link) and isinstance(SignedLink(mqtt), Link)

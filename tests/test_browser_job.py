@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edgezo.config import JobConfig, config_keys, probe_config
-from edgezo.coordinator import messages as m
+from edgezo.coordinator.wire import messages as m
 from support.ports import free_port
 from edgezo.engine import DeviceTurn, device_round
 from edgezo.jobdata import device_shards, load_job_data, make_batcher

@@ -8,13 +8,10 @@ import socket
 import numpy as np
 import pytest
 
-from edgezo.coordinator.checkpoint import (
-    CheckpointServer,
-    checkpoint_worth_it,
-    download_checkpoint,
-    latest_checkpoint,
-    write_checkpoint,
-)
+from edgezo.coordinator.device.catchup_cost import checkpoint_worth_it
+from edgezo.coordinator.device.checkpoint_client import download_checkpoint
+from edgezo.coordinator.server.checkpoint_server import CheckpointServer
+from edgezo.coordinator.wire.checkpoint_format import latest_checkpoint, write_checkpoint
 from edgezo.errors import EdgezoError
 
 

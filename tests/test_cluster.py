@@ -26,7 +26,7 @@ import pytest
 from support.mosquitto import wait_connected
 from support.procs import Procs
 
-from edgezo.coordinator.transport import MqttLink, broker_settings_for, parse_brokers
+from edgezo.coordinator.wire.transport import MqttLink, broker_settings_for, parse_brokers
 from edgezo.errors import EdgezoError
 
 TIMEOUT = 300

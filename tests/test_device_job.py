@@ -7,9 +7,9 @@ import logging
 from types import SimpleNamespace
 
 from edgezo.config import JobConfig
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.device import Device, DeviceSettings
-from edgezo.coordinator.server import shared_job
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.device.device import Device, DeviceSettings
+from edgezo.coordinator.server.coordinator import shared_job
 from toy_executor import QuadraticExecutor
 
 DIGEST = "d" * 64

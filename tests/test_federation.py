@@ -19,7 +19,7 @@ import msgspec
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgezo.coordinator import messages as m
+from edgezo.coordinator.wire import messages as m
 from support.procs import TIMEOUT, Procs
 
 

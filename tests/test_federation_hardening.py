@@ -23,12 +23,12 @@ from types import SimpleNamespace
 import pytest
 
 from edgezo.config import JobConfig
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.device import Device, DeviceSettings
-from edgezo.coordinator.rounds import RoundPolicy
-from edgezo.coordinator.server import Coordinator, CoordinatorSettings
-from edgezo.coordinator.topics import Topics
-from edgezo.coordinator.transport import BrokerSettings, MqttLink
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.device.device import Device, DeviceSettings
+from edgezo.coordinator.server.rounds import RoundPolicy
+from edgezo.coordinator.server.coordinator import Coordinator, CoordinatorSettings
+from edgezo.coordinator.wire.topics import Topics
+from edgezo.coordinator.wire.transport import BrokerSettings, MqttLink
 from edgezo.errors import EdgezoError
 from toy_executor import QuadraticExecutor
 
@@ -274,7 +274,7 @@ def test_a_rehashed_edit_is_caught_by_the_logged_fingerprints_on_resume_and_on_d
 
 def test_the_default_device_id_is_made_once_per_device_and_kept(tmp_path, monkeypatch):
     from edgezo.app.commands.join import default_device_id
-    from edgezo.coordinator.topics import check_name
+    from edgezo.coordinator.wire.topics import check_name
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "one"))
     first = default_device_id()

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import pytest
 
 from edgezo.config import JobConfig
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.rounds import RoundPolicy
-from edgezo.coordinator.server import Coordinator, CoordinatorSettings, Planning
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.server.rounds import RoundPolicy
+from edgezo.coordinator.server.coordinator import Coordinator, CoordinatorSettings, Planning
 from edgezo.costmodel import ModelShape, Work
 from edgezo.errors import EdgezoError
 from edgezo.planner import Limits

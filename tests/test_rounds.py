@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edgezo.aggregate import Aggregation, average_scalars, robust_average
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.rounds import OffenderLedger, RoundCollector, RoundPolicy, sample_devices
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.server.rounds import OffenderLedger, RoundCollector, RoundPolicy, sample_devices
 from edgezo.estimators import ProbeConfig
 from edgezo.keys import Direction
 from edgezo.methods import method_of

@@ -27,14 +27,14 @@ import pytest
 
 from edgezo import signing
 from edgezo.config import JobConfig
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.device import Device, DeviceSettings
-from edgezo.coordinator.pump import MessagePump
-from edgezo.coordinator.rounds import RoundPolicy
-from edgezo.coordinator.server import Coordinator, CoordinatorSettings
-from edgezo.coordinator.signed_link import SignedLink, device_trust, open_message
-from edgezo.coordinator.topics import Topics
-from edgezo.coordinator.transport import Message
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.device.device import Device, DeviceSettings
+from edgezo.coordinator.server.pump import MessagePump
+from edgezo.coordinator.server.rounds import RoundPolicy
+from edgezo.coordinator.server.coordinator import Coordinator, CoordinatorSettings
+from edgezo.coordinator.wire.signed_link import SignedLink, device_trust, open_message
+from edgezo.coordinator.wire.topics import Topics
+from edgezo.coordinator.wire.transport import Message
 from edgezo.errors import ConfigError, EdgezoError
 from support.procs import Procs
 from test_federation import final_fingerprint, job_options, metrics, simulate_fingerprint, wait_until

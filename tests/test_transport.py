@@ -1,4 +1,4 @@
-"""MQTT transport (edgezo.coordinator.transport) against real brokers: mosquitto and the embedded amqtt."""
+"""MQTT transport (edgezo.coordinator.wire.transport) against real brokers: mosquitto and the embedded amqtt."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pytest
 from support.mosquitto import drain, find_mosquitto, wait_connected
 from support.ports import free_port
 
-from edgezo.coordinator.broker import EmbeddedBroker
-from edgezo.coordinator.transport import BrokerSettings, Message, MqttLink, parse_broker
+from edgezo.coordinator.server.broker import EmbeddedBroker
+from edgezo.coordinator.wire.transport import BrokerSettings, Message, MqttLink, parse_broker
 from edgezo.errors import EdgezoError
 
 ACL_EXAMPLE = Path(__file__).parent.parent / "coordinator" / "mosquitto.acl.example"
@@ -161,7 +161,7 @@ def test_publish_before_connect_is_held(broker, links):
 _DOOMED = textwrap.dedent(
     """
     import sys, time
-    from edgezo.coordinator.transport import BrokerSettings, MqttLink
+    from edgezo.coordinator.wire.transport import BrokerSettings, MqttLink
     host, port, topic, protocol = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     link = MqttLink(BrokerSettings(host, port, keepalive=2), "doomed-" + topic[-10:],
                     will=(topic, b"gone", False), protocol=protocol)

@@ -13,7 +13,7 @@ from edgezo.backends.torch.factory import build_torch_executor
 from edgezo.backends.torch.onnx_check import check_export, label_loss, onnx_outputs, onnx_session, trainable_values
 from edgezo.backends.torch.onnx_export import OUTPUTS, cached_export, export_key
 from edgezo.config import JobConfig
-from edgezo.coordinator.web_serving import base_trainable_file, check_batches
+from edgezo.coordinator.server.web_serving import base_trainable_file, check_batches
 from edgezo.errors import EdgezoError
 from edgezo.jobdata import load_job_data
 from edgezo.keys import Direction

@@ -22,7 +22,7 @@ from edgezo.backends.torch.onnx_check import onnx_outputs, onnx_session, trainab
 from edgezo.backends.torch.onnx_export import cached_export
 from edgezo.backends.torch.onnx_quant import dequantize_nbits, nbits_weight, store_gguf_blocks
 from edgezo.config import JobConfig
-from edgezo.coordinator.web_serving import BlockSource, check_batches, served_export
+from edgezo.coordinator.server.web_serving import BlockSource, check_batches, served_export
 from edgezo.errors import EdgezoError
 from edgezo.jobdata import load_job_data
 from edgezo.keys import Direction
@@ -227,8 +227,8 @@ def test_the_block_export_runs_in_chromium_wasm_as_in_python_onnxruntime(gguf_jo
     of blocks) in headless Chromium give Python onnxruntime's label logits on the job's batch."""
     from playwright.sync_api import sync_playwright
 
-    from edgezo.coordinator.web_server import BrokerWebSocket, WebJob, WebServer
-    from edgezo.coordinator.web_serving import assets_folder, base_trainable_file
+    from edgezo.coordinator.server.web_server import BrokerWebSocket, WebJob, WebServer
+    from edgezo.coordinator.server.web_serving import assets_folder, base_trainable_file
 
     cfg, ex, batches, fp32, cache, tensors = gguf_job
     served, _ = served_export(ex, batches, fp32, BlockSource("tiny", lambda: tensors), Direction(cfg.seed, 1, 0, 0, 0, 0), 1e-2,

@@ -1,4 +1,4 @@
-"""The web server browser devices join through (coordinator/web_server.py), its listeners, and
+"""The web server browser devices join through (coordinator/server/web_server.py), its listeners, and
 the coordinate options that start it: routes, headers, shards as `join --shard` holds them,
 HTTPS, and that every listener binds only the address given."""
 
@@ -19,9 +19,9 @@ import psutil
 import pytest
 
 from edgezo.config import JobConfig
-from edgezo.coordinator.broker import EmbeddedBroker, WebSocketListener
-from edgezo.coordinator.web_server import ISOLATION_HEADERS, BrokerWebSocket, WebJob, WebServer, check_free, page_host
-from edgezo.coordinator.web_serving import shard_jsonl
+from edgezo.coordinator.server.broker import EmbeddedBroker, WebSocketListener
+from edgezo.coordinator.server.web_server import ISOLATION_HEADERS, BrokerWebSocket, WebJob, WebServer, check_free, page_host
+from edgezo.coordinator.server.web_serving import shard_jsonl
 from edgezo.errors import ConfigError, EdgezoError
 from edgezo.jobdata import device_shards, load_job_data
 from edgezo.app.settings import CoordinateSettings

@@ -1,5 +1,5 @@
-"""Per-device broker tokens for browser devices (coordinator/web_server.py DeviceTokens, the
-embedded broker's WebSocket accounts in coordinator/broker.py): the printed join link gives each
+"""Per-device broker tokens for browser devices (coordinator/server/web_server.py DeviceTokens, the
+embedded broker's WebSocket accounts in coordinator/server/broker.py): the printed join link gives each
 page its own device id and token, links without them are refused with a page saying why, and the
 real embedded amqtt broker admits a WebSocket client only as a device with its token, while its TCP
 listener (the coordinator and Python devices on this machine) stays as it was."""
@@ -19,9 +19,9 @@ import pytest
 
 from edgezo.app.jobs.coordinate import CoordinateJob, web_broker_accounts
 from edgezo.app.settings import CoordinateSettings
-from edgezo.coordinator.broker import EmbeddedBroker, WebSocketListener
-from edgezo.coordinator.web_server import BrokerWebSocket, DeviceTokens, WebJob, WebServer
-from edgezo.coordinator.web_serving import browser_broker, mosquitto_device_tokens, mosquitto_password_line, write_device_accounts
+from edgezo.coordinator.server.broker import EmbeddedBroker, WebSocketListener
+from edgezo.coordinator.server.web_server import BrokerWebSocket, DeviceTokens, WebJob, WebServer
+from edgezo.coordinator.server.web_serving import browser_broker, mosquitto_device_tokens, mosquitto_password_line, write_device_accounts
 from edgezo.errors import ConfigError, EdgezoError
 from support.mosquitto import find_mosquitto
 from test_web_server import get, web_files  # noqa: F401 - the fixture

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from edgezo.aggregate import Aggregation
 from edgezo.backends.choice import parse_device
 from edgezo.config import JobConfig
-from edgezo.coordinator.transport import broker_settings_for
+from edgezo.coordinator.wire.transport import broker_settings_for
 from edgezo.errors import ConfigError
 from edgezo.planner import Limits
 

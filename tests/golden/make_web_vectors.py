@@ -17,7 +17,7 @@ import torch
 
 from edgezo.backends.torch.perturb import add_scaled
 from edgezo import perturb
-from edgezo.coordinator import messages as m
+from edgezo.coordinator.wire import messages as m
 from edgezo.engine import device_batch_indices
 from edgezo.estimators import ProbeConfig, update_rule
 from edgezo.keys import Direction, fnv1a64

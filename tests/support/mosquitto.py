@@ -1,6 +1,6 @@
 """A private mosquitto for tests and benchmarks, and test-side helpers of an ``MqttLink``.
 
-Test-only code (it used to live in ``edgezo.coordinator.broker``): the package starts only the
+Test-only code (it used to live in ``edgezo.coordinator.server.broker``): the package starts only the
 embedded amqtt broker; a deployment runs its own mosquitto (``coordinator/mosquitto.conf.example``).
 """
 
@@ -16,8 +16,8 @@ import time
 import weakref
 from pathlib import Path
 
-from edgezo.coordinator.broker import BrokerBase, port_accepts
-from edgezo.coordinator.transport import Message, MqttLink
+from edgezo.coordinator.server.broker import BrokerBase, port_accepts
+from edgezo.coordinator.wire.transport import Message, MqttLink
 from edgezo.errors import EdgezoError
 from support.ports import free_port
 

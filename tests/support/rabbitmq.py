@@ -24,8 +24,8 @@ import uuid
 import weakref
 from pathlib import Path
 
-from edgezo.coordinator.broker import port_accepts
-from edgezo.coordinator.transport import BrokerSettings, format_address
+from edgezo.coordinator.server.broker import port_accepts
+from edgezo.coordinator.wire.transport import BrokerSettings, format_address
 from edgezo.errors import EdgezoError
 from support.ports import free_port
 
@@ -196,7 +196,7 @@ class RabbitCluster:
 
     def settings(self, **overrides) -> BrokerSettings:
         """A client's settings: every node, starting on node 0 (it fails over to the others)."""
-        from edgezo.coordinator.transport import broker_settings_for
+        from edgezo.coordinator.wire.transport import broker_settings_for
 
         return broker_settings_for(self.broker_list(0), **overrides)
 

@@ -1,5 +1,5 @@
 /**
- * The browser device's protocol loop (PROTOCOL.md §7, §10), mirroring coordinator/device.py:
+ * The browser device's protocol loop (PROTOCOL.md §7, §10), mirroring coordinator/device/device.py:
  * discover the job, check it (version, signing, model digest, trainable layout), check the device
  * id is free, go online, catch up by replaying the seed log, answer assignments with scalars, apply
  * updates, and leave with an offline status whatever ends it.
@@ -22,7 +22,7 @@ const SIGNED_MAGIC = [0x45, 0x5a, 0x53, 0x31]; // "EZS1", PROTOCOL.md §14
 /** An error that ends the device with a message a person can act on. */
 export class DeviceError extends Error {}
 
-/** The topics of one run (coordinator/topics.py). */
+/** The topics of one run (coordinator/wire/topics.py). */
 export function topicsOf(run) {
   const prefix = `edgezo/${run}`;
   return {

@@ -1,6 +1,6 @@
 /**
  * The device's MQTT link over mqtt.js (MQTT-over-WebSockets in a page; any URL mqtt.js takes in
- * Node), shaped like coordinator/transport.py's MqttLink as the device loop uses it: QoS 1
+ * Node), shaped like coordinator/wire/transport.py's MqttLink as the device loop uses it: QoS 1
  * everywhere, a clean session, a retained last will, keepalive 15 s, reconnection with resubscribe,
  * and received messages queued for `next(ms)` so the loop handles them one at a time, in order.
  * MQTT 3.1.1, which every broker edgezo uses speaks (the embedded amqtt broker speaks only that).

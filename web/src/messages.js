@@ -1,6 +1,6 @@
 /**
  * The wire protocol's messages (PROTOCOL.md §4-§6), encoded and validated as the Python reference
- * (coordinator/messages.py, msgspec Structs) does: one MessagePack map per payload, tagged by
+ * (coordinator/wire/messages.py, msgspec Structs) does: one MessagePack map per payload, tagged by
  * "type", fields in declaration order, defaults written out; a decoder that refuses a wrong type,
  * a missing required field, a str where bytes go, another protocol version or an oversized payload,
  * and ignores unknown keys.

@@ -1,6 +1,6 @@
 /**
  * Signed messages (PROTOCOL.md §14) with WebCrypto's Ed25519, as edgezo/signing.py and
- * coordinator/signed_link.py: every non-empty payload travels as
+ * coordinator/wire/signed_link.py: every non-empty payload travels as
  * "EZS1" | signer's public key (32) | signature (64) | payload, the signature over
  * "EZS1" | topic (UTF-8) | 0x00 | payload. A page signs with its own key (made once per device id
  * and kept in the browser's storage, so an enrolled page stays enrolled), shows its public line for

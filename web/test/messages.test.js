@@ -1,5 +1,5 @@
 /**
- * Message encoding against Python's (coordinator/messages.py via msgspec): every kind decodes from
+ * Message encoding against Python's (coordinator/wire/messages.py via msgspec): every kind decodes from
  * the reference's bytes to the reference's values, re-encodes to the same bytes, and every payload
  * the reference refuses is refused here too.
  */

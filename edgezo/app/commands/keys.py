@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from edgezo import signing
 from edgezo.app.commands.join import default_device_id
-from edgezo.coordinator.topics import check_name
+from edgezo.coordinator.wire.topics import check_name
 
 KEY_HELP = "The key file. [default: ~/.config/edgezo/device.key ($XDG_CONFIG_HOME/edgezo/device.key)]"
 ID_HELP = "The device id the line enrols (join's --device-id). [default: this device's default id, ~/.config/edgezo/device-id]"

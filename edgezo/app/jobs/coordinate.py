@@ -21,14 +21,14 @@ from edgezo.app.outputs import RunOutputs
 from edgezo.app.runfolder import prepare_out, writable_folder
 from edgezo.app.settings import COORDINATE_OUT, CoordinateSettings
 from edgezo.config import JobConfig, job_work
-from edgezo.coordinator.broker import EmbeddedBroker
-from edgezo.coordinator.messages import ModelRef
-from edgezo.coordinator.rounds import RoundPolicy
-from edgezo.coordinator.server import Coordinator, CoordinatorSettings, Planning
-from edgezo.coordinator.signed_link import SignedLink
-from edgezo.coordinator.topics import check_name
-from edgezo.coordinator.transport import MqttLink
-from edgezo.coordinator.web_serving import start_for_job, websocket_listener
+from edgezo.coordinator.server.broker import EmbeddedBroker
+from edgezo.coordinator.wire.messages import ModelRef
+from edgezo.coordinator.server.rounds import RoundPolicy
+from edgezo.coordinator.server.coordinator import Coordinator, CoordinatorSettings, Planning
+from edgezo.coordinator.wire.signed_link import SignedLink
+from edgezo.coordinator.wire.topics import check_name
+from edgezo.coordinator.wire.transport import MqttLink
+from edgezo.coordinator.server.web_serving import start_for_job, websocket_listener
 from edgezo.errors import ConfigError
 from edgezo.evaluate import make_evaluator
 from edgezo.jobdata import load_job_data

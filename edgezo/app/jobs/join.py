@@ -22,12 +22,12 @@ from edgezo import signing
 from edgezo.app.jobs.common import file_and_options
 from edgezo.app.settings import JoinSettings
 from edgezo.backends.choice import build_executor, check_device, require, resolve_backend
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.device import Device, DeviceSettings, find_job, signing_mismatch
-from edgezo.coordinator.messages import PROTOCOL_VERSION, Status, encode
-from edgezo.coordinator.signed_link import SignedLink, device_trust
-from edgezo.coordinator.topics import Topics, check_name
-from edgezo.coordinator.transport import BrokerUnreachable, MqttLink
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.device.device import Device, DeviceSettings, find_job, signing_mismatch
+from edgezo.coordinator.wire.messages import PROTOCOL_VERSION, Status, encode
+from edgezo.coordinator.wire.signed_link import SignedLink, device_trust
+from edgezo.coordinator.wire.topics import Topics, check_name
+from edgezo.coordinator.wire.transport import BrokerUnreachable, MqttLink
 from edgezo.errors import EdgezoError
 from edgezo.jobdata import parse_shard
 from edgezo.profiles import host_profile_name, load_profile, resolve_profile, user_profile_dir

@@ -20,12 +20,12 @@ from edgezo.engine import RoundRecord, Totals, evaluation_due
 from edgezo.errors import EdgezoError
 from edgezo.seedlog import LogEntry
 
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.crashpoints import crash_point
-from edgezo.coordinator.log_service import LogService
-from edgezo.coordinator.planning import DevicePlanner
-from edgezo.coordinator.presence import Presence
-from edgezo.coordinator.rounds import OffenderLedger, RoundCollector, RoundPolicy, sample_devices
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.server.crashpoints import crash_point
+from edgezo.coordinator.server.log_service import LogService
+from edgezo.coordinator.server.planning import DevicePlanner
+from edgezo.coordinator.server.presence import Presence
+from edgezo.coordinator.server.rounds import OffenderLedger, RoundCollector, RoundPolicy, sample_devices
 
 log = logging.getLogger("edgezo.coordinator")
 

@@ -11,8 +11,8 @@ from edgezo.config import JobConfig
 from edgezo.errors import EdgezoError
 from edgezo.seedlog import LogEntry, SeedLog
 
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.atomic_files import write_json_atomic
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.wire.atomic_files import write_json_atomic
 
 # Keys of JobConfig that only matter on the coordinator's machine: they are not announced, and
 # a resumed job may change them.

@@ -25,16 +25,16 @@ from typing import Callable
 from edgezo.config import JobConfig
 from edgezo.engine import RoundRecord, Totals
 
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.link import Link
-from edgezo.coordinator.log_service import LogService
-from edgezo.coordinator.planning import DevicePlanner, Planning
-from edgezo.coordinator.presence import Presence
-from edgezo.coordinator.pump import MessagePump
-from edgezo.coordinator.round_service import RoundService
-from edgezo.coordinator.rounds import RoundCollector, RoundPolicy
-from edgezo.coordinator.state import LOCAL_KEYS, StateFolder, shared_job
-from edgezo.coordinator.topics import Topics
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.wire.link import Link
+from edgezo.coordinator.server.log_service import LogService
+from edgezo.coordinator.server.planning import DevicePlanner, Planning
+from edgezo.coordinator.server.presence import Presence
+from edgezo.coordinator.server.pump import MessagePump
+from edgezo.coordinator.server.round_service import RoundService
+from edgezo.coordinator.server.rounds import RoundCollector, RoundPolicy
+from edgezo.coordinator.server.state import LOCAL_KEYS, StateFolder, shared_job
+from edgezo.coordinator.wire.topics import Topics
 
 __all__ = ["LOCAL_KEYS", "Coordinator", "CoordinatorSettings", "Planning", "StateFolder", "shared_job"]
 

@@ -15,8 +15,8 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from edgezo.coordinator.atomic_files import CHUNK
-from edgezo.coordinator.checkpoint_format import CheckpointInfo, latest_checkpoint
+from edgezo.coordinator.wire.atomic_files import CHUNK
+from edgezo.coordinator.wire.checkpoint_format import CheckpointInfo, latest_checkpoint
 
 logger = logging.getLogger("edgezo.checkpoint")
 

@@ -57,13 +57,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edgezo.errors import EdgezoError
 
-from edgezo.coordinator.broker_address import (BrokerSettings, broker_settings_for, format_address, parse_broker,
+from edgezo.coordinator.wire.broker_address import (BrokerSettings, broker_settings_for, format_address, parse_broker,
                                                parse_brokers)
-from edgezo.coordinator.mqtt_connect import (PAHO_PROTOCOL, PROTOCOLS, BrokerUnreachable, Handshake, attempt_error,
+from edgezo.coordinator.wire.mqtt_connect import (PAHO_PROTOCOL, PROTOCOLS, BrokerUnreachable, Handshake, attempt_error,
                                              broker_speaks_v5, close_wakeup_sockets, configure_tls, is_success,
                                              run_handshake, worth_next_node)
-from edgezo.coordinator.mqtt_acks import AckBook
-from edgezo.coordinator.mqtt_mirror import RetainedMirror
+from edgezo.coordinator.wire.mqtt_acks import AckBook
+from edgezo.coordinator.wire.mqtt_mirror import RetainedMirror
 
 __all__ = ["PROTOCOLS", "BrokerSettings", "BrokerUnreachable", "Message", "MqttLink", "broker_settings_for",
            "format_address", "parse_broker", "parse_brokers"]

@@ -25,7 +25,7 @@ from edgezo.estimators import ProbeConfig
 from edgezo.keys import Direction
 from edgezo.methods import Method
 
-from edgezo.coordinator.messages import DeviceTask, Result, unpack_scalars, BadMessage
+from edgezo.coordinator.wire.messages import DeviceTask, Result, unpack_scalars, BadMessage
 
 
 @dataclass

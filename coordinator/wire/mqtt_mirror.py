@@ -13,7 +13,7 @@ import threading
 
 from edgezo.errors import EdgezoError
 
-from edgezo.coordinator.broker_address import BrokerSettings
+from edgezo.coordinator.wire.broker_address import BrokerSettings
 
 log = logging.getLogger("edgezo.mqtt")
 

@@ -35,11 +35,12 @@ from edgezo.errors import EdgezoError
 from edgezo.jobdata import device_shards, load_job_data, make_batcher
 from edgezo.keys import fnv1a64
 
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.checkpoint import checkpoint_worth_it, download_checkpoint
-from edgezo.coordinator.link import Link
-from edgezo.coordinator.topics import ROOT, Topics
-from edgezo.coordinator.trainables import announced_trainables
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.device.catchup_cost import checkpoint_worth_it
+from edgezo.coordinator.device.checkpoint_client import download_checkpoint
+from edgezo.coordinator.wire.link import Link
+from edgezo.coordinator.wire.topics import ROOT, Topics
+from edgezo.coordinator.wire.trainables import announced_trainables
 
 log = logging.getLogger("edgezo.device")
 CATCH_UP_MODES = ("auto", "replay", "checkpoint")

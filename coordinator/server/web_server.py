@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from edgezo.errors import EdgezoError
 
-from .transport import format_address
+from edgezo.coordinator.wire.transport import format_address
 
 log = logging.getLogger("edgezo.web")
 
@@ -94,7 +94,7 @@ class DeviceTokens:
     @classmethod
     def preissued(cls, count: int) -> "DeviceTokens":
         """``count`` device ids and tokens made now, for a broker given its accounts up front (mosquitto's
-        password file, :func:`edgezo.coordinator.web_serving.write_device_accounts`); pages then get them in turn."""
+        password file, :func:`edgezo.coordinator.server.web_serving.write_device_accounts`); pages then get them in turn."""
         return cls(pool={f"web-{secrets.token_hex(4)}": secrets.token_urlsafe(16) for _ in range(count)})
 
     @property

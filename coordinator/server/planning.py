@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 from edgezo.config import JobConfig
 from edgezo.errors import EdgezoError
 
-from edgezo.coordinator import messages as m
+from edgezo.coordinator.wire import messages as m
 
 if TYPE_CHECKING:  # pragma: no cover - planning is imported only when used (--plan)
     from edgezo.costmodel import ModelShape

@@ -19,7 +19,7 @@ from typing import Callable
 from edgezo import signing
 from edgezo.signing import SigningKey
 
-from edgezo.coordinator.messages import MAX_PAYLOAD_BYTES
+from edgezo.coordinator.wire.messages import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("edgezo.signing")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from edgezo.errors import EdgezoError
 
-from .transport import BrokerSettings, format_address
+from edgezo.coordinator.wire.transport import BrokerSettings, format_address
 
 log = logging.getLogger("edgezo.mqtt")
 

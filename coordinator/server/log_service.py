@@ -15,11 +15,12 @@ import logging
 from edgezo.config import JobConfig
 from edgezo.seedlog import LogEntry, replay
 
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.checkpoint import CheckpointServer, latest_checkpoint, write_checkpoint
-from edgezo.coordinator.state import StateFolder, shared_job
-from edgezo.coordinator.topics import Topics
-from edgezo.coordinator.trainables import announced_trainables
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.server.checkpoint_server import CheckpointServer
+from edgezo.coordinator.wire.checkpoint_format import latest_checkpoint, write_checkpoint
+from edgezo.coordinator.server.state import StateFolder, shared_job
+from edgezo.coordinator.wire.topics import Topics
+from edgezo.coordinator.wire.trainables import announced_trainables
 
 log = logging.getLogger("edgezo.coordinator")
 

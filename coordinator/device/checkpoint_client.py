@@ -19,8 +19,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from edgezo.coordinator.atomic_files import CHUNK, temp_path
-from edgezo.coordinator.checkpoint_format import FORMAT, file_name, prune
+from edgezo.coordinator.wire.atomic_files import CHUNK, temp_path
+from edgezo.coordinator.wire.checkpoint_format import FORMAT, file_name, prune
 from edgezo.errors import EdgezoError
 
 logger = logging.getLogger("edgezo.checkpoint")

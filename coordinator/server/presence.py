@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable
 
-from edgezo.coordinator import messages as m
+from edgezo.coordinator.wire import messages as m
 
 log = logging.getLogger("edgezo.coordinator")
 

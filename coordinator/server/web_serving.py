@@ -32,7 +32,7 @@ from edgezo.config import JobConfig
 from edgezo.errors import EdgezoError
 from edgezo.keys import Direction
 
-from .web_server import PAGE, BrokerWebSocket, DeviceTokens, WebJob, WebServer, check_free
+from edgezo.coordinator.server.web_server import PAGE, BrokerWebSocket, DeviceTokens, WebJob, WebServer, check_free
 
 CHECK_BATCHES = 2  # batches of the job the export is checked on before it is served
 
@@ -100,7 +100,7 @@ def base_trainable_file(ex, folder: Path) -> Path:
     """The trainable tensors as they are now (call it before the seed log is replayed: round 0) in
     the checkpoint format of PROTOCOL.md section 10, with their fingerprint: the page's starting
     replica, checked by that fingerprint and then by every replayed entry's."""
-    from .checkpoint_format import write_checkpoint
+    from edgezo.coordinator.wire.checkpoint_format import write_checkpoint
 
     return write_checkpoint(folder, 0, ex.trainable_arrays(), ex.fingerprint())
 
@@ -204,7 +204,7 @@ def write_device_accounts(path: Path, accounts: dict[str, str]) -> None:
 def websocket_listener(settings):
     """The embedded broker's WebSocket listener for ``CoordinateSettings`` with --web-port (None
     without): it admits only browser devices with the tokens the web server issues them."""
-    from .broker import WebSocketListener
+    from edgezo.coordinator.server.broker import WebSocketListener
 
     if settings.web_port is None:
         return None

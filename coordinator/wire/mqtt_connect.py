@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edgezo.errors import EdgezoError
 
-from edgezo.coordinator.broker_address import BrokerSettings
+from edgezo.coordinator.wire.broker_address import BrokerSettings
 
 log = logging.getLogger("edgezo.mqtt")
 

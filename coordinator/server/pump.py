@@ -13,8 +13,8 @@ import logging
 import time
 from typing import Callable
 
-from edgezo.coordinator import messages as m
-from edgezo.coordinator.topics import Topics
+from edgezo.coordinator.wire import messages as m
+from edgezo.coordinator.wire.topics import Topics
 
 log = logging.getLogger("edgezo.coordinator")
 

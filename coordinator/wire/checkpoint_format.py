@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import safetensors.numpy
 
-from edgezo.coordinator.atomic_files import fsync_dir, sha256_file, sync_and_hash, temp_path, write_json_atomic
+from edgezo.coordinator.wire.atomic_files import fsync_dir, sha256_file, sync_and_hash, temp_path, write_json_atomic
 
 logger = logging.getLogger("edgezo.checkpoint")
 
