@@ -12,7 +12,7 @@ examples and the gains are paired.
     python benchmarks/default_job_seeds.py report   # results/default_job_seeds.json + the RESULTS section
 
 Each run is a child process with one compute thread (two at a time on 2 cores); a finished run
-(its ``summary.json``) is never rerun, an unfinished one is started again from scratch.
+(its ``summary.json``) is never rerun, an unfinished one continues (``--resume``).
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def run_folder(seed: int, runs: Path = RUNS) -> Path:
 
 
 def command(seed: int, out: Path) -> list[str]:
-    """The default job's options: nothing but the seed and where it writes."""
-    return ["--seed", str(seed), "--out", str(out), "--overwrite", "--quiet"]
+    """The default job's options: nothing but the seed and where it writes; a run stopped part way
+    (its job.json written) continues from its seed log to the model the whole run would reach."""
+    again = ["--resume"] if (out / "job.json").is_file() else ["--overwrite"]
+    return ["--seed", str(seed), "--out", str(out), *again, "--quiet"]
 
 
 def run_one(seed: int, runs: Path, child: Child) -> str:

@@ -54,5 +54,9 @@ def test_the_section_replaces_itself_in_results(tmp_path):
     assert "second" in text and "first" not in text and text.count(djs.BEGIN) == 1 and "before" in text
 
 
-def test_the_runs_are_the_default_job_with_only_the_seed_and_folder():
-    assert djs.command(3, Path("/tmp/x")) == ["--seed", "3", "--out", "/tmp/x", "--overwrite", "--quiet"]
+def test_the_runs_are_the_default_job_with_only_the_seed_and_folder(tmp_path):
+    out = tmp_path / "seed-3"
+    assert djs.command(3, out) == ["--seed", "3", "--out", str(out), "--overwrite", "--quiet"]
+    out.mkdir()
+    (out / "job.json").write_text("{}")  # a run stopped part way continues
+    assert djs.command(3, out) == ["--seed", "3", "--out", str(out), "--resume", "--quiet"]
