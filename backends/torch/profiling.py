@@ -21,7 +21,6 @@ import torch
 
 from edgezo.backends.torch import perturb as tz
 from edgezo.backends.hf import shape
-from edgezo.backends.hf.shape import typical_tokens  # noqa: F401 (its callers import it from here)
 from edgezo.backends.hf.split_executor import Batch
 from edgezo.backends.torch.executor import TorchExecutor
 from edgezo.costmodel import MIB, ModelShape, linear_fit

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from edgezo.config import JobConfig
 from edgezo.errors import EdgezoError
+from edgezo.planner import Budget, NothingFits, plan_device
+from edgezo.profiles import profile_from_dict
 
 from edgezo.coordinator.wire import messages as m
 
@@ -64,9 +66,6 @@ class DevicePlanner:
     def _plan_task(self, device: str, status: m.Status) -> m.DeviceTask | None:
         """The device's task, or None when nothing fits it (then it is left out of rounds). A
         malformed profile is rejected with a logged reason and the device treated as sending none."""
-        from edgezo.planner import Budget, NothingFits, plan_device
-        from edgezo.profiles import profile_from_dict
-
         p = self._planning()
         profile, source = None, ""
         if status.profile:

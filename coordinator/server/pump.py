@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Callable
 
+from edgezo.signing import public_text
 from edgezo.coordinator.wire import messages as m
 from edgezo.coordinator.wire.topics import Topics
 
@@ -91,8 +92,6 @@ class MessagePump:
         return False
 
     def _refuse(self, device: str, signer: bytes | None, why: str) -> None:
-        from edgezo.signing import public_text
-
         key = public_text(signer) if signer is not None else ""
         now = time.monotonic()
         if now - self._refused.get((device, key), -1e9) < 5.0:

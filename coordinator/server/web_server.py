@@ -30,6 +30,7 @@ import logging
 import re
 import secrets
 import shutil
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -182,8 +183,6 @@ def page_host(host_header: str) -> str:
 
 def check_free(host: str, port: int) -> None:
     """Fail early (before a minutes-long export) when the web server could not bind ``host:port``."""
-    import socket
-
     if port == 0:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

