@@ -10,14 +10,14 @@ import math
 from dataclasses import dataclass, fields
 
 from edgezo.aggregate import Aggregation
-from edgezo.backends.choice import parse_device
+from edgezo.backends.choice import CHOICES, parse_device
 from edgezo.config import JobConfig
 from edgezo.coordinator.wire.transport import broker_settings_for
 from edgezo.errors import ConfigError
 from edgezo.planner import Limits
 
 COORDINATE_OUT = "runs/coordinate"  # coordinate's --out default (simulate's is JobConfig.out)
-BACKENDS = ("auto", "torch", "mlx", "int8")
+BACKENDS = CHOICES  # --backend: auto and every backend of the registry (backends/registry.py)
 CATCH_UP = ("auto", "replay", "checkpoint")
 
 

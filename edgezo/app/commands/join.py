@@ -13,6 +13,7 @@ from edgezo.app.commands.options import BROKER_OPTIONS, DEVICE_OPTION, QUIET_HEL
 from edgezo.app.jobs.coordinate import configure_logging
 from edgezo.app.jobs.join import PROFILE_LIMIT, JoinJob, connect_patiently, default_device_id, device_profile
 from edgezo.app.settings import JoinSettings
+from edgezo.backends.choice import CHOICES
 
 S = JoinSettings
 
@@ -29,7 +30,7 @@ S = JoinSettings
 @apply([TRAIN_SAMPLES])
 @click.option("--profile", help="This device's profile, sent to the coordinator, which plans this device's batch, K, P1 and P2 from it (coordinate --plan): a .toml file, or a name (a measured profile in the user profile folder, else a reference shipped in device_profiles/). [default: the measured profile named after this host in the user profile folder (edgezo profile writes it), if there is one]")
 @click.option("--memory-gb", type=float, help="Memory in GB this device lets training use; the coordinator's planner keeps a step's peak under it. [default: the profile's memory_available_gb]")
-@click.option("--backend", type=click.Choice(["auto", "torch", "mlx", "int8"]), default=S.backend, help="Executor: torch (fp32), mlx (Apple MLX), int8 (llama.cpp-style 8-bit blocks, about a third of the memory). auto: mlx on Apple silicon, else torch, or int8 when fp32 does not fit --memory-gb (or the free memory).")
+@click.option("--backend", type=click.Choice(CHOICES), default=S.backend, help="Executor: torch (fp32), mlx (Apple MLX), int8 (llama.cpp-style 8-bit blocks, about a third of the memory). auto: mlx on Apple silicon, else torch, or int8 when fp32 does not fit --memory-gb (or the free memory).")
 @DEVICE_OPTION
 @click.option("--catch-up", type=click.Choice(["auto", "replay", "checkpoint"]), default=S.catch_up, help="How to reach the current global model when behind: replay the seed log, download the coordinator's checkpoint, or whichever is cheaper.")
 @click.option("--stay", is_flag=True, help="After the job finishes, wait for the next one instead of exiting.")
