@@ -13,7 +13,7 @@ What differs from compare-1 (``sweeps.SETTINGS``), and why:
   last quarter of its rounds, so choosing it reads no evaluation example;
 * **lr tuned per method and per probe setting**: every label has its own grid (the best step
   grows with the number of probes averaged), so FedSPZO P2 = 4 and P2 = 8 are tuned apart;
-* **DeComFL as its paper runs it** (``decomfl-fwd``: forward difference, P + 1 forwards a step)
+* **DeComFL as its paper runs it** (``decomfl-p5-fwd``: forward difference, P + 1 forwards a step)
   beside the central one;
 * **FedAvg charged what autograd runs**: with LoRA trainable the backward is 1.01 forwards on
   SmolLM2 (``benchmarks/flops_check.py``, results/flops_check/), not the CLI's 2;
@@ -26,7 +26,7 @@ lora-sst2 --dry-run`` prints the estimate (the test keeps it under 40 CPU-hours)
 curves still rise at half the budget is what the two-run pilot (``--sweep pilot``: FedSPZO P2 = 4
 and FedAvg on the tuning seed) checks before the sweep.
 
-    python benchmarks/compare.py --preset lora-sst2 run --jobs 2 --pin [--only method=spzo-p2-4,seed=0]
+    python benchmarks/compare.py --preset lora-sst2 run --jobs 2 --pin [--only name=spzo,seed=0]
     python benchmarks/compare.py --preset lora-sst2 report   # RESULTS.md, PNG, summary.json
 """
 
@@ -60,10 +60,10 @@ def late_train_loss(row: dict, fraction: float = 0.25) -> tuple[float]:
 # (clean, split 10, P2 = 1: 1.99x the default's descent per FLOP at P1 = 4, 2.03x at P1 = 16;
 # P1 = 4 is within 2% of 16 and takes 4x the steps, so more points on the curve).
 METHODS = (
-    Method("spzo-p2-4", "spzo", p=1, p2=4),
+    Method("spzo", "spzo", p=1, p2=4),  # the paper's setting (issue 27's baseline `spzo`)
     Method("spzo-bench", "spzo", p=4, p2=1, split=10, variant="clean"),
-    Method("decomfl", "decomfl", p=5),  # central difference, 2P forwards a step
-    Method("decomfl-fwd", "decomfl", p=5, probe_difference="forward"),  # the paper's run_exp.sh: P + 1
+    Method("decomfl-p5", "decomfl", p=5),  # central difference, 2P forwards a step (issue 27's `decomfl-p5`)
+    Method("decomfl-p5-fwd", "decomfl", p=5, probe_difference="forward"),  # the paper's run_exp.sh: P + 1
     Method("fedzo", "fedzo", p=5),
     Method("mezo", "mezo", p=1, clients=1),
     Method("fedavg", "fedavg", zero_order=False),
@@ -93,7 +93,9 @@ LORA_SST2 = Settings(
     eval_points=11, grid_eval_points=2,  # the grid needs round 0 and its end (the targets), not a curve
     grid_task="sst2", grid_seed=TUNING_SEED, grid_budget_fraction=0.5,
     ablation=(), dirichlet_methods=(),
-    pilot=("spzo-p2-4", "fedavg"),  # the paper's FedSPZO and the backprop ceiling, before the grid
+    pilot=("spzo", "fedavg"),
+    # edgezo's estimators: each is compared (summary.json) with every other label as a baseline
+    estimators=("spzo", "spzo-bench", "bforward-p16", "fwd-p16"),  # the paper's FedSPZO and the backprop ceiling, before the grid
     harness=sweeps.PAIRED_HARNESS_VERSION, eval_seed=EVAL_SEED,
     fedavg_backward_forwards=LORA_BACKWARD_FORWARDS, tuning_score=late_train_loss,
 )

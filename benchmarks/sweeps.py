@@ -144,6 +144,9 @@ class Settings:
     # labels run once before the sweep at the full budget and curve, on the tuning seed at their
     # fallback step size: does the regime start low enough and still rise at half the budget?
     pilot: tuple[str, ...] = ()
+    # the labels the paired report treats as edgezo's estimators (each against every other label);
+    # empty: the FedSPZO labels
+    estimators: tuple[str, ...] = ()
     main_only_on: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> tasks it runs on
     harness: str = HARNESS_VERSION  # part of every run's key
     eval_seed: int | None = None  # --eval-seed: one evaluation subset for every run (None: each seed its own)
