@@ -131,7 +131,7 @@ def test_the_presets_dry_run_lists_grid_and_main(tmp_path, capsys):
     assert compare.main(["--preset", "lora-sst2", "run", "--dry-run", "--rows", str(tmp_path / "rows"),
                          "--runs", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
-    assert "== pilot: 2 runs" in out and "== grid: 35 runs" in out and "== main: 36 runs" in out and "== ablation: 0 runs" in out
+    assert "== pilot: 2 runs" in out and "== grid: 42 runs" in out and "== main: 36 runs" in out and "== ablation: 0 runs" in out
 
 
 def test_the_grid_winner_is_chosen_by_late_training_loss():
