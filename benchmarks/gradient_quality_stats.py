@@ -52,6 +52,8 @@ from typing import Callable
 
 import numpy as np
 
+from edgezo.calibration import clean_moment, joint_moment  # the closed forms: one copy, shared with --p2 auto
+
 PROBES = (1, 2, 4, 8, 16)
 
 # -- the estimators: forwards per step and the conditional second moment ------------------------
@@ -69,15 +71,11 @@ def _forward_difference(s: "Setting", a1, a2, d1, d2, q2):
 
 
 def _joint(s: "Setting", a1, a2, d1, d2, q2):
-    n = s.p1 * s.p2
-    block1 = (d1 * (a1 + a2 / s.p2) + (s.p1 - 1) * a1) / s.p1
-    block2 = (d2 * (a1 + a2) + (n - 1) * a2) / n
-    return block1 + block2
+    return joint_moment(a1, a2, d1, d2, s.p1, s.p2)
 
 
 def _clean(s: "Setting", a1, a2, d1, d2, q2):
-    n = s.p1 * s.p2
-    return a1 * (d1 + s.p1 - 1) / s.p1 + a2 * (d2 + n - 1) / n
+    return clean_moment(a1, a2, d1, d2, s.p1, s.p2)
 
 
 def _backprop(s: "Setting", a1, a2, d1, d2, q2):

@@ -68,8 +68,13 @@ class SimulateSettings(AggregationSettings):
     quiet: bool = False  # no progress bar and no per-round lines
     overwrite: bool = False  # replace a previous run in --out
     resume: bool = False  # continue a stopped run in --out
+    p2_auto: bool = False  # --p2 auto: a calibration before round 0 chooses P2 (edgezo.calibration)
+    split_auto: bool = False  # --split auto: it chooses the split
 
     def validate(self) -> "SimulateSettings":
+        if (self.p2_auto or self.split_auto) and self.devices:
+            raise ConfigError("--p2 auto / --split auto choose one setting for every device; with --devices, "
+                              "give each its own with --plan instead")
         self.device = _device(self.device)
         _at_least("train_samples", self.train_samples, 1)
         _at_least("eval_seed", self.eval_seed, 0)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from edgezo.app.engines.ray_engine import require_ray, start_engine
 from edgezo.app.fleet import parse_fleet, plan_fleet
-from edgezo.app.jobs.common import Callback, JobResult, JobShell, callbacks_of, file_and_options, job_config, save_model
+from edgezo.app.jobs.common import Callback, JobResult, JobShell, calibrate, callbacks_of, file_and_options, job_config, save_model
 from edgezo.app.outputs import RunOutputs
 from edgezo.app.runfolder import JOB_FILE, prepare_out, read_job, write_job
 from edgezo.app.settings import SimulateSettings
@@ -85,6 +85,9 @@ class SimulateJob:
         (from its job.json) are the base, and a given option that disagrees with them is an error."""
         run_kw = {k: options.pop(k) for k in ("callbacks", "say", "progress", "engine") if k in options}
 
+        for key in ("p2", "split"):  # auto: the calibration chooses it (a simulate setting, not the job's number)
+            if options.get(key) == "auto":
+                options[f"{key}_auto"] = options.pop(key) == "auto"
         job, sim, task = file_and_options(config_file, options, JobConfig, SimulateSettings, TaskOptions)
         job = with_task_options(job, TaskOptions(**task))  # --train/--template/...: the task as JSON text
         if sim.get("resume"):
@@ -108,12 +111,17 @@ class SimulateJob:
         shards = device_shards(cfg, data.train)  # too few examples for the devices: before the model loads
         executors = BackendPool(cfg, data.task, say, device=s.device)
         ex, info = executors.get(_first_backend(requested, fleet is not None))
+        calibration = self._calibrated(out, ex, info, data, executors)
+        if calibration is not None and cfg.split != ex.split:  # --split auto moved block 2's start: the replica is built there
+            executors = BackendPool(cfg, data.task, say, device=s.device)
+            ex, info = executors.get(_first_backend(requested, fleet is not None))
         say(f"{info.name}: {ex.num_layers} layers, split at {ex.split}; trainable {cfg.trainable}: "
             f"{ex.trainable_numel(1):,} + {ex.trainable_numel(2):,} parameters (block 1 + block 2); "
             f"{len(data.train):,} train examples over {cfg.clients} devices, {len(data.dev)} validation")
-        placed = self._placed(ex, info, data, fleet, requested, executors, torch_device, {"aggregation": asdict(aggregation)})
+        extra = {"aggregation": asdict(aggregation)} | ({} if calibration is None else {"calibration": calibration})
+        placed = self._placed(ex, info, data, fleet, requested, executors, torch_device, extra)
         seedlog = SeedLog(out / "seedlog.jsonl")
-        resume, outputs = self._outputs(out, seedlog)
+        resume, outputs = self._outputs(out, seedlog, calibration)
         done = 0 if resume is None else resume.last["round"]
         bar = tqdm(total=cfg.rounds * cfg.clients, initial=done * cfg.clients, desc="devices x rounds", unit="dev",
                    disable=not self.progress, dynamic_ncols=True)
@@ -170,18 +178,40 @@ class SimulateJob:
             say("devices' backends: " + ", ".join(f"{d}:{e.backend}" for d, e in enumerate(device_executors)))
         return Placement(device_executors, works, clock, mixed, extra)
 
-    def _outputs(self, out: Path, seedlog: SeedLog):
+    def _outputs(self, out: Path, seedlog: SeedLog, calibration: dict | None = None):
         """(where a resumed run continues, or None; the output folder's metrics, opened): a new
-        run starts its seed log afresh and records its settings in job.json."""
+        run starts its seed log afresh and records its settings (and its calibration, which a
+        resumed run reuses) in job.json."""
         cfg, s = self.config, self.settings
         resume = self._resume_point(out, seedlog) if s.resume else None
         outputs = RunOutputs(out, resume_round=None if resume is None else resume.last["round"])
         if resume is None:
             seedlog.path.unlink(missing_ok=True)
-            write_job(out, {"job": cfg.to_dict(), "simulate": _settings_record(s)})
+            write_job(out, {"job": cfg.to_dict(), "simulate": _settings_record(s)}
+                      | ({} if calibration is None else {"calibration": calibration}))
         else:
             self.say(f"resuming after round {resume.last['round']} of {cfg.rounds}")
         return resume, outputs
+
+    def _calibrated(self, out: Path, ex, info, data, executors: "BackendPool") -> dict | None:
+        """--p2 auto / --split auto: the calibration's record, with the job's P2 and split set to
+        its choice; a resumed run takes the record from its job.json (the choice is never re-made,
+        so the resumed rounds are those of the uninterrupted run)."""
+        s, cfg = self.settings, self.config
+        if not (s.p2_auto or s.split_auto):
+            return None
+        if s.resume:
+            record = read_job(out).get("calibration")
+            if record is None:
+                raise OutputError(f"--resume: {out / JOB_FILE} records no calibration, so the stopped run did not use "
+                                  "--p2/--split auto; drop auto to continue it")
+            cfg.p2, cfg.split = record["chosen"]["p2"], record["chosen"]["split"]
+            self.say(f"the stopped run's calibration reused: P2={cfg.p2}, split={cfg.split}")
+            return record
+        shape = model_shape(ex, ex.model.config, info.name, info.digest)
+        tokens = typical_tokens(ex, data.task, data.train, cfg.batch_size, cfg.seed)
+        return calibrate(cfg, ex, shape, tokens, executors.batcher(ex, data.train), len(data.train),
+                         s.p2_auto, s.split_auto, self.say)
 
     def _simulate(self, shell: JobShell, seedlog: SeedLog, data, shards, ex, executors: "BackendPool", placed: "Placement",
                   aggregation, resume, on_device: Callable[[], None]) -> None:
