@@ -99,9 +99,11 @@ def candidates(p1: int, splits: Sequence[int], p2s: Sequence[int] = P2_CHOICES) 
 
 
 def rank(groups: Sequence[GroupEnergy], cands: Sequence[Candidate], variant: str,
-         step_cost: Callable[[Candidate], float]) -> list[dict]:
+         step_cost: Callable[[Candidate], float], prefer_split: int | None = None) -> list[dict]:
     """Each candidate's expected descent ratio ‖G‖²/E‖ĝ‖², cost of a step and their quotient, best
-    first. ``step_cost`` is in seconds (a profile) or FLOPs (none): only the ranking is compared."""
+    first. ``step_cost`` is in seconds (a profile) or FLOPs (none): only the ranking is compared.
+    Ties (to rounding: at P2 = 1 a joint step is a whole-model probe whatever the split) go to
+    ``prefer_split``, the job's own, so a tie never moves the split."""
     moment = MOMENTS[variant]
     g2 = sum(g.signal for g in groups)
     rows = []
@@ -110,7 +112,8 @@ def rank(groups: Sequence[GroupEnergy], cands: Sequence[Candidate], variant: str
         descent = g2 / float(moment(a1, a2, d1, d2, c.p1, c.p2))
         cost = float(step_cost(c))
         rows.append({**asdict(c), "descent": descent, "cost": cost, "descent_per_cost": descent / cost})
-    return sorted(rows, key=lambda r: -r["descent_per_cost"])
+    top = max(r["descent_per_cost"] for r in rows)
+    return sorted(rows, key=lambda r: (r["descent_per_cost"] < top * (1 - 1e-9), r["split"] != prefer_split, -r["descent_per_cost"]))
 
 
 def table(rows: Sequence[dict], unit: str) -> list[str]:

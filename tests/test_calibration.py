@@ -40,6 +40,13 @@ def test_block_1_holding_the_gradient_takes_one_block_2_probe(variant):
     assert [r["descent_per_cost"] for r in rows] == sorted((r["descent_per_cost"] for r in rows), reverse=True)
 
 
+def test_a_tie_keeps_the_jobs_split():
+    groups = [cal.GroupEnergy(0, 1, 1000, 1.0, 0.5), cal.GroupEnergy(1, 2, 1000, 1e-3, 1e-3), cal.GroupEnergy(2, 3, 1000, 1e-3, 1e-3)]
+    cost = cal.step_cost(method_of("spzo"), Work(), lambda split: StepCosts(1.0, 2.0, 0, 0, 0, 0))
+    rows = cal.rank(groups, cal.candidates(1, [1, 2]), "joint", cost, prefer_split=2)
+    assert (rows[0]["p2"], rows[0]["split"]) == (1, 2) and rows[1]["descent_per_cost"] == pytest.approx(rows[0]["descent_per_cost"])
+
+
 def test_splits_sum_whole_groups_and_refuse_others():
     groups = [cal.GroupEnergy(0, 5, 10, 1.0, 0.5), cal.GroupEnergy(5, 10, 20, 2.0, 1.0), cal.GroupEnergy(10, 12, 30, 4.0, 2.0)]
     assert cal.block_energies(groups, 10) == (3.0, 4.0, 30, 30)

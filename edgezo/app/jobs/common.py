@@ -194,7 +194,7 @@ def calibrate(cfg: JobConfig, ex, shape, tokens: int, batcher, examples: int, ch
     splits = cal.candidate_splits(measured["groups"]) if choose_split else [ex.split]
     candidates = cal.candidates(cfg.p1, splits, cal.P2_CHOICES if choose_p2 else [cfg.p2])
     cost = cal.step_cost(method, job_work(cfg), cal.flops_costs(shape, cfg.batch_size, tokens))
-    rows = cal.rank(measured["groups"], candidates, cfg.variant, cost)
+    rows = cal.rank(measured["groups"], candidates, cfg.variant, cost, prefer_split=ex.split)
     best = rows[0]
     cfg.p2, cfg.split = best["p2"], best["split"]
     for line in cal.table(rows, "FLOP"):
