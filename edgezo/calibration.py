@@ -105,15 +105,16 @@ def rank(groups: Sequence[GroupEnergy], cands: Sequence[Candidate], variant: str
     Ties (to rounding: at P2 = 1 a joint step is a whole-model probe whatever the split) go to
     ``prefer_split``, the job's own, so a tie never moves the split."""
     moment = MOMENTS[variant]
-    g2 = sum(g.signal for g in groups)
-    rows = []
+    g2 = sum(g.signal for g in groups)  # common to every candidate: the ranking does not use it (a noisy
+    rows, merit = [], []  # U-statistic can even be negative on 3 batches), only the printed figures
     for c in cands:
         a1, a2, d1, d2 = block_energies(groups, c.split)
-        descent = g2 / float(moment(a1, a2, d1, d2, c.p1, c.p2))
-        cost = float(step_cost(c))
-        rows.append({**asdict(c), "descent": descent, "cost": cost, "descent_per_cost": descent / cost})
-    top = max(r["descent_per_cost"] for r in rows)
-    return sorted(rows, key=lambda r: (r["descent_per_cost"] < top * (1 - 1e-9), r["split"] != prefer_split, -r["descent_per_cost"]))
+        y, cost = float(moment(a1, a2, d1, d2, c.p1, c.p2)), float(step_cost(c))
+        rows.append({**asdict(c), "descent": g2 / y, "cost": cost, "descent_per_cost": g2 / y / cost})
+        merit.append(1.0 / (y * cost))
+    top = max(merit)
+    order = sorted(range(len(rows)), key=lambda k: (merit[k] < top * (1 - 1e-9), rows[k]["split"] != prefer_split, -merit[k]))
+    return [rows[k] for k in order]
 
 
 def table(rows: Sequence[dict], unit: str) -> list[str]:

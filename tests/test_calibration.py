@@ -40,6 +40,13 @@ def test_block_1_holding_the_gradient_takes_one_block_2_probe(variant):
     assert [r["descent_per_cost"] for r in rows] == sorted((r["descent_per_cost"] for r in rows), reverse=True)
 
 
+def test_a_negative_signal_estimate_does_not_invert_the_ranking():
+    """‖G‖² is common to every setting; its U-statistic on 3 batches can come out negative."""
+    groups = [cal.GroupEnergy(0, 1, 1000, 1e-3, -1.0), cal.GroupEnergy(1, 2, 1000, 1.0, 0.1)]
+    cost = cal.step_cost(method_of("spzo"), Work(), lambda split: StepCosts(10.0, 1.0, 0, 0, 0, 0))
+    assert cal.rank(groups, cal.candidates(1, [1]), "joint", cost)[0]["p2"] == 8
+
+
 def test_a_tie_keeps_the_jobs_split():
     groups = [cal.GroupEnergy(0, 1, 1000, 1.0, 0.5), cal.GroupEnergy(1, 2, 1000, 1e-3, 1e-3), cal.GroupEnergy(2, 3, 1000, 1e-3, 1e-3)]
     cost = cal.step_cost(method_of("spzo"), Work(), lambda split: StepCosts(1.0, 2.0, 0, 0, 0, 0))
