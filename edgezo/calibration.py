@@ -113,7 +113,8 @@ def rank(groups: Sequence[GroupEnergy], cands: Sequence[Candidate], variant: str
         rows.append({**asdict(c), "descent": g2 / y, "cost": cost, "descent_per_cost": g2 / y / cost})
         merit.append(1.0 / (y * cost))
     top = max(merit)
-    order = sorted(range(len(rows)), key=lambda k: (merit[k] < top * (1 - 1e-9), rows[k]["split"] != prefer_split, -merit[k]))
+    tied = [m >= top * (1 - 1e-9) for m in merit]
+    order = sorted(range(len(rows)), key=lambda k: (not tied[k], tied[k] and rows[k]["split"] != prefer_split, -merit[k]))
     return [rows[k] for k in order]
 
 

@@ -52,6 +52,7 @@ def test_a_tie_keeps_the_jobs_split():
     cost = cal.step_cost(method_of("spzo"), Work(), lambda split: StepCosts(1.0, 2.0, 0, 0, 0, 0))
     rows = cal.rank(groups, cal.candidates(1, [1, 2]), "joint", cost, prefer_split=2)
     assert (rows[0]["p2"], rows[0]["split"]) == (1, 2) and rows[1]["descent_per_cost"] == pytest.approx(rows[0]["descent_per_cost"])
+    assert [r["descent_per_cost"] for r in rows[1:]] == sorted((r["descent_per_cost"] for r in rows[1:]), reverse=True)
 
 
 def test_splits_sum_whole_groups_and_refuse_others():
