@@ -288,3 +288,19 @@ def test_a_backend_is_its_folder_and_one_registration():
     literals = {node.value for node in ast.walk(TREES["edgezo.backends.choice"])
                 if isinstance(node, ast.Constant) and isinstance(node.value, str)}
     assert not literals & set(BACKENDS), f"choice.py names backends: {sorted(literals & set(BACKENDS))}"
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    """pyproject's explicit package list decides what a non-editable install ships: a folder of
+    modules left out of it (edgezo.methods was, until this test) imports in an editable checkout
+    and fails after `pip install .`."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed, layout = set(setuptools["packages"]), setuptools["package-dir"]
+    found = set()
+    for package, folder in layout.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([package, *relative.parts]) if relative.parts else package)
+    assert found <= listed, f"add to pyproject.toml's packages: {sorted(found - listed)}"
