@@ -140,6 +140,9 @@ class UnitProbe:
     def covers(self, block: int) -> bool:
         return True
 
+    def covers_unit(self, unit: str, block: int) -> bool:
+        return unit in self.units
+
     def tensor_key(self, name: str) -> int:
         return self.direction.tensor_key(name)
 

@@ -61,6 +61,10 @@ class Direction:
         """Whether this direction perturbs the tensors of ``block`` (1 or 2)."""
         return self.block == WHOLE_MODEL or self.block == block
 
+    def covers_unit(self, unit: str, block: int) -> bool:
+        """Whether this direction perturbs ``unit`` (a unit of ``block``): every unit of a block it covers."""
+        return self.covers(block)
+
     def tensor_key(self, name: str) -> int:
         return tensor_key(self.fields(), name)
 

@@ -126,7 +126,7 @@ class SplitExecutor(ABC):
     def _run_unit(self, unit: str, perturbation: Perturbation, fn: Callable, *args):
         """``fn(*args)`` with the unit's trainable tensors perturbed for the length of the call."""
         names = self.unit_tensors[unit]
-        dirs = [(d, s) for d, s in perturbation if _covers(d, unit, self.unit_block[unit])]
+        dirs = [(d, s) for d, s in perturbation if d.covers_unit(unit, self.unit_block[unit])]
         if not names or not dirs:
             return fn(*args)
         saved = {}
@@ -315,10 +315,3 @@ class SplitExecutor(ABC):
     def _float32(self, name: str) -> np.ndarray:
         """Tensor ``name`` as a float32 NumPy array (may share memory)."""
 
-
-def _covers(direction, unit: str, block: int) -> bool:
-    """Whether ``direction`` perturbs ``unit`` (of ``block``): a Direction by its block; a probe
-    that names its own units (``edgezo.calibration.UnitProbe``, the calibration's per-group
-    probes) by those units."""
-    units = getattr(direction, "units", None)
-    return direction.covers(block) if units is None else unit in units
