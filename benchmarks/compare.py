@@ -15,9 +15,11 @@ The sweeps and every setting are in ``benchmarks/sweeps.py``. Each run's cache k
 harness version and its exact ``edgezo simulate`` arguments. A finished run leaves a small JSON row
 in ``benchmarks/results/compare/rows/<key>.json`` (meant to be committed); its folder
 ``runs/compare/<key>/`` (gitignored) keeps metrics.jsonl, summary.json, the seed log and the
-child's log, without the 540 MB ``model/``. A run with a row is never recomputed; a folder without a
-row (interrupted or failed) is removed and the run redone, so a sweep stopped at any point resumes
-where it stopped. ``--sweep all`` runs the grid first: the later sweeps use its winners (or the
+child's log, without the 540 MB ``model/``. A run with a row is never recomputed. A folder without a
+row is a stopped run: a zero-order one continues from its seed log (``simulate --resume``, to the
+model the uninterrupted run reaches; each attempt's CPU time is kept in ``attempts.jsonl`` and the
+row sums them), while a failed one, or FedAvg's (no seed log), is removed and redone, so a sweep
+stopped at any point resumes where it stopped. ``--sweep all`` runs the grid first: the later sweeps use its winners (or the
 stated fallbacks for a method whose grid rows are missing).
 
 Children run with one thread each (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1); ``--jobs 2`` runs two at
@@ -98,8 +100,8 @@ def measured_rates(s: Settings, rows: dict[str, dict]) -> dict[str, float]:
     per_task: dict[str, list[float]] = {}
     for row in rows.values():
         task = s.tasks.get(row.get("task"))
-        busy = row.get("wall_s" if s.unit == "GPU" else "cpu_s", 0) - s.startup_cpu_s
-        if task is None or busy <= 0:
+        busy = row.get("wall_s" if s.unit == "GPU" else "cpu_s", 0) - s.startup_cpu_s * row.get("attempts", 1)
+        if task is None or busy <= 0 or not row.get("usage_complete", True):
             continue
         flops = row["flops"] + row["eval_count"] * row["eval_samples"] * task.eval_flops_per_example
         per_task.setdefault(task.name, []).append(flops / busy)
@@ -161,6 +163,7 @@ def build_row(spec: RunSpec, out: Path, usage: dict, provenance: dict) -> dict:
         "peak_rss_mib": round(usage["maxrss_kib"] / 1024, 1), "peak_gpu_mib": summary.get("peak_gpu_mib"),
         "wall_s": round(usage["wall_s"], 1),
         "cpu_s": round(usage["cpu_s"], 1), "simulate_wall_s": summary.get("wall_s"),
+        "attempts": usage.get("attempts", 1), "usage_complete": usage.get("usage_complete", True),
         "trainable_parameters": summary.get("trainable_parameters"), "split": summary.get("split"),
         "model": summary.get("model"), "fingerprint": summary.get("fingerprint"),
         **extra, **provenance, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -231,7 +234,49 @@ def status(spec: RunSpec, rows: dict, runs_dir: Path) -> str:
     folder = runs_dir / spec.key
     if (folder / "FAILED").is_file():
         return "failed"
+    if resumable(folder):
+        return "resumes"
     return "unfinished" if folder.exists() else "todo"
+
+
+def resumable(out: Path) -> bool:
+    """A stopped run (not a failed one) that ``simulate --resume`` can continue: its job.json and
+    seed log written and at least one round in its metrics. FedAvg writes no seed log (its update
+    is dense), so its stopped runs are redone from scratch."""
+    if (out / "FAILED").exists() or not (out / "job.json").is_file() or not (out / "seedlog.jsonl").is_file():
+        return False
+    try:
+        lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        try:
+            if json.loads(line).get("round", 0) >= 1:
+                return True
+        except ValueError:  # a line torn by the stop
+            continue
+    return False
+
+
+ATTEMPTS = "attempts.jsonl"
+
+
+def record_attempt(out: Path, resumed: bool, usage, wall_s: float, commit: str | None) -> None:
+    """One child's resources, appended whether it finished or was stopped: the row of a run done in
+    several attempts charges their sum."""
+    line = {"resumed": resumed, "wall_s": round(wall_s, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+            "maxrss_kib": usage.ru_maxrss, "edgezo_commit": commit, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with open(out / ATTEMPTS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def total_usage(out: Path) -> dict:
+    """The attempts' resources summed (peak memory: the largest); ``usage_complete`` is False when
+    the first attempt predates attempts.jsonl (a run resumed from a folder of an older harness)."""
+    attempts = [json.loads(x) for x in (out / ATTEMPTS).read_text(encoding="utf-8").splitlines() if x.strip()]
+    return {"wall_s": sum(a["wall_s"] for a in attempts), "cpu_s": sum(a["cpu_s"] for a in attempts),
+            "maxrss_kib": max(a["maxrss_kib"] for a in attempts), "attempts": len(attempts),
+            "usage_complete": not attempts[0]["resumed"]}
 
 
 @dataclass
@@ -251,15 +296,18 @@ class Runner:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def execute(self, spec: RunSpec) -> dict | None:
-        """One child from scratch: its row, or None when it failed (its folder keeps the log)."""
+        """One child, from scratch or continuing a stopped run: its row, or None when it failed
+        (its folder keeps the log) or was stopped."""
         out = self.runs_dir / spec.key
-        shutil.rmtree(out, ignore_errors=True)  # an interrupted run is redone from the start
-        out.mkdir(parents=True)
-        (out / "spec.json").write_text(json.dumps({"sweep": spec.sweep, "name": spec.name, "args": spec.args}, indent=1))
-        argv = self.child.prefix + list(spec.args) + ["--out", str(out), "--quiet"]
+        resume = resumable(out)
+        if not resume:
+            shutil.rmtree(out, ignore_errors=True)  # a failed run, or one without a seed log: redone from the start
+            out.mkdir(parents=True)
+            (out / "spec.json").write_text(json.dumps({"sweep": spec.sweep, "name": spec.name, "args": spec.args}, indent=1))
+        argv = self.child.prefix + list(spec.args) + ["--out", str(out), "--quiet"] + (["--resume"] if resume else [])
         provenance = self.child.provenance()
         started = time.monotonic()
-        with open(out / "log.txt", "wb") as log:
+        with open(out / "log.txt", "ab" if resume else "wb") as log:
             with self._lock:
                 if self._stop:
                     return None
@@ -270,15 +318,15 @@ class Runner:
             proc.returncode = os.waitstatus_to_exitcode(wstatus)  # reaped here: Popen must not wait again
             with self._lock:
                 self._live.pop(proc.pid, None)
+        record_attempt(out, resume, usage, time.monotonic() - started, provenance["edgezo_commit"])
         shutil.rmtree(out / "model", ignore_errors=True)  # a full copy of the model: ~540 MB a run
         if self._stop:
-            return None  # stopped by a signal: the folder without a row is redone next time
+            return None  # stopped by a signal: continued (or redone) next time
         if proc.returncode != 0 or not (out / "summary.json").is_file():
             tail = (out / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
             return self._failed(spec, out, f"exit status {proc.returncode}", tail)
-        measured = {"maxrss_kib": usage.ru_maxrss, "wall_s": time.monotonic() - started, "cpu_s": usage.ru_utime + usage.ru_stime}
         try:
-            row = build_row(spec, out, measured, provenance)
+            row = build_row(spec, out, total_usage(out), provenance)
         except (KeyError, ValueError, StopIteration, IndexError) as e:  # the CLI's outputs changed shape
             return self._failed(spec, out, "unreadable outputs", f"{type(e).__name__}: {e}")
         write_atomic(self.rows_dir / f"{spec.key}.json", json.dumps(row, indent=1) + "\n")
@@ -295,7 +343,7 @@ class Runner:
         return self._stop
 
     def stop(self, *_):
-        """SIGINT/SIGTERM: start nothing more and end the children (their folders are redone later)."""
+        """SIGINT/SIGTERM: start nothing more and end the children (continued or redone next time)."""
         with self._lock:
             self._stop = True
             for proc in self._live.values():
@@ -409,7 +457,7 @@ def dry_run(s: Settings, names: list[str], rows: dict, only: dict, runs_dir: Pat
 
 @contextmanager
 def exclusive(runs_dir: Path):
-    """One harness per runs folder: two would run (and delete) each other's unfinished runs."""
+    """One harness per runs folder: two would run (or delete) each other's unfinished runs."""
     with open(runs_dir / ".lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -524,7 +572,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     child = pinned_child(args.runs) if args.pin else working_tree_child()
     runner = run_sweeps(settings, names, args.rows, args.runs, args.jobs, only, child)
     if runner.stopped:
-        print("stopped: unfinished runs will be redone from scratch next time")
+        print("stopped: the next `run` continues the stopped zero-order runs from their seed logs and redoes the others")
         return 130
     print(f"done: {runner.launched} runs launched, {len(runner.failed)} failed")
     return 1 if runner.failed else 0

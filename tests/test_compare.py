@@ -4,6 +4,7 @@ definitions' equal-compute and cost arithmetic."""
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -77,17 +78,52 @@ def test_forward_difference_is_counted_with_its_real_forwards(swept):
     assert fedzo["bytes_up_per_device"] > 10 * spzo["bytes_up_per_device"]
 
 
-def test_cached_runs_are_not_recomputed_and_interrupted_ones_are(swept, tiny_settings):
+def test_cached_runs_are_not_recomputed_and_stopped_ones_without_a_seed_log_are_redone(swept, tiny_settings):
     rows_dir, runs_dir, _ = swept
     rows = compare.load_rows(rows_dir)
     victim = sorted(rows)[0]
     (rows_dir / f"{victim}.json").unlink()  # as if the harness had died while this child ran
     (runs_dir / victim / "junk").write_text("from the interrupted run")
+    (runs_dir / victim / "seedlog.jsonl").unlink()  # as FedAvg's runs: nothing to continue from
     before = {k: (rows_dir / f"{k}.json").stat().st_mtime_ns for k in rows if k != victim}
     runner = compare.run_sweeps(tiny_settings, ["main"], rows_dir, runs_dir, jobs=2, say=lambda msg: None)
     assert runner.launched == 1 and runner.failed == []
     assert {k: (rows_dir / f"{k}.json").stat().st_mtime_ns for k in before} == before
     assert (rows_dir / f"{victim}.json").is_file() and not (runs_dir / victim / "junk").exists()
+
+
+def test_a_stopped_zero_order_run_continues_from_its_seed_log(swept, tiny_settings):
+    """A run stopped after round 1 (its row never written) is continued by `simulate --resume`, not
+    redone: it reaches the uninterrupted run's fingerprint, and its row charges both attempts."""
+    rows_dir, runs_dir, _ = swept
+    rows = compare.load_rows(rows_dir)
+    key = next(k for k, r in sorted(rows.items()) if r["label"] == "spzo")
+    out, whole = runs_dir / key, rows[key]
+    (rows_dir / f"{key}.json").unlink()
+    (out / "summary.json").unlink()
+    for name, keep in (("metrics.jsonl", lambda d: d["round"] <= 1), ("seedlog.jsonl", lambda d: d["round"] <= 1)):
+        lines = [x for x in (out / name).read_text().splitlines() if keep(json.loads(x))]
+        (out / name).write_text("\n".join(lines) + "\n")
+    first = (out / compare.ATTEMPTS).read_text()
+    assert compare.status(next(r for r in sweeps.build_sweep(tiny_settings, "main", {}) if r.key == key), {}, runs_dir) == "resumes"
+    runner = compare.run_sweeps(tiny_settings, ["main"], rows_dir, runs_dir, jobs=1, say=lambda msg: None)
+    assert runner.launched == 1 and runner.failed == []
+    row = compare.load_rows(rows_dir)[key]
+    assert row["fingerprint"] == whole["fingerprint"] and [p["round"] for p in row["curve"]] == [0, 1, 2]
+    attempts = [json.loads(x) for x in (out / compare.ATTEMPTS).read_text().splitlines()]
+    assert (out / compare.ATTEMPTS).read_text().startswith(first) and [a["resumed"] for a in attempts] == [False, True]
+    assert row["attempts"] == 2 and row["usage_complete"] and row["cpu_s"] == pytest.approx(sum(a["cpu_s"] for a in attempts), abs=0.2)
+    assert "resuming after round 1" in (out / "log.txt").read_text()
+
+
+def test_a_failed_run_is_redone_from_scratch(swept, tiny_settings):
+    rows_dir, runs_dir, _ = swept
+    key = sorted(compare.load_rows(rows_dir))[-1]
+    (rows_dir / f"{key}.json").unlink()
+    (runs_dir / key / "FAILED").write_text("exit status 1")
+    assert not compare.resumable(runs_dir / key)
+    runner = compare.run_sweeps(tiny_settings, ["main"], rows_dir, runs_dir, jobs=1, say=lambda msg: None)
+    assert runner.launched == 1 and compare.load_rows(rows_dir)[key]["attempts"] == 1
 
 
 def test_dry_run_lists_cached_runs(swept, tiny_settings, capsys):
