@@ -15,6 +15,8 @@ For a joint SPZO step, for instance::
                                                             P1*P2 on block 2)
 
 A round is K steps plus applying the round's global update (``Method.update_seconds``).
+A backend whose profile says ``reuses_block1 = false`` (the browser device, which runs a full
+forward for every probe) is charged ``full_forward_costs``: t1 + t2 for each block-2 forward.
 
 Forward time: when the profile measured this very model and split, ``t_b = a_b + s_b * FLOPs_b``
 fitted to its measured rows (so batch sizes it did not measure are interpolated along the FLOPs);
@@ -115,6 +117,15 @@ class StepCosts(NamedTuple):
     u2: float
 
 
+def full_forward_costs(costs: StepCosts) -> StepCosts:
+    """The block costs of a device that keeps no block-1 activations (``reuses_block1 = false``: the
+    browser device): each block-2 probe then runs block 1 again, so a block-2 forward costs t1 + t2,
+    and block 1 alone costs nothing, being part of every full forward. Every method's
+    ``step_seconds`` then charges a full forward per perturbed forward (SPZO joint: 2·P1·P2 full
+    forwards a step) with no method knowing about it; perturbed copies and updates are unchanged."""
+    return costs._replace(t1=0.0, t2=costs.t1 + costs.t2)
+
+
 def linear_fit(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     """Least-squares (intercept, slope); with one point, the line through it and the origin.
     A negative intercept (noise at tiny sizes) is clamped to zero and the slope refitted."""
@@ -174,8 +185,9 @@ class Predictor:
         return self.shape.trainable_tensors[block - 1] * b.call_us / 1e6 + self.shape.trainable[block - 1] / (b.update_melems_s * 1e6)
 
     def step_costs(self, batch: int) -> StepCosts:
-        return StepCosts(self.forward_s(1, batch), self.forward_s(2, batch), self.perturb_s(1), self.perturb_s(2),
-                         self.update_s(1), self.update_s(2))
+        costs = StepCosts(self.forward_s(1, batch), self.forward_s(2, batch), self.perturb_s(1), self.perturb_s(2),
+                          self.update_s(1), self.update_s(2))
+        return costs if self.backend.reuses_block1 else full_forward_costs(costs)
 
     def step_s(self, w: Work) -> float:
         return w.method.step_seconds(self.step_costs(w.batch), w)

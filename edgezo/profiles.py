@@ -98,6 +98,7 @@ class BackendProfile:
     runtime_mb: float = 300.0  # resident memory of the runtime before a model is loaded
     bytes_per_param: float = 4.0  # weights in memory (fp32 4, fp16 2, Q8_0 1.0625)
     activation_factor: float = 1.0  # measured activation memory over the analytic count
+    reuses_block1: bool = True  # false: every probe is a full forward (a browser device keeps no block-1 activations)
     measured: ModelMeasurement | None = None
 
 
@@ -178,6 +179,10 @@ def _convert(cls, name: str, value: Any, where: str):
             return [_build(nested, v, f"{where}[{k}]") for k, v in enumerate(value)]
         return _build(nested, value, where)
     expected = {f.name: f.type for f in fields(cls)}[name]
+    if expected == "bool":
+        if not isinstance(value, bool):
+            raise EdgezoError(f"{where} must be true or false (got {value!r})")
+        return value
     if expected in ("float",):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise EdgezoError(f"{where} must be a number (got {value!r})")

@@ -260,3 +260,32 @@ def test_a_tight_memory_budget_moves_a_reference_device_to_int8():
     assert roomy.backend == "torch" and tight.backend == "int8"
     assert tight.peak_mb < 0.6 * fp32_peak
     assert (tight.work.k, tight.work.p2, tight.work.batch) == (roomy.work.k, roomy.work.p2, roomy.work.batch)
+
+
+# ------------------------------------------------------------------------------ full-forward devices
+
+
+def test_a_device_without_block_1_reuse_pays_a_full_forward_per_block_2_probe_and_gets_fewer():
+    """``reuses_block1 = false`` (the browser device): a joint step costs 2·P1·P2 full forwards
+    instead of 2·P1 block-1 and 2·P1·P2 block-2 ones, so the planner gives it fewer probes."""
+    free = dict(perturb_melems_s=1e9, update_melems_s=1e9, call_us=0.0)
+    reuses, full = Predictor(backend(**free), SHAPE, 64), Predictor(backend(reuses_block1=False, **free), SHAPE, 64)
+    t1, t2 = reuses.forward_s(1, 8), reuses.forward_s(2, 8)
+    assert reuses.step_s(Work(1, 2, 5, 8)) == pytest.approx(2 * (2 * t1 + 10 * t2), rel=1e-6)
+    assert full.step_s(Work(1, 2, 5, 8)) == pytest.approx(2 * 10 * (t1 + t2), rel=1e-6)
+    assert full.step_s(Work(1, 3, 1, 8, method=method_of("mezo"))) == pytest.approx(6 * (t1 + t2), rel=1e-6)  # already full
+    limits, budget = Limits(Work(k=2, batch=16), p1=2, p2=16), Budget(round_seconds=60)
+    kept = plan_device(profile(backend()), SHAPE, 64, budget, limits)
+    browser = plan_device(profile(backend(reuses_block1=False)), SHAPE, 64, budget, limits)
+    assert browser.work.p2 < kept.work.p2 and browser.round_s <= 0.85 * 60
+
+
+def test_reuses_block1_is_read_from_a_profile_and_must_be_a_boolean():
+    from edgezo.profiles import profile_from_dict
+
+    data = {"name": "page", "kind": "measured", "memory_total_gb": 4.0, "memory_available_gb": 2.0,
+            "backends": [{"name": "onnxruntime-web-wasm", "gflops": 5.0, "reuses_block1": False}]}
+    assert profile_from_dict(data).backends[0].reuses_block1 is False
+    assert profile_from_dict({**data, "backends": [{"name": "torch"}]}).backends[0].reuses_block1 is True
+    with pytest.raises(EdgezoError, match="reuses_block1 must be true or false"):
+        profile_from_dict({**data, "backends": [{"name": "torch", "reuses_block1": 0}]})
