@@ -120,9 +120,10 @@ def read_examples(out: Path) -> dict | None:
             "label_logprobs": [[round(v, 4) for v in x["label_logprobs"]] for x in lines]}
 
 
-def curve_point(r: dict, scale: float) -> dict:
-    """One evaluated round of the row's curve; FLOPs as charged (``scale``: RunSpec.flops_scale)."""
-    point = {"round": r["round"], "accuracy": r["eval_accuracy"], "flops": r["flops"] * scale,
+def curve_point(r: dict) -> dict:
+    """One evaluated round of the row's curve (FLOPs as the CLI charges them: FedAvg's backward as
+    autograd runs it for the trainable set, ``backward_flops``)."""
+    point = {"round": r["round"], "accuracy": r["eval_accuracy"], "flops": r["flops"],
              "forwards_block1": r["forwards_block1"], "forwards_block2": r["forwards_block2"],
              "bytes_up": r["bytes_up"], "bytes_down": r["bytes_down"], "wall_s": r["wall_s"]}
     for k in ("eval_loss", "train_loss"):
@@ -133,10 +134,10 @@ def curve_point(r: dict, scale: float) -> dict:
 
 def build_row(spec: RunSpec, out: Path, usage: dict, provenance: dict) -> dict:
     """The row of a finished run, from its metrics.jsonl and summary.json (and, where written,
-    eval_examples.jsonl). FLOPs are as charged (``spec.flops_scale``; ``flops_counted``: the CLI's)."""
+    eval_examples.jsonl)."""
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    curve = [curve_point(r, spec.flops_scale) for r in records if r.get("eval_accuracy") is not None]
+    curve = [curve_point(r) for r in records if r.get("eval_accuracy") is not None]
     last = records[-1]
     first = next((r for r in records if r["round"] == 1), last)
     trained = [p["accuracy"] for p in curve if p["round"] > 0]
@@ -145,7 +146,7 @@ def build_row(spec: RunSpec, out: Path, usage: dict, provenance: dict) -> dict:
         extra = {"train_loss": [[r["round"], r["train_loss"]] for r in records if r.get("train_loss") is not None],
                  "initial_eval_loss": curve[0].get("eval_loss") if curve else None,
                  "final_eval_loss": curve[-1].get("eval_loss") if curve else None,
-                 "flops_scale": spec.flops_scale, "flops_counted": last["flops"], "examples": read_examples(out)}
+                 "examples": read_examples(out)}
     return {
         "key": spec.key, "harness_version": spec.harness,
         "sweep": spec.sweep, "name": spec.name, "task": spec.task, "method": spec.method.method,
@@ -157,8 +158,8 @@ def build_row(spec: RunSpec, out: Path, usage: dict, provenance: dict) -> dict:
         "final_accuracy": curve[-1]["accuracy"] if curve else None,
         "best_accuracy": max(trained) if trained else None,
         "curve": curve,
-        "first_round": {k: first[k] * (spec.flops_scale if k == "flops" else 1) for k in ("forwards_block1", "forwards_block2", "flops", "bytes_up", "bytes_down")},
-        "flops": last["flops"] * spec.flops_scale, "forwards_block1": last["forwards_block1"], "forwards_block2": last["forwards_block2"],
+        "first_round": {k: first[k] for k in ("forwards_block1", "forwards_block2", "flops", "bytes_up", "bytes_down")},
+        "flops": last["flops"], "forwards_block1": last["forwards_block1"], "forwards_block2": last["forwards_block2"],
         "bytes_up_per_device": last["bytes_up"], "bytes_down_per_device": last["bytes_down"],
         "peak_rss_mib": round(usage["maxrss_kib"] / 1024, 1), "peak_gpu_mib": summary.get("peak_gpu_mib"),
         "wall_s": round(usage["wall_s"], 1),

@@ -64,7 +64,7 @@ class BackwardCheck:
     forward_counted: float
     forward_measured: float
     backward_measured: float
-    charged: float  # what the CLI charges for the whole step (3 forwards)
+    charged: float  # what the CLI charges for the whole step (its forward and ``backward_flops``)
 
     @property
     def backward_forwards(self) -> float:
@@ -116,7 +116,7 @@ def check_backward(ex, batch) -> BackwardCheck:
     f1, f2 = ex.forward_flops(batch)
     forward = measured_flops(lambda: ex.label_logits(batch))
     both = measured_flops(lambda: ex.loss_and_grad(batch))
-    return BackwardCheck(f1 + f2, forward, both - forward, 3 * (f1 + f2))
+    return BackwardCheck(f1 + f2, forward, both - forward, f1 + f2 + ex.backward_flops(batch))
 
 
 def run_checks(cfg: JobConfig, batch_size: int) -> tuple[list[StepCheck], BackwardCheck]:

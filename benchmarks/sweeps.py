@@ -261,7 +261,6 @@ class RunSpec:
     eval_count: int  # evaluations the run makes (round 0 included)
     eval_samples: int
     harness: str = HARNESS_VERSION
-    flops_scale: float = 1.0  # charged / counted FLOPs (FedAvg: its real backward over the CLI's 2 forwards)
 
     @property
     def key(self) -> str:
@@ -286,12 +285,6 @@ def round_flops(s: Settings, task: TaskSettings, m: Method) -> float:
     f1, f2 = block_fractions(s, task, m.split or s.default_split)
     clients = m.clients or s.clients
     return clients * s.local_steps * m.step_forwards(f1, f2, s.fedavg_backward_forwards) * s.batch_size * task.train_flops_per_example
-
-
-def flops_scale(s: Settings, m: Method) -> float:
-    """What a run's FLOPs are charged over what the CLI counts: the CLI counts a backpropagating
-    step as 3 forwards; the rows charge 1 + ``fedavg_backward_forwards``."""
-    return m.step_forwards(1.0, 0.0, s.fedavg_backward_forwards) / m.step_forwards(1.0, 0.0) if not m.zero_order else 1.0
 
 
 def rounds_for(s: Settings, task: TaskSettings, m: Method, budget: float) -> int:
@@ -344,7 +337,7 @@ def make_run(s: Settings, sweep: str, name: str, task: TaskSettings, m: Method, 
     flops = rounds * round_flops(s, task, m) + evals * task.eval_samples * task.eval_flops_per_example
     return RunSpec(sweep, name, task.name, m, seed, lr, eps, rounds, every, budget,
                    simulate_args(s, task, m, seed, lr, eps, rounds, every, partition),
-                   s.startup_cpu_s + flops / rate, evals, task.eval_samples, s.harness, flops_scale(s, m))
+                   s.startup_cpu_s + flops / rate, evals, task.eval_samples, s.harness)
 
 
 def grid_runs(s: Settings, rates=None) -> list[RunSpec]:

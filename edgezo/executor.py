@@ -105,6 +105,10 @@ class FirstOrderExecutor(Executor, Protocol):
     def loss_and_grad(self, batch: Any) -> tuple[float, dict[str, Any]]:
         """The unperturbed mean loss and its gradient per trainable tensor, by name."""
 
+    def backward_flops(self, batch: Any) -> float:
+        """FLOPs of the backward ``loss_and_grad`` runs on this batch for the trainable set (about
+        one forward for norm or LoRA: frozen matrices need no weight gradient)."""
+
     def add_to_trainable(self, deltas: dict[str, Any], scale: float = 1.0) -> None:
         """Add ``scale * delta`` to each named trainable tensor (``loss_and_grad``'s gradients, or
         an average of devices' model deltas)."""

@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgezo.backends.hf.tokenize import Encoded, encode_prompts, verbalizer_token_ids
-from edgezo.backends.hf.units import UnitLayout, unit_block
+from edgezo.backends.hf.units import EMBED, UnitLayout, unit_block
 from edgezo.errors import EdgezoError
 from edgezo.executor import Perturbation
 from edgezo.perturb import DISTRIBUTIONS, RADEMACHER
@@ -189,6 +189,25 @@ class SplitExecutor(ABC):
         if head == 0 or self.head_is_tied():
             head += 2.0 * self.hidden_size * self.vocab_size * batch.size
         return sum(layer_cost[: self.split]), sum(layer_cost[self.split :]) + head
+
+    def backward_flops(self, batch: Batch) -> float:
+        """What autograd runs for the trainable set on this batch, counted as ``forward_flops`` is.
+
+        The activation gradients flow from the loss back to the earliest block holding a
+        trainable tensor: about that block's forward again (block 2 alone when only block 2
+        trains). The weight gradients are the forward's matmuls again for the trainable share of
+        the counted weights, matrices only (a LoRA factor, a full projection; a norm's or a bias's
+        gradient is elementwise). So with norm or LoRA trainable a backward is about one forward,
+        not the two of full fine-tuning (``benchmarks/flops_check.py`` measures 1.008-1.009
+        forwards with torch's FlopCounterMode on SmolLM2-135M; the token embedding's gradient, a
+        scatter, is not counted).
+        """
+        f1, f2 = self.forward_flops(batch)
+        reaches_block1 = any(self.name_block[n] == 1 for n in self.names)
+        counted = [u for u in self.unit_numel if u != EMBED]  # the units forward_flops charges
+        matrices = sum(self.tensor_numel[n] for u in counted for n in self.unit_tensors[u] if len(self._shape(n)) >= 2)
+        share = matrices / max(1, sum(self.unit_numel[u] for u in counted))
+        return f2 + (f1 if reaches_block1 else 0.0) + share * (f1 + f2)
 
     # -- updates and state --------------------------------------------------------------------
     def apply_update(self, update: Perturbation) -> None:

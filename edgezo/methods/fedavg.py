@@ -5,7 +5,9 @@ Each device runs K steps of SGD on its replica and uploads its full weight delta
 moves by the example-weighted mean of the deltas. Nothing is probed, so there are no directions,
 no scalars and no seed log, and full float32 deltas move both ways. Only the torch executor
 backpropagates (``loss_and_grad``), and over MQTT only seeds and scalars travel, so it runs in
-``edgezo simulate`` on one torch replica. A step is counted as 3 forwards of both blocks.
+``edgezo simulate`` on one torch replica. A step is counted as a forward of both blocks and the
+backward autograd runs for the trainable set (``backward_flops``: about one forward for norm or LoRA,
+two for full fine-tuning).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class FedAvg(Method):
             out.losses.append(loss)
             out.forwards1 += 1
             out.forwards2 += 1
-            out.flops += 3 * (f1 + f2)  # forward + backward ~ 3 forwards
+            out.flops += f1 + f2 + ex.backward_flops(batch)  # the forward, and the backward autograd runs
         end = ex.snapshot()
         out.deltas = {n: end[n] - start[n] for n in end}
         return out
