@@ -4,6 +4,7 @@ msgspec messages, numpy's Generator for batches) and checked in as web_vectors.j
 tests compare the JavaScript port with the reference bit for bit without running Python.
 
 Run from the repository root:  OMP_NUM_THREADS=1 python tests/golden/make_web_vectors.py
+(append ``lora`` to write only the LoRA vectors, web_lora_vectors.json).
 """
 
 from __future__ import annotations
@@ -249,6 +250,88 @@ def local_round_vectors() -> list[dict]:
     return out
 
 
+LORA_OUT = Path(__file__).with_name("web_lora_vectors.json")
+
+
+def lora_layout(run_seed: int, factors: str) -> tuple[list[tuple[str, int, np.ndarray]], dict[str, list[int]]]:
+    """The round-0 LoRA trainables (PROTOCOL.md 9.3) of a real 3-layer LLaMA (hidden 40: rows of A
+    not a multiple of 32; grouped-query v_proj of 20 outputs), as ``add_lora`` makes them, with
+    their blocks (layers 0-1 block 1, layer 2 block 2), flattened, and their shapes. ``factors``
+    "B": lora_B only (LoRA-FA)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgezo.backends.hf.lora import add_lora
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=40, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=64)
+    model = LlamaForCausalLM(config)
+    add_lora(model, 4, 8.0, ["q_proj", "v_proj"], run_seed)
+    kept = (".lora_B",) if factors == "B" else (".lora_A", ".lora_B")
+    chosen = [(n, p.detach().numpy()) for n, p in model.named_parameters() if n.endswith(kept)]
+    return ([(n, 1 if int(n.split(".")[2]) < 2 else 2, a.reshape(-1).copy()) for n, a in chosen], {n: list(a.shape) for n, a in chosen})
+
+
+def lora_case(run_seed: int, factors: str, method: str, distribution: str) -> dict:
+    """Round 0 of the adapters, then three rounds of updates as seed-log entries (Update messages
+    with the fingerprint after each), applied with the torch executor's arithmetic, and perturbed
+    copies of the round-0 and the last replica."""
+    tensors, shapes = lora_layout(run_seed, factors)
+    start = [(n, b, d.copy()) for n, b, d in tensors]
+    impl = method_of(method)
+    probe = impl.probe(2, 3, 1e-3, "joint", impl.default_difference)
+    rng = np.random.default_rng(run_seed % 1000)
+    entries = []
+    for rnd in (1, 2, 3):
+        dirs = impl.directions(probe, run_seed, rnd, 2, 0)
+        update = update_rule({d: float(rng.normal() * 10) for d in dirs}, 0.05, "joint")
+        tensors = apply_torch(tensors, update, distribution)
+        entries.append(m.encode(m.Update(v=1, run="edgezo", round=rnd, run_seed=run_seed, rows=m.pack_update(update),
+                                         fingerprint=fingerprint(tensors))).hex())
+    return {
+        "run_seed": str(run_seed), "factors": factors, "trainable": f"lora:r=4,alpha=8,targets=q_proj+v_proj{',factors=B' if factors == 'B' else ''}",
+        "rank": 4, "method": method, "distribution": distribution,
+        "tensors": [{"name": n, "block": b, "shape": shapes[n], "f32_hex": d.astype("<f4").tobytes().hex()} for n, b, d in start],
+        "fingerprint_round0": fingerprint(start), "entries_hex": entries,
+        "after_f32_hex": [d.astype("<f4").tobytes().hex() for _, _, d in tensors], "fingerprint_after": fingerprint(tensors),
+        "perturbed_round0_f32_hex": perturbed_lora(start, run_seed, distribution),
+        "perturbed_after_f32_hex": perturbed_lora(tensors, run_seed, distribution),
+    }
+
+
+def perturbed_lora(tensors, run_seed: int, distribution: str) -> list[str]:
+    """w + s·z1 + s·z2 (block-1 and block-2 directions of round 4, s = +1e-3) on copies, torch arithmetic."""
+    d1, d2 = Direction(run_seed, 4, 0, 1, 0), Direction(run_seed, 4, 0, 2, 1, 0)
+    out = []
+    for name, block, data in tensors:
+        t = torch.from_numpy(data.copy())
+        for d in (d1, d2):
+            if d.covers(block):
+                add_scaled(t, d.tensor_key(name), 1e-3, distribution)
+        out.append(t.numpy().astype("<f4").tobytes().hex())
+    return out
+
+
+def smollm2_lora_init(run_seed: int) -> dict:
+    """Every lora_A of SmolLM2-135M's default LoRA (30 layers x q_proj, v_proj; [8, 576]: 276,480
+    Gaussians) as ``lora_init`` makes them, as one SHA-256 over their float32 bytes in order."""
+    import hashlib
+
+    from edgezo.backends.hf.lora import lora_init
+
+    names = [f"model.layers.{layer}.self_attn.{proj}.lora_A" for layer in range(30) for proj in ("q_proj", "v_proj")]
+    h = hashlib.sha256()
+    for name in names:
+        h.update(lora_init(name, (8, 576), run_seed).numpy().astype("<f4").tobytes())
+    return {"run_seed": str(run_seed), "rank": 8, "in_features": 576, "names": names, "sha256": h.hexdigest()}
+
+
+def lora_vectors() -> dict:
+    return {"cases": [lora_case(0, "AB", "spzo", perturb.RADEMACHER), lora_case(BIG, "AB", "mezo", perturb.GAUSSIAN),
+                      lora_case(MAX64, "B", "spzo", perturb.RADEMACHER), lora_case(20261208, "AB", "spzo", perturb.RADEMACHER)],
+            "smollm2_init": [smollm2_lora_init(0), smollm2_lora_init(BIG)]}
+
+
 TOKENS_OUT = Path(__file__).with_name("web_tokens.json")
 PROMPT_SENTENCES = [
     "a fine film", "it 's a charming and often affecting journey .", "unflinchingly bleak and desperate",
@@ -302,7 +385,13 @@ def signing_vectors() -> dict:
             "envelope_hex": signing.seal(key, topic, status).hex()}
 
 
+def write_lora() -> None:
+    LORA_OUT.write_text(json.dumps(lora_vectors(), separators=(",", ":")) + "\n")
+    print(f"wrote {LORA_OUT} ({LORA_OUT.stat().st_size:,} bytes)")
+
+
 def main() -> None:
+    write_lora()
     TOKENS_OUT.write_text(json.dumps(token_vectors(), ensure_ascii=False, indent=1) + "\n")
     print(f"wrote {TOKENS_OUT}")
     bad, accepted = bad_payloads()
@@ -324,4 +413,6 @@ def _json(v):
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    write_lora() if sys.argv[1:] == ["lora"] else main()  # `lora`: only web_lora_vectors.json

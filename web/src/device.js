@@ -11,6 +11,7 @@
  */
 
 import { fnv1a64 } from "./keys.js";
+import { checkLoraBase } from "./lora.js";
 import { BadMessage, PROTOCOL_VERSION, decode, encode, packScalars } from "./messages.js";
 import { directions, localRound, probeConfig, streamOf } from "./methods.js";
 import { fingerprint, restore, snapshot } from "./perturb.js";
@@ -132,6 +133,7 @@ export class BrowserDevice {
     this.distribution = this.job.distribution ?? "rademacher";
     try {
       this.replica = buildReplica(ann.trainable, this.model.baseTrainable, this.model.inputNames);
+      checkLoraBase(this.job, this.replica); // LoRA: the served adapters are the run seed's (PROTOCOL.md §9.3)
     } catch (e) {
       throw new DeviceError(e.message);
     }
