@@ -1,5 +1,5 @@
 """What ``--p2 auto --split auto`` chooses on a job's model and data, without the job: the
-calibration alone (``edgezo.app.jobs.common.calibrate``: forwards only), per trainable set,
+calibration alone (``edgezo.app.jobs.calibrating.calibrate``: forwards only), per trainable set,
 written to benchmarks/results/calibration.json with each candidate's expected descent per FLOP.
 
     OMP_NUM_THREADS=1 python benchmarks/calibration.py --trainable norm lora
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from edgezo.app.jobs.common import calibrate
+from edgezo.app.jobs.calibrating import calibrate
 from edgezo.backends.hf.shape import model_shape, typical_tokens
 from edgezo.backends.torch.factory import build_torch_executor
 from edgezo.config import JobConfig

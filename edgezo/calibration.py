@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from edgezo.costmodel import StepCosts
+from edgezo.costmodel import ModelShape, Predictor, StepCosts, Work
 from edgezo.keys import Direction
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edgezo.profiles import BackendProfile, Profile
 
 CALIBRATION_STREAM = 0xCA1B  # the calibration's own batch stream and probe keys: the training's are untouched
 P2_CHOICES = (1, 2, 4, 8)
@@ -98,31 +101,46 @@ def candidates(p1: int, splits: Sequence[int], p2s: Sequence[int] = P2_CHOICES) 
     return [Candidate(p1, p2, s) for s in splits for p2 in p2s]
 
 
-def rank(groups: Sequence[GroupEnergy], cands: Sequence[Candidate], variant: str,
-         step_cost: Callable[[Candidate], float], prefer_split: int | None = None) -> list[dict]:
-    """Each candidate's expected descent ratio ‖G‖²/E‖ĝ‖², cost of a step and their quotient, best
-    first. ``step_cost`` is in seconds (a profile) or FLOPs (none): only the ranking is compared.
-    Ties (to rounding: at P2 = 1 a joint step is a whole-model probe whatever the split) go to
-    ``prefer_split``, the job's own, so a tie never moves the split."""
+def descent_table(groups: Sequence[GroupEnergy], split: int, variant: str) -> Callable[[int, int], float]:
+    """(P1, P2) -> the expected one-step descent ratio ‖G‖²/E‖ĝ‖² at ``split``, up to the factor
+    ‖G‖² that every setting shares (so 1/E‖ĝ‖²: a noisy ‖G‖² estimate cannot flip a comparison).
+    What the planner weighs each device's (P1, P2) with, from the one measurement."""
+    a1, a2, d1, d2 = block_energies(groups, split)
     moment = MOMENTS[variant]
+    return lambda p1, p2: 1.0 / float(moment(a1, a2, d1, d2, p1, p2))
+
+
+def rank(groups: Sequence[GroupEnergy], cands: Sequence[Candidate], variant: str, flops: Callable[[Candidate], float],
+         seconds: Callable[[Candidate], float] | None = None, prefer_split: int | None = None) -> list[dict]:
+    """Each candidate's expected descent ratio ‖G‖²/E‖ĝ‖², its step's forward FLOPs and (given a
+    device profile's ``seconds``) seconds, and descent per each; best first by descent per second,
+    or per FLOP without a profile. Ties (to rounding: at P2 = 1 a joint step is a whole-model probe
+    whatever the split) go to ``prefer_split``, the job's own, so a tie never moves the split."""
     g2 = sum(g.signal for g in groups)  # common to every candidate: the ranking does not use it (a noisy
     rows, merit = [], []  # U-statistic can even be negative on 3 batches), only the printed figures
     for c in cands:
-        a1, a2, d1, d2 = block_energies(groups, c.split)
-        y, cost = float(moment(a1, a2, d1, d2, c.p1, c.p2)), float(step_cost(c))
-        rows.append({**asdict(c), "descent": g2 / y, "cost": cost, "descent_per_cost": g2 / y / cost})
-        merit.append(1.0 / (y * cost))
+        inverse_moment, f = descent_table(groups, c.split, variant)(c.p1, c.p2), float(flops(c))
+        row = {**asdict(c), "descent": g2 * inverse_moment, "flops": f, "descent_per_flop": g2 * inverse_moment / f}
+        if seconds is not None:
+            t = float(seconds(c))
+            row |= {"seconds": t, "descent_per_second": g2 * inverse_moment / t}
+        rows.append(row)
+        merit.append(inverse_moment / (f if seconds is None else row["seconds"]))
     top = max(merit)
     tied = [m >= top * (1 - 1e-9) for m in merit]
     order = sorted(range(len(rows)), key=lambda k: (not tied[k], tied[k] and rows[k]["split"] != prefer_split, -merit[k]))
     return [rows[k] for k in order]
 
 
-def table(rows: Sequence[dict], unit: str) -> list[str]:
-    """The candidates as printed lines: setting, descent per step, cost per step, their quotient."""
-    lines = [f"  {'P1':>3} {'P2':>3} {'split':>5} {'descent/step':>13} {unit + '/step':>12} {'descent/' + unit:>13}"]
-    lines += [f"  {r['p1']:>3} {r['p2']:>3} {r['split']:>5} {r['descent']:>13.3e} {r['cost']:>12.3e} {r['descent_per_cost']:>13.3e}"
-              for r in rows]
+def table(rows: Sequence[dict]) -> list[str]:
+    """The candidates as printed lines: setting, descent per step, FLOPs (and seconds) per step,
+    descent per each."""
+    timed = "seconds" in rows[0]
+    head = f"  {'P1':>3} {'P2':>3} {'split':>5} {'descent/step':>13} {'FLOP/step':>10} {'descent/FLOP':>13}"
+    lines = [head + (f" {'s/step':>9} {'descent/s':>10}" if timed else "")]
+    for r in rows:
+        line = f"  {r['p1']:>3} {r['p2']:>3} {r['split']:>5} {r['descent']:>13.3e} {r['flops']:>10.3e} {r['descent_per_flop']:>13.3e}"
+        lines.append(line + (f" {r['seconds']:>9.3g} {r['descent_per_second']:>10.3e}" if timed else ""))
     return lines
 
 
@@ -231,3 +249,34 @@ def flops_costs(shape, batch: int, tokens: int) -> Callable[[int], StepCosts]:
         return StepCosts(s.block_flops(1, batch, tokens), s.block_flops(2, batch, tokens), 0.0, 0.0, 0.0, 0.0)
 
     return at
+
+
+def shape_at(shape: ModelShape, groups: Sequence[GroupEnergy], split: int) -> ModelShape:
+    """The model split at ``split``: each block's trainable elements from the groups (exact), its
+    trainable tensors re-divided by layer share (the cost model needs only their count per block,
+    for the per-call overheads of perturbing and updating)."""
+    _, _, d1, d2 = block_energies(groups, split)
+    tensors = sum(shape.trainable_tensors)
+    t1 = round(tensors * split / shape.layers)
+    return replace(shape, split=split, trainable=(d1, d2), trainable_tensors=(t1, tensors - t1))
+
+
+def profile_costs(backend: "BackendProfile", shape: ModelShape, groups: Sequence[GroupEnergy], batch: int,
+                  tokens: int) -> Callable[[int], StepCosts]:
+    """Block costs in seconds on one backend of a device profile (``edgezo.costmodel.Predictor``:
+    its measured forwards when it measured this model and split, else its throughput and per-unit
+    overhead; a full forward per block-2 probe where it does not reuse block 1), at each split."""
+    return lambda split: Predictor(backend, shape_at(shape, groups, split), tokens).step_costs(batch)
+
+
+def profile_backend(profile: "Profile", shape: ModelShape, tokens: int, work: Work) -> "BackendProfile":
+    """The backend a device of ``profile`` would run the job's round on: its fastest (as
+    ``planner.fixed_plan`` picks, memory aside: the calibration ranks speed, the planner checks fit)."""
+    return min(profile.backends, key=lambda b: Predictor(b, shape, tokens).round_s(work))
+
+
+def slowest_profile(profiles: Sequence["Profile"], shape: ModelShape, tokens: int, work: Work) -> "Profile":
+    """The profile whose device takes longest over the job's round. A job-wide setting is ranked
+    on it: a synchronous round lasts as long as its slowest device, so that device's seconds are
+    the round's (the median device's would favour settings that make the round wait)."""
+    return max(profiles, key=lambda p: Predictor(profile_backend(p, shape, tokens, work), shape, tokens).round_s(work))

@@ -14,6 +14,11 @@ and perturbation counts P1, P2 for one device, by these rules (in this order):
 3. if nothing fits at that batch, halve it and try again; across backends, the larger batch and
    then the most estimates win.
 
+With the job's measured descent table (``--p2 auto``: ``edgezo.calibration.descent_table``), rule
+2 takes the best expected descent per second of the round K·d(P1, P2)/t instead of the most
+estimates, so each device's P2 follows its own profile's seconds: a device whose block-2 forwards
+are dear (or that runs a full forward per probe) gets fewer.
+
 It refuses, naming the reason, when no backend fits the memory budget even at batch 1, or when
 the smallest round (K=1, P1=1, P2=1, batch 1) is already over the time budget.
 """
@@ -21,6 +26,7 @@ the smallest round (K=1, P1=1, P2=1, batch 1) is already over the time budget.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from edgezo.costmodel import ModelShape, Predictor, Work, suggest_split
 from edgezo.errors import EdgezoError
@@ -103,7 +109,21 @@ def _batches(limit: int) -> list[int]:
     return out
 
 
-def _best_work(pred: Predictor, batch: int, limits: Limits, seconds: float) -> tuple[Work, float] | None:
+Descent = Callable[[int, int], float]  # (P1, P2) -> expected descent of a step (calibration.descent_table)
+
+
+def _score(descent: Descent | None) -> Callable[[Work, float], float]:
+    """What a plan maximises: the round's directional estimates K·P1·P2, or, given the job's
+    measured descent table, the round's expected descent per second K·d(P1, P2)/t. The deadline
+    only bounds the round: probes past the best rate buy less descent than a round that closes
+    sooner (the quorum closes it), and the job's FLOPs go further."""
+    if descent is None:
+        return lambda w, t: w.estimates
+    return lambda w, t: w.k * descent(w.p1, w.p2) / t
+
+
+def _best_work(pred: Predictor, batch: int, limits: Limits, seconds: float,
+               score: Callable[[Work, float], float]) -> tuple[Work, float] | None:
     p2_max = limits.job.method.effective_p2(limits.p2)
     best: tuple[tuple, Work, float] | None = None
     for k in range(limits.k, 0, -1):
@@ -113,14 +133,18 @@ def _best_work(pred: Predictor, batch: int, limits: Limits, seconds: float) -> t
                 t = pred.round_s(w)
                 if t > seconds:
                     break  # larger P2 only costs more
-                key = (w.estimates, k, -p1, -t)
+                key = (score(w, t), k, -p1, -t)
                 if best is None or key > best[0]:
                     best = (key, w, t)
     return None if best is None else (best[1], best[2])
 
 
-def plan_device(profile: Profile, shape: ModelShape, tokens: int, budget: Budget, limits: Limits, device: str | None = None) -> Plan:
-    """The work for one device (see the module docstring); raises ``NothingFits`` with the reason."""
+def plan_device(profile: Profile, shape: ModelShape, tokens: int, budget: Budget, limits: Limits, device: str | None = None,
+                descent: Descent | None = None) -> Plan:
+    """The work for one device (see the module docstring); raises ``NothingFits`` with the reason.
+    With ``descent`` (``--p2 auto``: the calibration's table), the best expected descent per second
+    of the device's own round replaces the most estimates (see ``_score``)."""
+    score = _score(descent)
     memory_mb = 1024 * (budget.memory_gb if budget.memory_gb is not None else profile.memory_available_gb)
     seconds = budget.safety * budget.round_seconds
     candidates: list[tuple[tuple, Plan]] = []
@@ -134,13 +158,13 @@ def plan_device(profile: Profile, shape: ModelShape, tokens: int, budget: Budget
             peak = pred.peak_mb(batch)
             if peak > memory_mb:
                 continue
-            found = _best_work(pred, batch, limits, seconds)
+            found = _best_work(pred, batch, limits, seconds, score)
             if found is None:
                 continue
             work, t = found
             plan = Plan(device or profile.name, backend.name, work, t, peak, budget.round_seconds, memory_mb,
                         suggest_split(shape, work.p2), profile.kind)
-            candidates.append(((batch, work.estimates, -t), plan))
+            candidates.append(((batch, score(work, t), -t), plan))
             break
     if candidates:
         return max(candidates, key=lambda c: c[0])[1]

@@ -23,10 +23,13 @@ from edgezo.tasks import get_task, load_examples
 from toy_executor import QuadraticExecutor
 
 
+def _costs(t1: float, t2: float, variant: str = "joint"):
+    return cal.step_cost(method_of("spzo"), Work(variant=variant), lambda split: StepCosts(t1, t2, 0, 0, 0, 0))
+
+
 def _ranked(a1: float, a2: float, f1: float, f2: float, variant: str = "joint") -> list[dict]:
     groups = [cal.GroupEnergy(0, 1, 1000, a1, a1 / 2), cal.GroupEnergy(1, 2, 1000, a2, a2 / 2)]
-    cost = cal.step_cost(method_of("spzo"), Work(variant=variant), lambda split: StepCosts(f1, f2, 0, 0, 0, 0))
-    return cal.rank(groups, cal.candidates(1, [1]), variant, cost)
+    return cal.rank(groups, cal.candidates(1, [1]), variant, _costs(f1, f2, variant))
 
 
 def test_cheap_block_2_holding_the_gradient_takes_the_most_block_2_probes():
@@ -37,22 +40,20 @@ def test_cheap_block_2_holding_the_gradient_takes_the_most_block_2_probes():
 def test_block_1_holding_the_gradient_takes_one_block_2_probe(variant):
     rows = _ranked(a1=1.0, a2=1e-3, f1=1.0, f2=1.0, variant=variant)
     assert rows[0]["p2"] == 1
-    assert [r["descent_per_cost"] for r in rows] == sorted((r["descent_per_cost"] for r in rows), reverse=True)
+    assert [r["descent_per_flop"] for r in rows] == sorted((r["descent_per_flop"] for r in rows), reverse=True)
 
 
 def test_a_negative_signal_estimate_does_not_invert_the_ranking():
     """‖G‖² is common to every setting; its U-statistic on 3 batches can come out negative."""
     groups = [cal.GroupEnergy(0, 1, 1000, 1e-3, -1.0), cal.GroupEnergy(1, 2, 1000, 1.0, 0.1)]
-    cost = cal.step_cost(method_of("spzo"), Work(), lambda split: StepCosts(10.0, 1.0, 0, 0, 0, 0))
-    assert cal.rank(groups, cal.candidates(1, [1]), "joint", cost)[0]["p2"] == 8
+    assert cal.rank(groups, cal.candidates(1, [1]), "joint", _costs(10.0, 1.0))[0]["p2"] == 8
 
 
 def test_a_tie_keeps_the_jobs_split():
     groups = [cal.GroupEnergy(0, 1, 1000, 1.0, 0.5), cal.GroupEnergy(1, 2, 1000, 1e-3, 1e-3), cal.GroupEnergy(2, 3, 1000, 1e-3, 1e-3)]
-    cost = cal.step_cost(method_of("spzo"), Work(), lambda split: StepCosts(1.0, 2.0, 0, 0, 0, 0))
-    rows = cal.rank(groups, cal.candidates(1, [1, 2]), "joint", cost, prefer_split=2)
-    assert (rows[0]["p2"], rows[0]["split"]) == (1, 2) and rows[1]["descent_per_cost"] == pytest.approx(rows[0]["descent_per_cost"])
-    assert [r["descent_per_cost"] for r in rows[1:]] == sorted((r["descent_per_cost"] for r in rows[1:]), reverse=True)
+    rows = cal.rank(groups, cal.candidates(1, [1, 2]), "joint", _costs(1.0, 2.0), prefer_split=2)
+    assert (rows[0]["p2"], rows[0]["split"]) == (1, 2) and rows[1]["descent_per_flop"] == pytest.approx(rows[0]["descent_per_flop"])
+    assert [r["descent_per_flop"] for r in rows[1:]] == sorted((r["descent_per_flop"] for r in rows[1:]), reverse=True)
 
 
 def test_splits_sum_whole_groups_and_refuse_others():

@@ -51,11 +51,12 @@ def parse_fleet(spec: str) -> list[tuple[str, Profile]]:
 
 
 def plan_fleet(fleet: list[tuple[str, Profile]], shape: ModelShape, tokens: int, job: Work, round_seconds: float | None,
-               plan: bool, max_p1: int, max_p2: int) -> list[Plan]:
-    """Each device's work: planned for the round budget (``plan``), or the job's own."""
+               plan: bool, max_p1: int, max_p2: int, descent=None) -> list[Plan]:
+    """Each device's work: planned for the round budget (``plan``; with the calibration's
+    ``descent`` table, by descent per second), or the job's own."""
     if plan:
         if round_seconds is None:
             raise EdgezoError("--plan needs a round budget: pass --round-seconds")
         limits = Limits(job, p1=max_p1, p2=max_p2)
-        return [plan_device(prof, shape, tokens, Budget(round_seconds), limits, device=name) for name, prof in fleet]
+        return [plan_device(prof, shape, tokens, Budget(round_seconds), limits, device=name, descent=descent) for name, prof in fleet]
     return [fixed_plan(prof, shape, tokens, job, device=name, round_seconds=round_seconds or 0.0) for name, prof in fleet]

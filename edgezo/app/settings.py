@@ -72,9 +72,6 @@ class SimulateSettings(AggregationSettings):
     split_auto: bool = False  # --split auto: it chooses the split
 
     def validate(self) -> "SimulateSettings":
-        if (self.p2_auto or self.split_auto) and self.devices:
-            raise ConfigError("--p2 auto / --split auto choose one setting for every device; with --devices, "
-                              "give each its own with --plan instead")
         self.device = _device(self.device)
         _at_least("train_samples", self.train_samples, 1)
         _at_least("eval_seed", self.eval_seed, 0)

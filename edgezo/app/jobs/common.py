@@ -4,13 +4,12 @@ what simulate and coordinate do with each round's record and at the end)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from edgezo import calibration as cal
 from edgezo.app.outputs import RunOutputs, round_line
-from edgezo.config import JobConfig, job_work, load_toml
+from edgezo.config import JobConfig, load_toml
 from edgezo.engine import RoundRecord
 from edgezo.errors import ConfigError
 from edgezo.schema import checked, keys_of
@@ -172,35 +171,3 @@ class JobShell:
         for callback in self.callbacks:
             callback.on_job_end(result)
         return result
-
-
-CALIBRATION_BATCHES = 3  # batches of the calibration's own stream: ‖G‖² needs pairs of them
-CALIBRATION_PROBES = 4  # probes per group of layers and batch
-
-
-def calibrate(cfg: JobConfig, ex, shape, tokens: int, batcher, examples: int, choose_p2: bool, choose_split: bool,
-              say: Callable[[str], None]) -> dict:
-    """``--p2 auto`` / ``--split auto``: measure the groups' gradient energies on the job's model
-    and data (forwards only, ``edgezo.calibration``), rank the candidate settings by expected
-    descent per forward FLOP, set the best on ``cfg`` and return what summary.json records."""
-    method = cfg.resolved_method
-    if method.effective_p2(2) != 2:
-        raise ConfigError(f"--p2 auto / --split auto choose SPZO's block-2 probes and split; --method {cfg.method} has neither")
-    groups = cal.layer_groups(ex, cfg.seed, cal.group_bounds(ex.num_layers, keep=[ex.split]))
-    batches = cal.calibration_batches(batcher, examples, cfg.batch_size, CALIBRATION_BATCHES, cfg.seed)
-    say(f"calibrating {'P2' if choose_p2 else ''}{' and ' if choose_p2 and choose_split else ''}{'the split' if choose_split else ''} "
-        f"on {len(batches)} batches x {len(groups)} groups of layers x {CALIBRATION_PROBES} probes ...")
-    measured = cal.measure(ex, batches, groups, CALIBRATION_PROBES, cfg.eps)
-    splits = cal.candidate_splits(measured["groups"]) if choose_split else [ex.split]
-    candidates = cal.candidates(cfg.p1, splits, cal.P2_CHOICES if choose_p2 else [cfg.p2])
-    cost = cal.step_cost(method, job_work(cfg), cal.flops_costs(shape, cfg.batch_size, tokens))
-    rows = cal.rank(measured["groups"], candidates, cfg.variant, cost, prefer_split=ex.split)
-    best = rows[0]
-    cfg.p2, cfg.split = best["p2"], best["split"]
-    for line in cal.table(rows, "FLOP"):
-        say(line)
-    say(f"calibration chose P1={best['p1']} P2={best['p2']} split={best['split']} "
-        f"({measured['forwards']} forwards, {measured['seconds']:.1f} s)")
-    return {"chosen": {k: best[k] for k in ("p1", "p2", "split")}, "candidates": rows, "cost_unit": "forward FLOPs",
-            "groups": [asdict(g) for g in measured["groups"]], "forwards": measured["forwards"],
-            "seconds": round(measured["seconds"], 3)}

@@ -17,9 +17,11 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from edgezo import calibration as cal
 from edgezo.app.engines.ray_engine import require_ray, start_engine
 from edgezo.app.fleet import parse_fleet, plan_fleet
-from edgezo.app.jobs.common import Callback, JobResult, JobShell, calibrate, callbacks_of, file_and_options, job_config, save_model
+from edgezo.app.jobs.calibrating import calibrate, descent_of, reuse
+from edgezo.app.jobs.common import Callback, JobResult, JobShell, callbacks_of, file_and_options, job_config, save_model
 from edgezo.app.outputs import RunOutputs
 from edgezo.app.runfolder import JOB_FILE, prepare_out, read_job, write_job
 from edgezo.app.settings import SimulateSettings
@@ -111,7 +113,7 @@ class SimulateJob:
         shards = device_shards(cfg, data.train)  # too few examples for the devices: before the model loads
         executors = BackendPool(cfg, data.task, say, device=s.device)
         ex, info = executors.get(_first_backend(requested, fleet is not None))
-        calibration = self._calibrated(out, ex, info, data, executors)
+        calibration = self._calibrated(out, ex, info, data, executors, fleet)
         if calibration is not None and cfg.split != ex.split:  # --split auto moved block 2's start: the replica is built there
             executors = BackendPool(cfg, data.task, say, device=s.device)
             ex, info = executors.get(_first_backend(requested, fleet is not None))
@@ -159,7 +161,9 @@ class SimulateJob:
         cfg, s, say = self.config, self.settings, self.say
         works, clock = [None] * cfg.clients, None
         if fleet is not None:
-            plans, clock = _plan_fleet(cfg, ex, info, data, fleet, s, say)
+            calibration = extra.get("calibration")
+            descent = descent_of(calibration, cfg.variant) if calibration is not None and s.p2_auto else None
+            plans, clock = _plan_fleet(cfg, ex, info, data, fleet, s, say, descent)
             works = [p.work for p in plans]
             extra |= {"planned": s.plan, "round_seconds": s.round_seconds,
                       "devices": [{"device": p.device, "backend": p.backend, "k": p.work.k, "p1": p.work.p1, "p2": p.work.p2,
@@ -193,10 +197,12 @@ class SimulateJob:
             self.say(f"resuming after round {resume.last['round']} of {cfg.rounds}")
         return resume, outputs
 
-    def _calibrated(self, out: Path, ex, info, data, executors: "BackendPool") -> dict | None:
+    def _calibrated(self, out: Path, ex, info, data, executors: "BackendPool", fleet) -> dict | None:
         """--p2 auto / --split auto: the calibration's record, with the job's P2 and split set to
-        its choice; a resumed run takes the record from its job.json (the choice is never re-made,
-        so the resumed rounds are those of the uninterrupted run)."""
+        its choice, ranked by descent per second on the slowest --devices profile (per FLOP
+        without --devices: virtual devices have no profile); a resumed run takes the record from
+        its job.json (the choice is never re-made, so the resumed rounds are those of the
+        uninterrupted run)."""
         s, cfg = self.settings, self.config
         if not (s.p2_auto or s.split_auto):
             return None
@@ -205,13 +211,12 @@ class SimulateJob:
             if record is None:
                 raise OutputError(f"--resume: {out / JOB_FILE} records no calibration, so the stopped run did not use "
                                   "--p2/--split auto; drop auto to continue it")
-            cfg.p2, cfg.split = record["chosen"]["p2"], record["chosen"]["split"]
-            self.say(f"the stopped run's calibration reused: P2={cfg.p2}, split={cfg.split}")
-            return record
+            return reuse(cfg, record, self.say, f"{out / JOB_FILE}")
         shape = model_shape(ex, ex.model.config, info.name, info.digest)
         tokens = typical_tokens(ex, data.task, data.train, cfg.batch_size, cfg.seed)
+        profile = None if fleet is None else cal.slowest_profile([p for _, p in fleet], shape, tokens, job_work(cfg))
         return calibrate(cfg, ex, shape, tokens, executors.batcher(ex, data.train), len(data.train),
-                         s.p2_auto, s.split_auto, self.say)
+                         s.p2_auto, s.split_auto, self.say, profile)
 
     def _simulate(self, shell: JobShell, seedlog: SeedLog, data, shards, ex, executors: "BackendPool", placed: "Placement",
                   aggregation, resume, on_device: Callable[[], None]) -> None:
@@ -296,13 +301,14 @@ def _resumed(job: dict, sim: dict) -> tuple[dict, dict]:
             {**{k: v for k, v in base_sim.items() if k in known_sim}, **sim})
 
 
-def _plan_fleet(cfg, ex, info, data, fleet, s: SimulateSettings, say):
-    """Each simulated device's work and the simulated clock that times it."""
+def _plan_fleet(cfg, ex, info, data, fleet, s: SimulateSettings, say, descent=None):
+    """Each simulated device's work and the simulated clock that times it (with --plan and
+    --p2 auto, each device's P2 from the calibration's ``descent`` table and its own profile)."""
     shape = model_shape(ex, ex.model.config, info.name, info.digest)
     tokens = typical_tokens(ex, data.task, data.train, cfg.batch_size, cfg.seed)
-    plans = plan_fleet(fleet, shape, tokens, job_work(cfg), s.round_seconds, s.plan, s.max_p1, s.max_p2)
+    plans = plan_fleet(fleet, shape, tokens, job_work(cfg), s.round_seconds, s.plan, s.max_p1, s.max_p2, descent)
     clock = SimulatedClock([p.round_s for p in plans], [prof.network_latency_ms / 1e3 for _, prof in fleet], s.round_seconds)
-    say(f"{'planned' if s.plan else 'fixed'} work per device ({tokens} tokens per sequence, deadline "
+    say(f"{'planned' if s.plan else 'fixed'} work per device{' (P2 by descent per second: --p2 auto)' if s.plan and descent else ''} ({tokens} tokens per sequence, deadline "
         f"{f'{s.round_seconds:g} s' if s.round_seconds else 'none'}):")
     for d, p in enumerate(plans):
         say("  " + p.describe() + ("" if clock.included(d) else "  -- misses the deadline: left out of every round"))
