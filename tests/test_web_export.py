@@ -110,15 +110,37 @@ def test_base_trainables_are_served_as_a_round_0_checkpoint(job, tmp_path):
         assert all(np.array_equal(f.get_tensor(n), a) for n, a in ex.trainable_arrays().items())
 
 
-@pytest.mark.browser  # a second export (tens of seconds): with the browser suite, not the default one
-def test_lora_adapters_are_graph_inputs_too(two_layer_llama, tmp_path):
-    """LoRA (PROTOCOL.md 9.3): lora_A and lora_B are the graph's trainable inputs; the check
-    perturbs lora_B away from zero, so the adapters' path through the graph is exercised."""
-    cfg = JobConfig(model=str(two_layer_llama), task="sst2", batch_size=8, eval_samples=64, seed=5, trainable="lora:r=4").validate()
+def lora_job(model, trainable: str, seed: int = 5):
+    cfg = JobConfig(model=str(model), task="sst2", batch_size=8, eval_samples=64, seed=seed, trainable=trainable).validate()
     data = load_job_data(cfg, need_train=False)
     ex, info = build_torch_executor(cfg, data.task)
+    return cfg, data, ex, info
+
+
+@pytest.mark.parametrize("trainable", ["lora:r=4", pytest.param("lora:r=4,factors=B", marks=pytest.mark.browser)])  # 8 s each: one in the default suite
+def test_lora_adapters_are_graph_inputs_and_agree_with_the_executor_perturbed(trainable, two_layer_llama, tmp_path):
+    """LoRA (PROTOCOL.md 9.3): the trained factors (A and B; B alone with factors=B, A then a
+    constant of the graph) are the graph's trainable inputs in the fingerprint's order. The check
+    perturbs B away from zero (and A), so the adapters' path through the graph is exercised, and
+    it also holds after the adapters moved (a replica some rounds into the job)."""
+    cfg, data, ex, info = lora_job(two_layer_llama, trainable)
     batches = check_batches(ex, data, cfg, 2)
     made = cached_export(ex, batches[0], info.digest, cfg.trainable, tmp_path)
-    assert [i.name for i in onnx_session(made.path).get_inputs()][2:] == ex.names and all("lora_" in n for n in ex.names)
-    agreement = check_export(made.path, ex, batches, Direction(cfg.seed, 1, 0, 0, 0, 0), 1e-2)
+    inputs = [i.name for i in onnx_session(made.path).get_inputs()][2:]
+    assert inputs == ex.names and len(inputs) == (4 if "factors=B" in trainable else 8)
+    assert all(n.endswith(".lora_B") for n in inputs) or [n.rsplit(".", 1)[1] for n in inputs] == ["lora_A", "lora_B"] * 4
+    direction = Direction(cfg.seed, 1, 0, 0, 0, 0)
+    agreement = check_export(made.path, ex, batches, direction, 1e-2)
     assert agreement.max_logit_diff < 1e-5 and any(abs(s) > 1e-4 for s in agreement.scalars_torch)
+    ex.apply_update([(Direction(cfg.seed, 1, 0, 0, 0, 0), 0.5), (Direction(cfg.seed, 1, 0, 0, 1, 0), -0.3)])  # B no longer zero
+    moved = check_export(made.path, ex, batches, Direction(cfg.seed, 2, 0, 0, 0, 0), 1e-2)
+    assert moved.max_logit_diff < 1e-5 and moved.scalars_torch != agreement.scalars_torch
+
+
+def test_a_frozen_lora_A_is_part_of_the_export_cache_key(two_layer_llama):
+    """factors=B bakes lora_A (seeded by the run seed) into the graph: another seed is another
+    export; with both factors trained, A is an input and the seed does not matter."""
+    keys = {(t, seed): export_key(lora_job(two_layer_llama, t, seed)[2], "d" * 64, t)
+            for t in ("lora:r=4", "lora:r=4,factors=B") for seed in (5, 6)}
+    assert keys[("lora:r=4,factors=B", 5)] != keys[("lora:r=4,factors=B", 6)]
+    assert keys[("lora:r=4", 5)] == keys[("lora:r=4", 6)]

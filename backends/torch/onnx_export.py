@@ -105,7 +105,25 @@ def export_key(ex, model_digest: str, trainable_spec: str) -> str:
         "trainable": trainable_spec, "kind": ex.kind, "verbalizers": [int(i) for i in ex.verbalizer_ids],
         "tensors": [[n, list(ex.params[n].shape)] for n in ex.names],
     }
+    frozen = frozen_adapters_digest(ex)
+    if frozen:  # lora:factors=B: lora_A is a constant of the graph, seeded by the run seed
+        layout["frozen_adapters"] = frozen
     return hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()
+
+
+def frozen_adapters_digest(ex) -> str:
+    """SHA-256 of the LoRA factors the job does not train (``lora:factors=B`` freezes ``lora_A``
+    at its run-seeded init, PROTOCOL.md 9.3), or "" when there are none. They are baked into the
+    graph as constants, so two runs of the same model with different seeds need different exports
+    (the same key would hand the second run the first run's graph, which the check against the
+    torch executor then refuses)."""
+    h, found, trained = hashlib.sha256(), False, set(ex.names)
+    for name, param in ex.model.named_parameters():
+        if name.rsplit(".", 1)[-1] in ("lora_A", "lora_B") and name not in trained:
+            h.update(name.encode())
+            h.update(param.detach().cpu().float().numpy().tobytes())
+            found = True
+    return h.hexdigest() if found else ""
 
 
 def file_sha256(path: Path) -> str:
@@ -191,4 +209,4 @@ def _require_exporter() -> None:
         raise EdgezoError(f"exporting the model to ONNX for browser devices needs onnx and onnxscript; {WEB_EXTRA_HINT}") from None
 
 
-__all__ = ["OnnxExport", "TrainableInputs", "cached_export", "cached_file", "export_key", "export_onnx", "file_sha256"]
+__all__ = ["OnnxExport", "TrainableInputs", "cached_export", "cached_file", "export_key", "export_onnx", "file_sha256", "frozen_adapters_digest"]
