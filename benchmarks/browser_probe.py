@@ -26,16 +26,25 @@ against the fp32 export's in the same runtime, and the largest label-logit diffe
 from __future__ import annotations
 
 import argparse
+import datetime
+import ipaddress
 import json
+import os
+import socket
 import statistics
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import psutil
 import torch
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from edgezo.backends.torch.factory import build_torch_executor
 from edgezo.backends.hf.source import default_cache_dir
@@ -61,7 +70,8 @@ window.benchLoad = async (threads) => {
   const bytes = new Uint8Array(await (await fetch("/job/model.onnx")).arrayBuffer());
   const t1 = performance.now();
   window.session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
-  return { download_s: (t1 - t0) / 1000, create_s: (performance.now() - t1) / 1000, isolated: self.crossOriginIsolated };
+  return { download_s: (t1 - t0) / 1000, create_s: (performance.now() - t1) / 1000, isolated: self.crossOriginIsolated,
+           secure: self.isSecureContext, origin: location.origin };
 };
 const feeds = (ids, mask, shape, trainables) => {
   const f = { input_ids: new ort.Tensor("int64", BigInt64Array.from(ids.map(BigInt)), shape),
@@ -136,15 +146,57 @@ def open_bench_page(context, base: str, threads: int) -> tuple:
     return page, page.evaluate("(t) => window.benchLoad(t)", threads)
 
 
-class BrowserExport:
-    """One export served by its own web server to its own Chromium, with one page per thread count."""
+@dataclass(frozen=True)
+class Serving:
+    """Where the coordinator's web server listens and with which certificate (None: plain HTTP)."""
 
-    def __init__(self, p, ex, info, export, files: Path, threads: tuple[int, ...]):
+    host: str = "127.0.0.1"
+    certfile: str | None = None
+    keyfile: str | None = None
+
+    def chromium_args(self) -> list[str]:  # the self-signed certificate accepted, as a phone would trust the operator's
+        return CHROMIUM_ARGS + (["--ignore-certificate-errors"] if self.certfile else [])
+
+
+def lan_address() -> str:
+    """This machine's first non-loopback IPv4 address: a page reached there is a secure context only
+    through HTTPS (127.0.0.1 is one by the loopback exception, as no phone's view of the server is)."""
+    for addresses in psutil.net_if_addrs().values():
+        for a in addresses:
+            if a.family == socket.AF_INET and not ipaddress.ip_address(a.address).is_loopback:
+                return a.address
+    raise SystemExit("no non-loopback IPv4 address on this machine to serve HTTPS on")
+
+
+def self_signed_certificate(folder: Path, host: str) -> tuple[str, str]:
+    """A fresh self-signed certificate for ``host`` (an IP address), made at run time with
+    ``cryptography``; returns the PEM files (certificate, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgezo browser_probe")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+class BrowserExport:
+    """One export served by its own web server (the coordinator's, ``WebServer``: HTTPS when
+    ``serving`` has a certificate, as ``coordinate --certfile/--keyfile`` serves it) to its own
+    Chromium, with one page per thread count."""
+
+    def __init__(self, p, ex, info, export, files: Path, threads: tuple[int, ...], serving: Serving = Serving()):
         self.profile = tempfile.TemporaryDirectory()
         job = WebJob("bench", BrokerWebSocket(url="ws://127.0.0.1:9"), export.path, export.sha256,
                      tokenizer_file(ex, info.path, files / "tokenizer.json"), base_trainable_file(ex, files), assets_folder())
-        self.server = WebServer(job, "127.0.0.1", 0).start()
-        self.context = p.chromium.launch_persistent_context(self.profile.name, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        self.server = WebServer(job, serving.host, 0, serving.certfile, serving.keyfile).start()
+        self.context = p.chromium.launch_persistent_context(self.profile.name, executable_path=CHROMIUM, headless=True,
+                                                            args=serving.chromium_args())
         self.sampler = MemorySampler(next(proc.pid for proc in psutil.process_iter(["cmdline"])
                                           if self.profile.name in " ".join(proc.info["cmdline"] or [])
                                           and "--type=" not in " ".join(proc.info["cmdline"] or [])))
@@ -207,6 +259,44 @@ def measure(ex, info, cfg, batch, exports: dict, args) -> dict:
     return {"times": times, "scalars": scalars, "logits": logits, "loads": loads, "memory": memory}
 
 
+def measure_https_threads(ex, info, cfg, batch, exports: dict, args) -> dict:
+    """Chromium pages only, served over HTTPS at this machine's network address with a self-signed
+    certificate made now: 1 WASM thread against ``args.threads``, the order of the two alternating
+    from repeat to repeat, the 1-minute load average read after every probe."""
+    labels, direction, eps = batch.labels.numpy(), Direction(cfg.seed, 1, 0, 0, 0, 0), cfg.eps
+    plus, minus = trainable_values(ex, direction, eps), trainable_values(ex, direction, -eps)
+    ids, mask, shape = batch.input_ids.reshape(-1).tolist(), batch.attention_mask.reshape(-1).tolist(), list(batch.input_ids.shape)
+    page_args = [ids, mask, shape, page_trainables(ex, plus), page_trainables(ex, minus)]
+    threads, host = (1, args.threads), lan_address()
+    files = Path(tempfile.mkdtemp(prefix="edgezo-bench-tls-"))
+    serving = Serving(host, *self_signed_certificate(files, host))
+    times, load, logits = {}, {}, {"torch": [torch_label_logits(ex, batch, [(direction, s)]) for s in (eps, -eps)]}
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browsers = {name: BrowserExport(p, ex, info, e, files, threads, serving) for name, e in exports.items()}
+        loads = {name: {str(n): b.loads[n] for n in threads} for name, b in browsers.items()}
+        print(f"served at {serving.host} over HTTPS: {loads}")
+        if not all(page["isolated"] and page["secure"] and page["origin"].startswith("https://") for b in loads.values() for page in b.values()):
+            raise SystemExit(f"the pages are not cross-origin isolated secure https:// contexts: {loads}")
+        for r in range(args.repeats):
+            for name, b in browsers.items():
+                for n in (threads if r % 2 == 0 else threads[::-1]):
+                    key, out = f"chromium-wasm-{n} {name}", b.probe(n, page_args)
+                    times.setdefault(key, []).append(out["seconds"])
+                    load.setdefault(key, []).append(round(os.getloadavg()[0], 2))
+                    logits[key] = [np.array(out[k]).reshape(len(labels), -1) for k in ("plus", "minus")]
+            print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s (load {load[k][-1]})" for k, v in times.items()))
+        memory = {name: b.close() for name, b in browsers.items()}
+    scalars = {("torch-f64" if k == "torch" else k): probe_scalar(a, b, labels, eps) for k, (a, b) in logits.items()}
+    return {"served": f"https://{host} (coordinator WebServer with a self-signed certificate; Chromium --ignore-certificate-errors)",
+            "threads": list(threads), "load_average_1min_at_start": None, "page_load": loads, "page_memory": memory,
+            "probe_seconds_median": {k: round(statistics.median(v), 3) for k, v in times.items()},
+            "probe_seconds_samples": {k: [round(x, 3) for x in v] for k, v in times.items()},
+            "load_average_1min_after_each_probe": load, "probe_scalar": scalars,
+            "probe_scalar_rel_diff_vs_torch": {k: abs(v - scalars["torch-f64"]) / abs(scalars["torch-f64"]) for k, v in scalars.items() if k != "torch-f64"}}
+
+
 def agreement(scalars: dict, logits: dict) -> dict:
     """Each runtime's probe scalar and label logits against torch's (the scalar from torch's logits with
     the loss in float64, as every other runtime here computes it: the torch device's own float32 loss
@@ -230,6 +320,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/browser_probe.json"))
+    parser.add_argument("--https", action="store_true",
+                        help="only the Chromium pages, 1 thread vs --threads, served over HTTPS at this machine's network address; "
+                             "added to --out as 'https_threads' (the earlier entries kept)")
+    parser.add_argument("--exports", default="fp32,gguf", help="with --https: which downloads to time (comma-separated)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = JobConfig(eval_samples=64).validate()
@@ -237,6 +331,9 @@ def main() -> None:
     ex, info = build_torch_executor(cfg, data.task)
     batch = make_batcher(ex, data.task, data.dev)(list(range(16)))
     exports = build_exports(ex, info, cfg, batch)
+    if args.https:
+        write_https_entry(args, ex, info, cfg, batch, {k: exports[k] for k in args.exports.split(",")})
+        return
     got = measure(ex, info, cfg, batch, exports, args)
     result = {
         "model": info.name, "batch": list(batch.input_ids.shape), "real_tokens": int(batch.attention_mask.sum()),
@@ -252,6 +349,20 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
+
+
+def write_https_entry(args, ex, info, cfg, batch, exports: dict) -> None:
+    """The HTTPS run goes into the result file beside the earlier (plain-HTTP, 127.0.0.1) entries, which are kept."""
+    doc = json.loads(args.out.read_text()) if args.out.exists() else {}
+    doc.setdefault("served", "http://127.0.0.1 (a secure context by the loopback exception; the top-level entries)")
+    start = round(psutil.getloadavg()[0], 2)
+    entry = {"batch": list(batch.input_ids.shape), "real_tokens": int(batch.attention_mask.sum()), "cpu": _cpu(),
+             "repeats": args.repeats, **measure_https_threads(ex, info, cfg, batch, exports, args)}
+    entry["load_average_1min_at_start"] = start
+    doc["https_threads"] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps(entry, indent=1))
 
 
 def _cpu() -> str:
