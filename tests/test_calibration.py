@@ -122,7 +122,8 @@ def test_auto_records_the_calibration_and_a_resumed_run_reuses_it(tiny_llama, ss
 
 
 def test_auto_is_refused_where_it_does_not_apply(tiny_llama, sst2_dir, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "edgezo.app.cli", "coordinate", "--p2", "auto"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "simulate-only" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "edgezo.app.cli", "coordinate", "--p2", "auto", "--method", "mezo", "--data",
+                           str(sst2_dir), "--out", str(tmp_path / "coord")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--method mezo has neither" in done.stderr and "loading model" not in done.stderr + done.stdout
     with pytest.raises(edgezo.ConfigError, match="has neither"):
         edgezo.simulate(**_options(tiny_llama, sst2_dir, tmp_path / "mezo"), method="mezo")

@@ -33,6 +33,8 @@ def profile(name: str, overhead_ms: float = 0.01, gflops: float = 50.0, memory_g
 def toml_text(p: Profile) -> str:
     """A profile file written by hand (flat values only), so the test needs no TOML writer."""
     def value(v):
+        if isinstance(v, bool):
+            return str(v).lower()
         return f'"{v}"' if isinstance(v, str) else ("[" + ", ".join(value(x) for x in v) + "]" if isinstance(v, list) else repr(v))
 
     d = p.to_dict()
@@ -207,3 +209,24 @@ def test_join_with_a_bad_profile_fails_clearly_before_connecting(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "lacks the required key" in proc.stderr and "Traceback" not in proc.stderr
     assert "retrying" not in proc.stdout + proc.stderr
+
+
+def test_with_the_calibrations_descent_table_a_browser_profile_gets_fewer_block_2_probes(tmp_path):
+    """coordinate --plan --p2 auto: the planner weighs each device's (P1, P2) by the measured
+    descent table and its own profile's seconds; the page that sends ``reuses_block1 = false`` in
+    its status's profile runs a full forward per probe, so it gets P2 = 1 (E‖ĝ‖²·P2 grows with P2:
+    with forwards the whole step, the known answer),
+    while the same profile with block-1 reuse gets more (block 2 holds the gradient here)."""
+    from edgezo import calibration as cal
+
+    groups = [cal.GroupEnergy(0, 3, 96, 1e-4, 5e-5), cal.GroupEnergy(3, 4, 64, 1.0, 0.5)]
+    coord, _, lines = coordinator(tmp_path)
+    coord.s.planning.descent = cal.descent_table(groups, 3, "joint")
+    forwards_only = dict(call_us=0.0, perturb_melems_s=1e9, update_melems_s=1e9)  # copies and updates free: the known answer
+    page, native = profile("page").to_dict(), profile("native").to_dict()
+    page["backends"][0] |= forwards_only | {"reuses_block1": False}
+    native["backends"][0] |= forwards_only
+    online(coord, "page", page)
+    online(coord, "native", native)
+    assert coord.task_of("page").p2 == 1 and coord.task_of("native").p2 > 1
+    assert any(line.startswith("plan for page: backend torch") and "P2 1 " in line for line in lines)

