@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgezo.backends.torch.factory import build_torch_executor
-from edgezo.backends.torch.onnx_check import check_export, label_loss, onnx_outputs, onnx_session, trainable_values
+from edgezo.backends.torch.onnx_check import Tolerance, check_export, check_moved, label_loss, onnx_outputs, onnx_session, trainable_values
 from edgezo.backends.torch.onnx_export import OUTPUTS, cached_export, export_key
 from edgezo.config import JobConfig
 from edgezo.coordinator.server.web_serving import base_trainable_file, check_batches
@@ -117,24 +117,63 @@ def lora_job(model, trainable: str, seed: int = 5):
     return cfg, data, ex, info
 
 
-@pytest.mark.parametrize("trainable", ["lora:r=4", pytest.param("lora:r=4,factors=B", marks=pytest.mark.browser)])  # 8 s each: one in the default suite
-def test_lora_adapters_are_graph_inputs_and_agree_with_the_executor_perturbed(trainable, two_layer_llama, tmp_path):
-    """LoRA (PROTOCOL.md 9.3): the trained factors (A and B; B alone with factors=B, A then a
-    constant of the graph) are the graph's trainable inputs in the fingerprint's order. The check
-    perturbs B away from zero (and A), so the adapters' path through the graph is exercised, and
-    it also holds after the adapters moved (a replica some rounds into the job)."""
-    cfg, data, ex, info = lora_job(two_layer_llama, trainable)
+@pytest.fixture(scope="module")
+def lora_export(two_layer_llama, tmp_path_factory):
+    """The default-suite LoRA job (``lora:r=4``) and its export (about 8 s)."""
+    cfg, data, ex, info = lora_job(two_layer_llama, "lora:r=4")
     batches = check_batches(ex, data, cfg, 2)
-    made = cached_export(ex, batches[0], info.digest, cfg.trainable, tmp_path)
+    return cfg, ex, batches, cached_export(ex, batches[0], info.digest, cfg.trainable, tmp_path_factory.mktemp("lora-onnx"))
+
+
+def check_lora_export(cfg, ex, batches, made, factors: str) -> None:
+    """The trained factors are the graph's trainable inputs in the fingerprint's order (A then B
+    per layer; B alone with factors=B, A then a constant of the graph), and the export agrees with
+    the executor at the base (B = 0, perturbed: the check moves B away from zero) and after the
+    adapters moved (a replica some rounds into the job)."""
     inputs = [i.name for i in onnx_session(made.path).get_inputs()][2:]
-    assert inputs == ex.names and len(inputs) == (4 if "factors=B" in trainable else 8)
-    assert all(n.endswith(".lora_B") for n in inputs) or [n.rsplit(".", 1)[1] for n in inputs] == ["lora_A", "lora_B"] * 4
-    direction = Direction(cfg.seed, 1, 0, 0, 0, 0)
-    agreement = check_export(made.path, ex, batches, direction, 1e-2)
+    assert inputs == ex.names and [n.rsplit(".", 1)[1] for n in inputs] == (["lora_B"] * 4 if factors == "B" else ["lora_A", "lora_B"] * 4)
+    agreement = check_export(made.path, ex, batches, Direction(cfg.seed, 1, 0, 0, 0, 0), 1e-2)
     assert agreement.max_logit_diff < 1e-5 and any(abs(s) > 1e-4 for s in agreement.scalars_torch)
-    ex.apply_update([(Direction(cfg.seed, 1, 0, 0, 0, 0), 0.5), (Direction(cfg.seed, 1, 0, 0, 1, 0), -0.3)])  # B no longer zero
-    moved = check_export(made.path, ex, batches, Direction(cfg.seed, 2, 0, 0, 0, 0), 1e-2)
-    assert moved.max_logit_diff < 1e-5 and moved.scalars_torch != agreement.scalars_torch
+    saved = {n: p.detach().clone() for n, p in ex.params.items() if n in ex.names}
+    try:
+        ex.apply_update([(Direction(cfg.seed, 1, 0, 0, 0, 0), 0.5), (Direction(cfg.seed, 1, 0, 0, 1, 0), -0.3)])  # B far from zero
+        moved = check_export(made.path, ex, batches, Direction(cfg.seed, 2, 0, 0, 0, 0), 1e-2)
+        assert moved.max_logit_diff < 1e-5 and moved.scalars_torch != agreement.scalars_torch
+    finally:
+        for n, value in saved.items():
+            ex.params[n].data.copy_(value)
+
+
+def test_lora_adapters_are_graph_inputs_and_agree_with_the_executor_perturbed(lora_export):
+    cfg, ex, batches, made = lora_export
+    check_lora_export(cfg, ex, batches, made, "AB")
+
+
+@pytest.mark.browser  # a second LoRA export (8 s): with the browser suite
+def test_lora_B_factors_alone_are_graph_inputs_and_agree_with_the_executor(two_layer_llama, tmp_path):
+    cfg, data, ex, info = lora_job(two_layer_llama, "lora:r=4,factors=B")
+    batches = check_batches(ex, data, cfg, 2)
+    check_lora_export(cfg, ex, batches, cached_export(ex, batches[0], info.digest, cfg.trainable, tmp_path), "B")
+
+
+def test_a_wrong_adapter_term_is_caught_only_with_the_adapters_moved(lora_export):
+    """At the base B = 0, so a graph whose LoRA term is off (here: the executor's LoRA scaling
+    changed by 2% after the export) moves the label logits at ±eps by a fraction of eps, within the
+    tolerance; the check's moved replica (check_moved, every element 0.05 from the base) catches it."""
+    cfg, ex, batches, made = lora_export
+    adapters = [m for m in ex.model.modules() if hasattr(m, "lora_term")]
+    for module in adapters:
+        module.scaling *= 1.02
+    try:
+        session = onnx_session(made.path)
+        near = [check_moved(session, made.path, ex, batches[0], Direction(cfg.seed, 1, 0, 0, 0, 0), Tolerance(), scale=sign * cfg.eps)
+                for sign in (1, -1)]  # passes: what the ±eps probe alone would see
+        assert 0 < max(near) < Tolerance().logits_atol
+        with pytest.raises(EdgezoError, match="moved by 0.05 along a probe direction"):
+            check_export(made.path, ex, batches, Direction(cfg.seed, 1, 0, 0, 0, 0), cfg.eps)
+    finally:
+        for module in adapters:
+            module.scaling /= 1.02
 
 
 def test_a_frozen_lora_A_is_part_of_the_export_cache_key(two_layer_llama):

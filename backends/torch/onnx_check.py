@@ -4,7 +4,9 @@ A browser device's scalars are averaged with the Python devices' along the same 
 its forward must be the executor's forward up to float32 rounding. ``check_export`` runs the
 export with onnxruntime (the same kernels onnxruntime-web compiles to WASM) and the torch executor
 on the job's own batches: the label logits unperturbed and along ``+eps`` and ``-eps`` of a probe
-direction, and that direction's probe scalar ``(L+ - L-) / (2 eps)``. The perturbed trainables fed
+direction, and that direction's probe scalar ``(L+ - L-) / (2 eps)``; then the label logits with
+the trainables moved far along it (a replica some rounds into a job: LoRA's B is zero at the base,
+so only there is the adapters' term exercised at full size). The perturbed trainables fed
 to the graph are made with the NumPy reference generator (``edgezo.perturb``), as the page makes
 them with its port of it; the loss is the protocol's (PROTOCOL.md 9.4: cross-entropy of the
 softmax over the label words), computed in float64 from ``label_logits`` as the page computes it.
@@ -29,6 +31,9 @@ from edgezo.errors import EdgezoError
 from edgezo.keys import Direction
 
 from .onnx_export import INPUTS, OUTPUTS, WEB_EXTRA_HINT
+
+
+MOVED_SCALE = 0.05  # how far check_moved moves every trainable element: a replica tens of rounds into a job
 
 
 @dataclass(frozen=True)
@@ -113,10 +118,28 @@ def _within(onnx: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> bool
     return bool(np.all(np.abs(onnx - ref) <= atol + rtol * np.abs(ref)))
 
 
+def check_moved(session, path, ex, batch, direction: Direction, tolerance: Tolerance, scale: float = MOVED_SCALE) -> float:
+    """Label logits of a replica moved far from the base along ``direction`` (``scale`` times a
+    Rademacher or Gaussian vector), torch against the export; the largest difference, or an
+    ``EdgezoError``. At ±eps around the base a graph's trainable path is barely exercised: LoRA's
+    B starts at zero, so a wrong adapter term (its scaling, a transposed factor) moves the logits
+    by about eps, under the tolerance; a few rounds into a job B is far from zero."""
+    perturbation = [(direction, scale)]
+    ref = torch_label_logits(ex, batch, perturbation)
+    got, _ = onnx_outputs(session, batch, trainable_values(ex, direction, scale))
+    if not _within(got, ref, tolerance.logits_atol, tolerance.logits_rtol):
+        raise EdgezoError(f"the ONNX export {path} disagrees with the torch executor on trainables moved by {scale:g} along a probe "
+                          f"direction (a replica some rounds into the job): label logits differ by up to {np.max(np.abs(got - ref)):.3g}; "
+                          "delete the cached export and try again, or report it")
+    return float(np.max(np.abs(got - ref)))
+
+
 def check_export(path: Path | str, ex, batches: Sequence, direction: Direction, eps: float,
                  tolerance: Tolerance = Tolerance(), session=None) -> Agreement:
     """Run the export and the executor on ``batches``; an ``EdgezoError`` naming the batch and
-    the difference when they disagree beyond ``tolerance``, else what was measured."""
+    the difference when they disagree beyond ``tolerance``, else what was measured. Besides the
+    probe at ±eps around the base, the first batch is run with the trainables moved far from it
+    (:func:`check_moved`), so a trainable path that is near zero at the base (LoRA's) is checked."""
     session = session if session is not None else onnx_session(path)
     worst, scalars_t, scalars_o = 0.0, [], []
     for b, batch in enumerate(batches):
@@ -139,7 +162,9 @@ def check_export(path: Path | str, ex, batches: Sequence, direction: Direction, 
         if not _within(np.float64(g_o), np.float64(g_t), tolerance.scalar_atol, tolerance.scalar_rtol):
             raise EdgezoError(f"the ONNX export {path} gives probe scalar {g_o:.6g} on batch {b} where the torch executor "
                               f"gives {g_t:.6g}; delete the cached export and try again, or report it")
+    if batches:
+        worst = max(worst, check_moved(session, path, ex, batches[0], direction, tolerance))
     return Agreement(len(batches), worst, tuple(scalars_t), tuple(scalars_o))
 
 
-__all__ = ["Agreement", "Tolerance", "check_export", "label_loss", "onnx_outputs", "onnx_session", "torch_label_logits", "trainable_values"]
+__all__ = ["Agreement", "MOVED_SCALE", "Tolerance", "check_export", "check_moved", "label_loss", "onnx_outputs", "onnx_session", "torch_label_logits", "trainable_values"]
