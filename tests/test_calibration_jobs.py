@@ -39,6 +39,7 @@ def test_planned_devices_get_their_own_p2_from_the_calibration(tiny_llama, sst2_
     assert planned["page-0"]["p2"] == 1 and 1 < planned["reuse-0"]["p2"] <= 12, planned
     record = result.summary["calibration"]
     assert record["profile"] == "reuse" and "descent per second" in record["ranked_by"]
+    assert record["gain_over_given"] >= 1 - 1e-9  # the choice is at least as good as the given P2 = 4
     assert all(r["seconds"] > 0 and r["flops"] > 0 for r in record["candidates"])
     assert any("P2 by descent per second" in line for line in said)
     assert json.loads((out / "job.json").read_text())["calibration"] == record

@@ -55,16 +55,26 @@ def choose(cfg: JobConfig, shape: ModelShape, tokens: int, groups: list, choose_
         seconds = cal.step_cost(method, work, cal.profile_costs(backend, shape, groups, cfg.batch_size, tokens))
         ranked_by = f"descent per second on the {profile.kind} profile {profile.name!r} (backend {backend.name})"
     rows = cal.rank(groups, candidates, cfg.variant, flops, seconds, prefer_split=shape.split)
-    best = rows[0]
+    best, given = rows[0], (cfg.p2, shape.split)
+    gain = _gain(rows, given, "descent_per_second" if seconds else "descent_per_flop")
     cfg.p2, cfg.split = best["p2"], best["split"]
     for line in cal.table(rows):
         say(line)
-    figures = f"{best['descent_per_flop']:.3e} descent per FLOP" + (
-        f", {best['descent_per_second']:.3e} per second ({best['seconds']:.3g} s a step)" if seconds else "")
+    figures = f"{best['flops']:.3g} FLOPs" + (f", {best['seconds']:.3g} s on the profile" if seconds else "") + " a step" + (
+        "" if gain is None else f"; {gain:.3g}x the expected descent {'per second' if seconds else 'per FLOP'} of "
+                                f"P2={given[0]} split={given[1]}")
     say(f"calibration chose P1={best['p1']} P2={best['p2']} split={best['split']}: best {ranked_by}; {figures}")
-    return {"chosen": {k: best[k] for k in ("p1", "p2", "split")}, "ranked_by": ranked_by,
+    return {"chosen": {k: best[k] for k in ("p1", "p2", "split")}, "ranked_by": ranked_by, "gain_over_given": gain,
             "profile": None if profile is None else profile.name, "tokens": tokens, "candidates": rows,
             "groups": [asdict(g) for g in groups]}
+
+
+def _gain(rows: list[dict], given: tuple[int, int], key: str) -> float | None:
+    """The chosen setting's expected descent per second (or FLOP) over that of the P2 and split the
+    job was given (the default, unless set): ‖G‖² cancels, so the ratio holds even where its noisy
+    estimate is negative. None when the given setting is not a candidate."""
+    base = next((r for r in rows if (r["p2"], r["split"]) == given), None)
+    return None if base is None else rows[0][key] / base[key]
 
 
 def reuse(cfg: JobConfig, record: dict, say: Callable[[str], None], where: str) -> dict:
