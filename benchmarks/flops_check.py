@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{s.label:<12} {s.charged:12.4g} {s.measured:12.4g} {s.ratio:17.4f}")
     b = backward
     print(f"fedavg: forward counted {b.forward_counted:.4g}, measured {b.forward_measured:.4g}; backward measured "
-          f"{b.backward_measured:.4g} = {b.backward_forwards:.3f} forwards; the CLI charges {b.charged:.4g} (3 forwards), "
+          f"{b.backward_measured:.4g} = {b.backward_forwards:.3f} forwards; the CLI charges {b.charged:.4g} ({b.charged / b.forward_counted:.3f} forwards), "
           f"autograd runs {b.forward_measured + b.backward_measured:.4g} ({1 + b.backward_forwards:.3f} forwards)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
