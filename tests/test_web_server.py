@@ -32,11 +32,11 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def get(url: str, context: ssl.SSLContext | None = None, headers: dict | None = None):
-    """(status, headers, body) of a GET, errors included, redirects not followed."""
+def get(url: str, context: ssl.SSLContext | None = None, headers: dict | None = None, method: str = "GET"):
+    """(status, headers, body) of a GET (or ``method``), errors included, redirects not followed."""
     opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=context))
     try:
-        with opener.open(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+        with opener.open(urllib.request.Request(url, headers=headers or {}, method=method), timeout=10) as r:
             return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read()
@@ -84,6 +84,11 @@ def test_routes_serve_the_page_the_job_and_the_isolation_headers(web_files):
         for bad in ("../secret.txt", "..%2Fsecret.txt", ".hidden", "missing.js"):
             status, _, body = get(f"{base}/assets/{bad}")
             assert status == 404 and b"not an asset" not in body
+        # HEAD: whether an asset is served, without its bytes (the page asks before importing the WebGPU build)
+        status, headers, body = get(f"{base}/assets/ort-wasm-simd-threaded.wasm", method="HEAD")
+        assert (status, headers["Content-Length"], body) == (200, "8", b"")
+        assert all(get(f"{base}/{path}", method="HEAD")[:3:2] == (404, b"")
+                   for path in ("assets/ort.webgpu.bundle.min.mjs", "assets/../secret.txt", "job/model.onnx"))
 
         status, headers, body = get(f"{base}/job/config.json", headers={"Host": "phone-visible.example:8080"})
         config = json.loads(body)

@@ -2,7 +2,8 @@
  * `npm run build`: the page and its bundle into edgezo/web_assets/ (Python package data, so
  * `pip install` needs no npm): index.html, edgezo-device.js (page.js with mqtt.js and
  * @huggingface/tokenizers, minified) and onnxruntime-web's WASM build. `--webgpu` adds its WebGPU
- * build too (a 29 MB wasm more: not in the committed assets; the page picks it when present).
+ * build too (a 29 MB wasm more: not in the committed assets, see README.md; the page fetches it only
+ * on a real WebGPU adapter). `--out DIR` writes there instead (DIR is emptied first).
  */
 import { build } from "esbuild";
 import { copyFileSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -10,7 +11,8 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const out = join(here, "..", "edgezo", "web_assets");
+const outAt = process.argv.indexOf("--out"); // another folder (tests build the WebGPU variant there)
+const out = outAt > 0 ? process.argv[outAt + 1] : join(here, "..", "edgezo", "web_assets");
 const ort = join(here, "node_modules", "onnxruntime-web", "dist");
 const webgpu = process.argv.includes("--webgpu");
 

@@ -274,12 +274,31 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._bytes(body, "application/x-ndjson", no_store=True)
 
-    def _asset(self, name: str) -> None:
+    def do_HEAD(self) -> None:  # noqa: N802 - the stdlib's name
+        """Headers only, for assets: the page asks whether the WebGPU build is served before it
+        imports it (web/src/runtime.js); every other path answers 404 without a body."""
+        url = urlsplit(self.path)
+        path = self._asset_path(url.path[len("/assets/"):]) if url.path.startswith("/assets/") else None
+        try:
+            if path is None:
+                self._headers(404, "text/plain; charset=utf-8", 0)
+            else:
+                self._headers(200, CONTENT_TYPES.get(path.suffix, "application/octet-stream"), path.stat().st_size)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _asset_path(self, name: str) -> Path | None:
         folder = self.job.assets
         if "/" in name or "\\" in name or name.startswith(".") or not (folder / name).is_file():
+            return None
+        return folder / name
+
+    def _asset(self, name: str) -> None:
+        path = self._asset_path(name)
+        if path is None:
             self._error(404, f"no such asset: {name}")
             return
-        self._file(folder / name)
+        self._file(path)
 
     # -- responses -------------------------------------------------------------------------
     def _headers(self, status: int, content_type: str, length: int, no_store: bool = False) -> None:

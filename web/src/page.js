@@ -2,7 +2,8 @@
  * The join page (issue 26): a phone joins a federated job by opening
  * `/join?device-id=NAME[&shard=I/N][&token=T]`. It reads `/job/config.json`, holds its data (a
  * shard the coordinator offers, or a file picked or pasted here), loads the tokenizer and the ONNX
- * export (WebGPU where the browser has a real adapter and the build ships it, else WASM), checks
+ * export (WebGPU where the browser has a real adapter and the build ships it, else WASM: see
+ * runtime.js), checks
  * the export's SHA-256, frees the model bytes once the session exists, measures itself, and runs
  * the device loop over MQTT-over-WebSockets. Everything a person (or a test) needs to see is in
  * `window.edgezoState` and on screen: job, round, loss, time per probe, what was sent, battery,
@@ -18,6 +19,7 @@ import { connectLink } from "./link.js";
 import { lossFromForward, ortForward } from "./model.js";
 import { browserProfile, memoryLimitGb } from "./profile.js";
 import { taskOf } from "./prompts.js";
+import { chooseRuntime, executionProviders, probeWebgpu, WASM_BUNDLE, WEBGPU_BUNDLE, webgpuSessionError } from "./runtime.js";
 import { readSafetensors } from "./safetensors.js";
 import { sha256Hex } from "./sha256.js";
 import { deviceKey, isEnvelope, parsePublic, seal, signedLink } from "./signing.js";
@@ -95,27 +97,23 @@ function joinChunks(head, chunks) {
 }
 
 /** onnxruntime-web: the WebGPU build where the browser has a real (not software) adapter and this
- * build ships it, else WASM; `?ep=wasm|webgpu` forces one, `?threads=N` sets WASM threads. */
+ * build ships it, else WASM (`src/runtime.js`); `?ep=wasm|webgpu` forces one, `?threads=N` sets
+ * WASM threads. The WebGPU files are requested only when WebGPU is chosen. */
 async function loadRuntime(params) {
-  const forced = params.get("ep");
-  let ep = forced ?? "wasm";
-  if (!forced && navigator.gpu) {
-    const adapter = await navigator.gpu.requestAdapter().catch(() => null);
-    const real = adapter && !(adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter);
-    if (real && (await fetch("/assets/ort.webgpu.bundle.min.mjs", { method: "HEAD" }).then((r) => r.ok, () => false))) ep = "webgpu";
-  }
-  const bundle = ep === "webgpu" ? "ort.webgpu.bundle.min.mjs" : "ort.wasm.bundle.min.mjs";
-  const ort = await import(/* @vite-ignore */ `/assets/${bundle}`);
+  const choice = await chooseRuntime(params.get("ep"), await probeWebgpu(navigator.gpu), () =>
+    fetch(`/assets/${WEBGPU_BUNDLE}`, { method: "HEAD" }).then((r) => r.ok, () => false));
+  if (choice.warning) report({ warning: choice.warning });
+  const ort = await import(/* @vite-ignore */ `/assets/${choice.ep === "webgpu" ? WEBGPU_BUNDLE : WASM_BUNDLE}`);
   ort.env.wasm.wasmPaths = "/assets/";
   // Run inference in a worker: a forward of SmolLM2 takes seconds, and on the main thread it would
   // stop mqtt.js from answering the broker's keepalive (seen: the broker dropped a page mid-probe).
-  ort.env.wasm.proxy = ep === "wasm";
+  ort.env.wasm.proxy = choice.ep === "wasm";
   const threads = Number(params.get("threads")) || (self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1);
   ort.env.wasm.numThreads = threads;
-  return { ort, ep, threads };
+  return { ort, ep: choice.ep, choice, threads };
 }
 
-async function loadSession(ort, ep, config) {
+async function loadSession(ort, choice, config) {
   report({ phase: "downloading the model" });
   let { bytes, sha } = await downloadModel(config);
   report({ phase: "loading the model", progress: null });
@@ -123,7 +121,13 @@ async function loadSession(ort, ep, config) {
   // In a worker (WASM), onnxruntime-web transfers the buffer to it (this thread's copy is then
   // detached); without one it copies the bytes into its heap. Either way no reference is kept here
   // once the session exists, so the download can be collected.
-  const session = await ort.InferenceSession.create(bytes, { executionProviders: ep === "webgpu" ? ["webgpu", "wasm"] : ["wasm"] });
+  let session;
+  try {
+    session = await ort.InferenceSession.create(bytes, { executionProviders: executionProviders(choice) });
+  } catch (e) {
+    if (choice.ep === "webgpu") throw webgpuSessionError(choice, e);
+    throw e;
+  }
   bytes = null;
   return { session, sha, size };
 }
@@ -170,9 +174,9 @@ async function main() {
   const data = await loadRecords(config, shard);
   report({ phase: "loading the tokenizer" });
   const tok = jobTokenizer(Tokenizer, await (await fetchOk(config.tokenizer_url, "the tokenizer")).json(), config.pad_token_id ?? null);
-  const { ort, ep, threads } = await loadRuntime(params);
-  report({ backend: `onnxruntime-web ${ep}${ep === "wasm" ? `, ${threads} thread${threads > 1 ? "s" : ""}` : ""}` });
-  const { session, sha, size } = await loadSession(ort, ep, config);
+  const { ort, ep, choice, threads } = await loadRuntime(params);
+  report({ backend: `onnxruntime-web ${ep}${ep === "wasm" ? `, ${threads} thread${threads > 1 ? "s" : ""}` : ""} (${choice.reason})` });
+  const { session, sha, size } = await loadSession(ort, choice, config);
   const base = await loadBaseTrainable(config);
   const inputNames = session.inputNames.slice(2);
   const forward = ortForward(ort, session, base.shapes);
