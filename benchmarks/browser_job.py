@@ -104,7 +104,7 @@ def paired_final(job: dict, baseline: dict, replicates: int = cs.REPLICATES) -> 
         sign = -1.0 if metric == "eval_loss" else 1.0  # eval_loss is the log-prob on the higher-is-better scale: flip back to loss
         lo, hi = sorted((sign * d.pooled.low, sign * d.pooled.high))
         out[metric] = {"difference": sign * d.pooled.value, "ci95": [lo, hi], "resolved": d.resolved,
-                       "text": ("" if d.resolved else "not resolved: ") + f"{sign * d.pooled.value:+.4f} [{lo:+.4f}, {hi:+.4f}]"}
+                       "text": ("" if d.resolved else "not resolved: ") + f"{sign * d.pooled.value:+.3g} [{lo:+.3g}, {hi:+.3g}]"}
     out["mcnemar"] = mcnemar_exact(job["final_hits"], baseline["final_hits"])
     out["identical_hits"] = job["final_hits"] == baseline["final_hits"]
     return out
@@ -113,11 +113,18 @@ def paired_final(job: dict, baseline: dict, replicates: int = cs.REPLICATES) -> 
 def scalar_agreement(results: dict, reference: dict, devices: tuple[str, ...], rnd: int = 1) -> dict:
     """Relative difference of each page's scalars (``results``) from the Python device's for the
     same device id and round (``reference``): both jobs assign the same work, and in round 1 both
-    replicas are the base model."""
+    replicas are the base model (later rounds: ``by_round``, where the replicas also differ by the
+    earlier rounds' float noise)."""
+    def rel(device, r):
+        got, ref = (np.asarray(x[f"{device}/{r}"]["scalars"], dtype=np.float64) for x in (results, reference))
+        return got, ref, float(np.max(np.abs(got - ref) / np.abs(ref)))
+
     out = {}
     for device in devices:
-        got, ref = (np.asarray(r[f"{device}/{rnd}"]["scalars"], dtype=np.float64) for r in (results, reference))
-        out[device] = {"page": got.tolist(), "python": ref.tolist(), "max_relative_difference": float(np.max(np.abs(got - ref) / np.abs(ref)))}
+        got, ref, worst = rel(device, rnd)
+        rounds = sorted(int(k.split("/")[1]) for k in results if k.startswith(f"{device}/") and k in reference)
+        out[device] = {"page": got.tolist(), "python": ref.tolist(), "max_relative_difference": worst,
+                       "by_round": {str(r): rel(device, r)[2] for r in rounds}}
     return out
 
 

@@ -68,7 +68,7 @@ def test_scalar_agreement_is_relative_to_the_python_device():
     page = {"dev2/1": {"scalars": [1.0001, -2.0]}}
     python = {"dev2/1": {"scalars": [1.0, -2.0]}}
     got = bj.scalar_agreement(page, python, ("dev2",))
-    assert got["dev2"]["max_relative_difference"] == pytest.approx(1e-4)
+    assert got["dev2"]["max_relative_difference"] == pytest.approx(1e-4) and got["dev2"]["by_round"] == pytest.approx({"1": 1e-4})
 
 
 def full_job() -> dict:
