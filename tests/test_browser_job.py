@@ -173,17 +173,20 @@ def login_options(user: str | None) -> list[str]:
     return ["--username", user, "--password", ACCOUNTS[user]] if user else []
 
 
-@pytest.mark.parametrize("broker_kind,trainable", [("mosquitto", "norm"), ("embedded", "norm"), ("accounts", "norm"),
-                                                   ("mosquitto", "lora:r=4"), ("embedded", "lora:r=4,factors=B")],
-                         ids=["mosquitto", "embedded", "accounts", "lora", "lora-factors-B"])
-def test_a_browser_page_trains_with_a_python_device(broker_kind, trainable, tmp_path, tiny_llama, sst2_dir, mosquitto_factory, page_browser):
+@pytest.mark.parametrize("broker_kind,job_settings", [
+    ("mosquitto", {"trainable": "norm"}), ("embedded", {"trainable": "norm"}), ("accounts", {"trainable": "norm"}),
+    ("mosquitto", {"trainable": "lora:r=4"}), ("embedded", {"trainable": "lora:r=4,factors=B"}),
+    ("mosquitto", {"trainable": "norm", "distribution": "gaussian"})],
+    ids=["mosquitto", "embedded", "accounts", "lora", "lora-factors-B", "gaussian"])
+def test_a_browser_page_trains_with_a_python_device(broker_kind, job_settings, tmp_path, tiny_llama, sst2_dir, mosquitto_factory, page_browser):
     """mosquitto with a WebSocket listener (--broker, --web-broker); the embedded amqtt broker,
     which opens its own WebSocket listener for the page; mosquitto with accounts and the example
     ACL (PROTOCOL.md 12), the page logging in as its device id with the token of its join URL.
     LoRA (PROTOCOL.md 9.3): the adapters are the graph's trainable inputs, the page starts from the
     served round-0 adapters (lora_A seeded by the run seed, which the page re-derives and checks)
     and replays the seed log onto them; with ``factors=B`` only lora_B is trainable and lora_A is a
-    constant of the export."""
+    constant of the export. Gaussian directions: the page's updates round as the torch executor's
+    (one float32 rounding of w + s*z), or its replica would leave the global model at round 1."""
     assert (ASSETS / "index.html").is_file(), "build the page first: npm ci && npm run build in web/"
     data = small_sst2(sst2_dir, tmp_path / "sst2")
     accounts = broker_kind == "accounts"
@@ -199,7 +202,8 @@ def test_a_browser_page_trains_with_a_python_device(broker_kind, trainable, tmp_
     try:
         procs.start("coordinator", "coordinate", "--model", str(tiny_llama), "--data", str(data), "--run", RUN, "--rounds", str(ROUNDS),
                     "--local-steps", "2", "--p1", "1", "--p2", "2", "--batch-size", "4", "--max-length", "32", "--eps", str(EPS),
-                    "--eval-samples", "16", "--seed", "7", "--min-devices", "2", "--trainable", trainable, "--round-timeout", "240", "--out", str(out),
+                    "--eval-samples", "16", "--seed", "7", "--min-devices", "2",
+                    *[arg for key, value in job_settings.items() for arg in (f"--{key}", value)], "--round-timeout", "240", "--out", str(out),
                     "--web-port", str(web_port), "--web-data", str(data), *coordinator_broker, broker=None)
         wait_for("the coordinator's web server", lambda: "browser devices join at" in procs.log("coordinator"), procs, 300)
         recorder = Recorder(broker, ("coordinator", ACCOUNTS["coordinator"]) if accounts else None)  # before any round
@@ -231,7 +235,7 @@ def test_a_browser_page_trains_with_a_python_device(broker_kind, trainable, tmp_
             recorder.close()
 
     check_screenshot(shot, state, text)
-    check_job(out, recorder, tiny_llama, data, trainable)
+    check_job(out, recorder, tiny_llama, data, job_settings)
     if accounts:  # it said why, and never joined
         assert "refused device web0's credentials" in refused and "join link" in refused, refused
 
@@ -243,7 +247,7 @@ def check_screenshot(shot: Path, state: dict, text: str) -> None:
     assert f"{state['round']} of {ROUNDS}" in text and f"{state['loss']:.4f}" in text, text[:600]
 
 
-def check_job(out: Path, recorder: Recorder, model: Path, data: Path, trainable: str) -> None:
+def check_job(out: Path, recorder: Recorder, model: Path, data: Path, job_settings: dict) -> None:
     """Both devices in every round, the export's digest announced, the page's replica fingerprint
     (in its results) the global model's, and the page's scalars what the Python executor computes
     for its assignment (the reference reproducing py0's own first)."""
@@ -257,7 +261,7 @@ def check_job(out: Path, recorder: Recorder, model: Path, data: Path, trainable:
 
     log = [decode_entry(line) for line in (out / "state" / "seedlog.jsonl").read_text().splitlines()]
     job = recorder.announces[-1].job
-    assert job["trainable"] == trainable
+    assert {key: job[key] for key in job_settings} == job_settings
     starts = [recorder.announces[0].fingerprint] + [entry.fingerprint for entry in log]  # the global model before each round
     assert len(set(starts)) == len(starts) and all(len(f) == 64 for f in starts)  # every round moved it
     worst = 0.0
