@@ -86,18 +86,47 @@ export function directionVector(d, tensor, distribution = RADEMACHER) {
   return generator(distribution)(tensorKey(d, tensor.name), 0, tensor.data.length);
 }
 
+const f32 = new Float32Array(1);
+const f32bits = new Int32Array(f32.buffer);
+
+/** The float32 next to `r` (a float32) on the side of `t`. */
+function float32Toward(r, t) {
+  if (r === 0) return t > 0 ? 1.401298464324817e-45 : -1.401298464324817e-45;
+  f32[0] = r;
+  f32bits[0] += (t > r) === (r > 0) ? 1 : -1; // away from zero in magnitude, or toward it
+  return f32[0];
+}
+
+/**
+ * float32(w + p) rounded once, as a fused multiply-add rounds `w + s*z` (p = s*z, exact in
+ * float64 since s and z are float32). `fround(w + p)` rounds twice (to float64, then to float32)
+ * and differs from one rounding exactly when the float64 sum lands on a float32 tie that the exact
+ * sum was not on (about one sum in 2^28 when p is far smaller than w, as updates are); then the
+ * exact sum's side of the tie (Knuth's TwoSum error) picks the neighbour.
+ */
+export function roundedSum(w, p) {
+  const t = w + p;
+  const r = Math.fround(t);
+  if (r === t) return r;
+  const bp = t - w;
+  const err = (w - (t - bp)) + (p - bp); // w + p = t + err exactly
+  if (err === 0) return r;
+  const other = float32Toward(r, t);
+  if (t - r !== other - t) return r; // t is not a tie: rounding it once more is the right rounding
+  return (err > 0) === (other > r) ? other : r;
+}
+
 /**
  * `w += float32(scale) * z` on a Float32Array, rounded to float32 once per element, as the torch
- * executor does (its `add_(z, alpha=s)` is a fused multiply-add on CPUs with FMA and on GPUs). The
- * product of two float32 is exact in float64, so `fround(w + s*z)` is that single rounding (a
- * float64 sum rounded again could differ from a fused one only at an exact float32 tie, about one
- * element in 2^29). With Rademacher `s*z = ±s`, which is the old two-rounding formula bit for bit;
- * with Gaussian z, rounding the product to float32 first (NumPy's `w + float32(s) * z`) differed
- * from torch on 0.5% of elements, so a Gaussian job's replica failed the coordinator's fingerprint.
+ * executor does (its `add_(z, alpha=s)` is a fused multiply-add on CPUs with FMA and on GPUs:
+ * checked on this machine's AVX-512 torch, tails included). With Rademacher `s*z = ±s`, which is the
+ * old two-rounding formula bit for bit; with Gaussian z, rounding the product to float32 first
+ * (NumPy's `w + float32(s) * z`) differed from torch on 0.5% of elements, so a Gaussian job's
+ * replica failed the coordinator's fingerprint.
  */
 function addScaled(data, z, scale) {
   const s = Math.fround(scale);
-  for (let e = 0; e < data.length; e++) data[e] = Math.fround(data[e] + s * z[e]);
+  for (let e = 0; e < data.length; e++) data[e] = roundedSum(data[e], s * z[e]);
 }
 
 /**

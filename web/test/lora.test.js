@@ -12,7 +12,7 @@ import { readFileSync } from "node:fs";
 import { direction } from "../src/keys.js";
 import { checkLoraBase, isLora, loraInit, loraRank } from "../src/lora.js";
 import { decode } from "../src/messages.js";
-import { fingerprint, perturbedTensors } from "../src/perturb.js";
+import { fingerprint, perturbedTensors, roundedSum } from "../src/perturb.js";
 import { applyEntry, buildReplica, ReplicaError } from "../src/replica.js";
 import { Sha256 } from "../src/sha256.js";
 import { f32FromHex, fromHex, toHex } from "./golden.js";
@@ -106,5 +106,25 @@ test("perturbed adapters (block-1 and block-2 directions) equal the torch execut
     assert.equal(fingerprint(replica), c.fingerprint_round0); // the replica itself is untouched
     for (const entry of c.entries_hex) applyEntry(replica, decode(fromHex(entry), "update"), c.distribution);
     perturbedTensors(replica, probe, c.distribution).forEach((data, k) => assert.equal(hexOf(data), c.perturbed_after_f32_hex[k], `${c.run_seed} ${k}`));
+  }
+});
+
+test("one rounding of w + s·z, as a fused multiply-add: the float64 tie case too", () => {
+  // w = 1, s = 2^-24 (1 + 2^-12), z = 1 - 4095·2^-24: the exact sum is 1 + 2^-24 + 2^-60, just above
+  // the float32 tie 1 + 2^-24; float64 drops the 2^-60 and ties to even (1.0); torch's add_ gives
+  // 1 + 2^-23 (checked with torch on this machine).
+  const s = 2 ** -24 * (1 + 2 ** -12);
+  const z = 1 - 4095 * 2 ** -24;
+  assert.equal(Math.fround(s), s);
+  assert.equal(Math.fround(z), z);
+  assert.equal(Math.fround(1 + s * z), 1);
+  assert.equal(roundedSum(1, s * z), 1.0000001192092896);
+  assert.equal(roundedSum(1, -s * z), 0.9999999403953552); // below 1 the spacing halves: 1 - 2^-24 is a float32
+  assert.equal(roundedSum(-1, -s * z), -1.0000001192092896);
+  assert.equal(roundedSum(1, 2 ** -24), 1); // an exact tie stays a tie: to even
+  assert.equal(roundedSum(1 + 2 ** -23, 2 ** -24), 1 + 2 ** -22);
+  for (let k = 0; k < 2000; k++) { // away from ties it is fround(w + p)
+    const w = Math.fround(1 + Math.sin(k)), p = Math.fround(Math.cos(k) * 1e-3) * Math.fround(Math.sin(3 * k));
+    assert.equal(roundedSum(w, p), Math.fround(w + p));
   }
 });
