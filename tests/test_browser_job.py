@@ -2,7 +2,9 @@
 mosquitto with a WebSocket listener, ``edgezo coordinate --web-port`` on a tiny LLaMA, one Python
 ``edgezo join`` and one headless Chromium page (Debian's chromium through Playwright) that joins by
 opening ``/join?device-id=web0&shard=1/2`` (and the same with the embedded broker's own WebSocket
-listener instead of mosquitto). The job must complete with both devices in every round,
+listener instead of mosquitto; with LoRA trainables, both factors or B alone; with Gaussian
+directions). The job must complete with both devices in every round, the page's results must carry
+the global model's fingerprint (its replica, replayed from the seed log, is the coordinator's),
 and the page's scalars must be what the Python executor computes for the same assignment (its
 shard, the round's seeds, the replica the seed log gives), to 1e-4 relative plus the float32
 resolution of the losses the torch device rounds to (see ``scalar_tolerance``).
