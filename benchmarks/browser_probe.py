@@ -29,6 +29,7 @@ import argparse
 import datetime
 import ipaddress
 import json
+import math
 import os
 import socket
 import statistics
@@ -259,6 +260,23 @@ def measure(ex, info, cfg, batch, exports: dict, args) -> dict:
     return {"times": times, "scalars": scalars, "logits": logits, "loads": loads, "memory": memory}
 
 
+def thread_ratios(samples: dict, threads: tuple[int, int]) -> dict:
+    """Per export, each repeat's N-thread time over its 1-thread time (the two ran back to back, so
+    a ratio is paired against the load of its moment), their median, and a two-sided sign test of
+    "no difference" (how many ratios are above 1 out of the repeats)."""
+    out = {}
+    for key in samples:
+        one, n = key, key.replace(f"chromium-wasm-{threads[0]} ", f"chromium-wasm-{threads[1]} ")
+        if not key.startswith(f"chromium-wasm-{threads[0]} ") or n not in samples:
+            continue
+        ratios = [b / a for a, b in zip(samples[one], samples[n])]
+        above, count = sum(r > 1 for r in ratios), len(ratios)
+        tail = sum(math.comb(count, i) for i in range(max(above, count - above), count + 1)) / 2**count
+        out[key.split(" ", 1)[1]] = {"ratios": [round(r, 3) for r in ratios], "median": round(statistics.median(ratios), 3),
+                                    "slower_in": above, "of": count, "sign_test_p": min(1.0, 2 * tail)}
+    return out
+
+
 def measure_https_threads(ex, info, cfg, batch, exports: dict, args) -> dict:
     """Chromium pages only, served over HTTPS at this machine's network address with a self-signed
     certificate made now: 1 WASM thread against ``args.threads``, the order of the two alternating
@@ -294,6 +312,7 @@ def measure_https_threads(ex, info, cfg, batch, exports: dict, args) -> dict:
             "probe_seconds_median": {k: round(statistics.median(v), 3) for k, v in times.items()},
             "probe_seconds_samples": {k: [round(x, 3) for x in v] for k, v in times.items()},
             "load_average_1min_after_each_probe": load, "probe_scalar": scalars,
+            f"{threads[1]}_threads_over_1_per_repeat": thread_ratios(times, threads),
             "probe_scalar_rel_diff_vs_torch": {k: abs(v - scalars["torch-f64"]) / abs(scalars["torch-f64"]) for k, v in scalars.items() if k != "torch-f64"}}
 
 

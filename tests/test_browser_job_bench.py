@@ -93,3 +93,12 @@ def test_settings_overrides_replace_values_and_refuse_unknown_options():
     assert bj.SETTINGS[bj.SETTINGS.index("--rounds") + 1] == "8"  # the job's own settings untouched
     with pytest.raises(ValueError, match="--lr is not one of the job's settings"):
         bj.settings_with({"--lr": "1"})
+
+
+def test_thread_ratios_pair_each_repeat_and_give_the_sign_test():
+    import browser_probe as bp  # the probe benchmark's pure part (its module loads torch)
+
+    samples = {"chromium-wasm-1 gguf": [10.0, 20.0, 30.0, 40.0], "chromium-wasm-2 gguf": [5.0, 30.0, 60.0, 44.0], "torch": [1.0] * 4}
+    got = bp.thread_ratios(samples, (1, 2))
+    assert list(got) == ["gguf"] and got["gguf"]["ratios"] == [0.5, 1.5, 2.0, 1.1] and got["gguf"]["median"] == 1.3
+    assert (got["gguf"]["slower_in"], got["gguf"]["of"]) == (3, 4) and got["gguf"]["sign_test_p"] == pytest.approx(2 * 5 / 16)
