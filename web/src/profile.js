@@ -29,7 +29,9 @@ export function browserProfile({ deviceId, backend, forwardSeconds, tokens, mode
     name: deviceId, kind: "measured", format: 1,
     description: `browser device (${backend}); measured in the page: one forward of ${tokens} tokens in ${forwardSeconds.toFixed(3)} s, ${(perToken * 1000).toFixed(2)} ms per token; ${userAgent}`.slice(0, 400),
     memory_total_gb: new Float(memory.total), memory_available_gb: new Float(memory.available),
-    backends: [{ name: backend, dtype: "float32", gflops: new Float(gflops), bytes_per_param: new Float(4) }],
+    // the page runs a full forward for every probe (no block-1 activations kept): the planner
+    // charges each block-2 probe t1 + t2 (edgezo.profiles.BackendProfile.reuses_block1)
+    backends: [{ name: backend, dtype: "float32", gflops: new Float(gflops), bytes_per_param: new Float(4), reuses_block1: false }],
   };
   if (cores) profile.cores = cores;
   return profile;

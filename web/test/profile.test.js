@@ -23,4 +23,5 @@ test("a measured profile with the throughput of one timed forward", () => {
   const status = decode(encode({ type: "status", v: 1, run: "e", device: "web-1", state: "online", profile: p, memory_gb: 4 }));
   assert.equal(status.profile.memory_total_gb, 8);
   assert.equal(status.profile.backends[0].bytes_per_param, 4);
+  assert.equal(status.profile.backends[0].reuses_block1, false); // a full forward per probe
 });
