@@ -127,3 +127,17 @@ def test_auto_is_refused_where_it_does_not_apply(tiny_llama, sst2_dir, tmp_path)
     assert done.returncode == 2 and "--method mezo has neither" in done.stderr and "loading model" not in done.stderr + done.stdout
     with pytest.raises(edgezo.ConfigError, match="has neither"):
         edgezo.simulate(**_options(tiny_llama, sst2_dir, tmp_path / "mezo"), method="mezo")
+
+
+def test_auto_in_a_config_file_means_what_it_means_on_the_command_line(tmp_path):
+    """``p2 = "auto"`` in --config's TOML turns the calibration on (it was read as the number)."""
+    from edgezo.app.jobs.coordinate import CoordinateJob
+    from edgezo.app.jobs.simulate import SimulateJob
+
+    config = tmp_path / "job.toml"
+    config.write_text('p2 = "auto"\nsplit = "Auto"\nrounds = 3\n')
+    for job_class in (SimulateJob, CoordinateJob):
+        job = job_class.from_options(config_file=config, out=str(tmp_path / job_class.__name__))
+        assert (job.settings.p2_auto, job.settings.split_auto, job.config.rounds) == (True, True, 3), job_class
+    given = SimulateJob.from_options(config_file=config, p2=2, out=str(tmp_path / "given"))  # the command line wins
+    assert (given.settings.p2_auto, given.config.p2, given.settings.split_auto) == (False, 2, True)

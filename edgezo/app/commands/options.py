@@ -20,21 +20,15 @@ QUIET_HELP = "No progress bar and no per-round lines (the same in every command)
 
 
 class IntOrAuto(click.ParamType):
-    """An integer, or ``auto`` where the command calibrates it (simulate's --p2 and --split);
-    elsewhere ``auto`` is refused naming the command that has it."""
+    """An integer, or ``auto``: the job calibrates it before round 0 (--p2 and --split)."""
 
     name = "integer|auto"
-
-    def __init__(self, auto: bool = True):
-        self.auto = auto
 
     def convert(self, value, param, ctx):
         if isinstance(value, int) or value is None:
             return value
         if str(value).strip().lower() == "auto":
-            if self.auto:
-                return "auto"
-            self.fail(f"auto is simulate-only for now (edgezo simulate {param.opts[0]} auto calibrates it); give a number", param, ctx)
+            return "auto"
         try:
             return int(value)
         except ValueError:
@@ -52,7 +46,6 @@ def job_options(command: str = "simulate") -> list:
     registry = {name: method_of(name) for name in METHODS}  # the CLI lists the methods: names resolved once, here
     methods = [name for name, method in registry.items() if command != "coordinate" or not method.backprop]
     out_default = COORDINATE_OUT if command == "coordinate" else D.out
-    auto = True  # simulate and coordinate both calibrate (edgezo.app.jobs.calibrating)
     auto_help = ("; auto: chosen by a calibration before round 0 (best expected descent per second on a device profile, "
                  "per FLOP without one; docs/algorithm.md)")
     options = [
@@ -65,8 +58,8 @@ def job_options(command: str = "simulate") -> list:
         _opt("--rounds", type=int, help=f"Federated rounds. [default: {D.rounds}]"),
         _opt("--local-steps", type=int, help=f"Local steps (batches) per device per round, K. [default: {D.local_steps}]"),
         _opt("--p1", type=int, help=f"Block-1 perturbations per step (single-block methods: their P). [default: {D.p1}]"),
-        _opt("--p2", type=IntOrAuto(auto), help=f"Block-2 perturbations per block-1 perturbation (SPZO){auto_help}. [default: {D.p2}]"),
-        _opt("--split", type=IntOrAuto(auto), help=f"Layer index where block 2 starts{auto_help}. [default: two thirds of the layers]"),
+        _opt("--p2", type=IntOrAuto(), help=f"Block-2 perturbations per block-1 perturbation (SPZO){auto_help}. [default: {D.p2}]"),
+        _opt("--split", type=IntOrAuto(), help=f"Layer index where block 2 starts{auto_help}. [default: two thirds of the layers]"),
         _opt("--lr", type=float, help=f"Learning rate. [default: {D.lr}]"),
         _opt("--lr-schedule", type=click.Choice(["constant", "cosine", "linear"]), help=f"Learning rate over rounds; cosine and linear decay to lr/10 by the last round (or by --lr-decay-rounds). [default: {D.lr_schedule}]"),
         _opt("--lr-decay-rounds", type=int, help=f"Rounds a decaying schedule takes to reach lr/10, which then holds (0: all rounds). [default: {D.lr_decay_rounds}]"),

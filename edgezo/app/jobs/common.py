@@ -110,12 +110,31 @@ def split_options(values: dict, *classes, where: str) -> list[dict]:
     return [checked(cls, {k: v for k, v in values.items() if k in keys}, where) for cls, keys in zip(classes, known)]
 
 
-def file_and_options(config_file: str | Path | None, options: dict, *classes) -> list[dict]:
-    """Per class: the TOML file's values, then the given options over them (options win)."""
+def file_and_options(config_file: str | Path | None, options: dict, *classes, prepare: Callable[[dict], dict] = dict) -> list[dict]:
+    """Per class: the TOML file's values, then the given options over them (options win);
+    ``prepare`` rewrites each source's raw values first (``calibrated_settings``)."""
     every = list(dict.fromkeys(k for cls in classes for k in keys_of(cls)))
-    from_file = split_options(load_toml(config_file, every), *classes, where=f"config file {config_file}") if config_file else [{} for _ in classes]
-    given = split_options(options, *classes, where="options")
+    where = f"config file {config_file}"
+    from_file = split_options(prepare(load_toml(config_file, every)), *classes, where=where) if config_file else [{} for _ in classes]
+    given = split_options(prepare(options), *classes, where="options")
     return [{**f, **g} for f, g in zip(from_file, given)]
+
+
+def calibrated_settings(values: dict) -> dict:
+    """``p2``/``split`` given as ``auto`` (on the command line or in the TOML file) become the
+    ``p2_auto``/``split_auto`` settings: a calibration before round 0 chooses the number
+    (edgezo.app.jobs.calibrating), so the job's own field keeps its default until then. A
+    source that gives a number sets ``*_auto`` false, so the command line's number beats the
+    file's ``auto``."""
+    out = dict(values)
+    for key in ("p2", "split"):
+        if key not in out:
+            continue
+        auto = isinstance(out[key], str) and out[key].strip().lower() == "auto"
+        if auto:
+            del out[key]
+        out[f"{key}_auto"] = auto
+    return out
 
 
 def save_model(cfg: JobConfig, task, ex, folder: Path, info) -> None:

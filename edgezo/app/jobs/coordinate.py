@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from edgezo import signing
 from edgezo.app.jobs.calibrating import calibrate, check_method, descent_of, reuse
-from edgezo.app.jobs.common import Callback, JobResult, JobShell, callbacks_of, file_and_options, job_config, save_model
+from edgezo.app.jobs.common import Callback, JobResult, JobShell, calibrated_settings, callbacks_of, file_and_options, job_config, save_model
 from edgezo.app.outputs import RunOutputs
 from edgezo.app.runfolder import prepare_out, writable_folder
 from edgezo.app.settings import COORDINATE_OUT, CoordinateSettings
@@ -71,10 +71,7 @@ class CoordinateJob:
         """From option values as the CLI names them, over a TOML file's (options win)."""
         run_kw = {k: options.pop(k) for k in ("callbacks", "say", "progress") if k in options}
 
-        for key in ("p2", "split"):  # auto: the calibration chooses it (a coordinate setting, not the job's number)
-            if options.get(key) == "auto":
-                options[f"{key}_auto"] = options.pop(key) == "auto"
-        job, settings, task = file_and_options(config_file, options, JobConfig, CoordinateSettings, TaskOptions)
+        job, settings, task = file_and_options(config_file, options, JobConfig, CoordinateSettings, TaskOptions, prepare=calibrated_settings)
         job = with_task_options(job, TaskOptions(**task))  # --train/--template/...: announced to every device
         if "clients" in job:
             raise ConfigError("coordinate has no clients setting: its devices are whoever joins (see min_devices and devices_per_round)")

@@ -21,7 +21,7 @@ from edgezo import calibration as cal
 from edgezo.app.engines.ray_engine import require_ray, start_engine
 from edgezo.app.fleet import parse_fleet, plan_fleet
 from edgezo.app.jobs.calibrating import calibrate, descent_of, reuse
-from edgezo.app.jobs.common import Callback, JobResult, JobShell, callbacks_of, file_and_options, job_config, save_model
+from edgezo.app.jobs.common import Callback, JobResult, JobShell, calibrated_settings, callbacks_of, file_and_options, job_config, save_model
 from edgezo.app.outputs import RunOutputs
 from edgezo.app.runfolder import JOB_FILE, prepare_out, read_job, write_job
 from edgezo.app.settings import SimulateSettings
@@ -87,10 +87,7 @@ class SimulateJob:
         (from its job.json) are the base, and a given option that disagrees with them is an error."""
         run_kw = {k: options.pop(k) for k in ("callbacks", "say", "progress", "engine") if k in options}
 
-        for key in ("p2", "split"):  # auto: the calibration chooses it (a simulate setting, not the job's number)
-            if options.get(key) == "auto":
-                options[f"{key}_auto"] = options.pop(key) == "auto"
-        job, sim, task = file_and_options(config_file, options, JobConfig, SimulateSettings, TaskOptions)
+        job, sim, task = file_and_options(config_file, options, JobConfig, SimulateSettings, TaskOptions, prepare=calibrated_settings)
         job = with_task_options(job, TaskOptions(**task))  # --train/--template/...: the task as JSON text
         if sim.get("resume"):
             job, sim = _resumed(job, sim)
