@@ -117,6 +117,9 @@ def test_backprop_cost_is_what_fedavg_charges():
             for name, delta in deltas.items():
                 self.theta[name] += np.float32(scale) * delta.astype(np.float32)
 
+        def backward_flops(self, batch):
+            return sum(self.forward_flops(batch))  # activation gradients only: no trainable matrix
+
     ex = FirstOrderToy(N1, N2, COUPLING)
     out = FedAvg().local_round(ex, [0.0], None, 0.1, 0, 1)
     assert out.flops == pytest.approx(float(st.Setting("backprop").flops(*ex.forward_flops(0.0))))
