@@ -119,8 +119,8 @@ def render(r: dict) -> str:
     acc, loss = r["accuracy"], r["eval_loss"]
     verdict = "resolved" if acc["gain_resolved"] else "not resolved"
     lines = [
-        BEGIN, "## The default job on five seeds" + ("" if len(r["seeds"]) >= len(SEEDS) else
-                                                   f" ({len(r['seeds'])} of {len(SEEDS)} run so far)"), "",
+        BEGIN, "## The default job on five seeds", "",
+        *([] if len(r["seeds"]) >= len(SEEDS) else [f"**{len(r['seeds'])} of the {len(SEEDS)} seeds run so far.**", ""]),
         f"`edgezo simulate --seed S` for S in {', '.join(map(str, r['seeds']))} (the defaults otherwise: SmolLM2-135M-Instruct, "
         f"SST-2, 4 devices, FedSPZO P1 1 P2 4 split 20, norm weights, 30 rounds), each scored on the whole validation "
         f"split ({r['examples']} examples) before and after. Command: `python benchmarks/default_job_seeds.py run --jobs 2 && "
