@@ -88,7 +88,20 @@ def small_sst2(sst2_dir: Path, folder: Path, train: int = 240, dev: int = 48) ->
 
 def replica_scalars(job: dict, model: Path, data: Path, log: list, assign: m.Assign, device: str, shard: tuple[int, int]) -> np.ndarray:
     """What a Python device holding ``shard`` computes for ``device``'s task in ``assign``, on the
-    replica the seed log gives before that round: the reference for the page's scalars."""
+    replica the seed log gives before that round: the reference for the page's scalars. It runs on
+    one thread, as the job's processes do (tests/support/procs.py): a matmul's last bits depend on
+    the thread count, and py0's scalars must be reproduced bit for bit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _replica_scalars(job, model, data, log, assign, device, shard)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _replica_scalars(job: dict, model: Path, data: Path, log: list, assign: m.Assign, device: str, shard: tuple[int, int]) -> np.ndarray:
     from edgezo.backends.torch.factory import build_torch_executor
 
     cfg = JobConfig(**{k: v for k, v in job.items() if k in config_keys()}, model=str(model), data=str(data)).validate()
