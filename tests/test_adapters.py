@@ -298,6 +298,7 @@ def smollm2():
     return tokenizer, model
 
 
+@pytest.mark.heavy  # ~30 s: run by .ci/run, not the default suite
 def test_smollm2_gguf_split_equals_unsplit(smollm2):
     tokenizer, model = smollm2
     adapter = make_adapter(model)

@@ -134,6 +134,7 @@ def test_a_stalled_then_killed_device_does_not_stall_the_job_and_catches_up(proc
     assert final_fingerprint(procs.log("b2")) == final_fingerprint(procs.log("a")) == summary["fingerprint"]
 
 
+@pytest.mark.heavy  # ~30 s: run by .ci/run, not the default suite
 def test_a_killed_coordinator_resumes_to_the_same_model(procs, tmp_path, tiny_llama, sst2_dir):
     job = job_options(tiny_llama, sst2_dir)
     out = tmp_path / "coord"
